@@ -1,0 +1,84 @@
+"""Bidirectional masked linear attention: one entry point for every LION model (vision and MLM).
+
+    A_ij = scale · (q_i·k_j) · M_ij · keep_j         (keep_j = 0 for padded keys)
+    vision (normalize=True):  y_i = Σ_j A_ij v_j / (Σ_j A_ij + eps)        LION_SPEC §1
+    MLM    (normalize=False): y_i = Σ_j A_ij v_j                           LION_SPEC §2
+
+``form`` picks the attention (reference), RNN or chunk form; all three give the same result.
+``orders`` implements the ♮ variants: a list of (perm, log_a) pairs, each a token order with its own gates;
+the sums are taken in each order, mapped back, averaged, then normalised (LION_SPEC §1, order 'S').
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+from lion.curves import inverse_permutation
+from lion.masks import upcast
+from lion.ops import chunk_sums, naive_sums, recurrent_sums
+
+FORMS = ("attention", "rnn", "chunk")
+_ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
+
+
+def canonical_form(form: str) -> str:
+    key = str(form).lower()
+    if key not in _ALIASES:
+        raise ValueError(f"format must be one of 'Attention', 'RNN', 'Chunk' (case-insensitive), got {form!r}")
+    return _ALIASES[key]
+
+
+def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training):
+    if form == "attention":
+        return naive_sums(q, k, v, log_a, scale, with_den, dropout_p, training)
+    if form == "rnn":
+        return recurrent_sums(q, k, v, log_a, scale, with_den)
+    return chunk_sums(q, k, v, log_a, scale, chunk_size, with_den)
+
+
+def lion_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_a: Optional[torch.Tensor] = None,
+    *,
+    scale: float = 1.0,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    key_padding_mask: Optional[torch.Tensor] = None,
+    form: str = "attention",
+    chunk_size: int = 32,
+    orders: Optional[Sequence[tuple[torch.Tensor, Optional[torch.Tensor]]]] = None,
+    dropout_p: float = 0.0,
+    training: bool = False,
+) -> torch.Tensor:
+    """q, k: (B, H, L, dk); v: (B, H, L, dv); log_a: (B, H, L) log gates ≤ 0 or None (Lit).
+
+    key_padding_mask: (B, L) bool, True for real tokens. Padded keys are dropped and their gates set to 1,
+    so padded positions never influence real ones, whatever their content or place.
+    Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
+    """
+    form = canonical_form(form)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer ≥ 1, got {chunk_size}")
+    if key_padding_mask is not None:
+        keep = key_padding_mask[:, None, :, None].to(k.dtype)
+        k = k * keep
+        if orders is None and log_a is not None:
+            log_a = log_a.masked_fill(~key_padding_mask[:, None, :], 0.0)
+    if orders is None:
+        num, den = _sums(q, k, v, log_a, scale, form, chunk_size, normalize, dropout_p, training)
+    else:
+        num = den = 0
+        for perm, la in orders:
+            inv = inverse_permutation(perm)
+            n, d = _sums(q[:, :, perm], k[:, :, perm], v[:, :, perm], la, scale, form, chunk_size,
+                         normalize, dropout_p, training)
+            num = num + n[:, :, inv]
+            den = den + d[..., inv] if normalize else None
+        num = num / len(orders)
+        den = den / len(orders) if normalize else None
+    if not normalize:
+        return num
+    return (upcast(num) / (den[..., None] + eps)).to(v.dtype)
