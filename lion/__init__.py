@@ -1,11 +1,11 @@
 """LION: bidirectional masked linear attention in attention, RNN and chunk forms (see LION_SPEC)."""
-from lion.attention import FORMS, canonical_form, lion_attention
+from lion.attention import BACKENDS, FORMS, canonical_form, lion_attention, set_backend
 from lion.curves import CURVES, curve_permutation, grid_size, inverse_permutation
 from lion.feature_maps import elu_plus_one, normalized_silu
 from lion.masks import MASK_TYPES, decay_log_gates, log_mask, mask, selective_log_gates, selective_log_gates_eps
 
 __all__ = [
-    "FORMS", "CURVES", "MASK_TYPES", "lion_attention", "canonical_form", "curve_permutation", "grid_size",
+    "BACKENDS", "set_backend", "FORMS", "CURVES", "MASK_TYPES", "lion_attention", "canonical_form", "curve_permutation", "grid_size",
     "inverse_permutation", "elu_plus_one", "normalized_silu", "decay_log_gates", "selective_log_gates",
     "selective_log_gates_eps", "log_mask", "mask",
 ]

@@ -19,6 +19,34 @@ from lion.masks import upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
 FORMS = ("attention", "rnn", "chunk")
+BACKENDS = ("auto", "torch", "triton")
+
+# Fused GPU kernels register here, per form: fn(q, k, v, log_a, scale, with_den, chunk_size) -> (num, den),
+# the same contract as the torch forms in lion.ops (differentiable where the kernel has a backward).
+FUSED: dict = {}
+_default_backend = "auto"
+
+
+def set_backend(backend: str) -> None:
+    """Process-wide default: 'auto' (fused kernels on CUDA where registered, torch elsewhere), 'torch', 'triton'."""
+    global _default_backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _default_backend = backend
+
+
+def _fused_kernel(form: str, q: torch.Tensor, backend: Optional[str]):
+    backend = backend or _default_backend
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "torch":
+        return None
+    fn = FUSED.get(form)
+    if backend == "triton":
+        if fn is None:
+            raise ValueError(f"backend='triton' but no fused kernel is registered for form {form!r}")
+        return fn
+    return fn if q.is_cuda else None
 _ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
 
 
@@ -29,7 +57,10 @@ def canonical_form(form: str) -> str:
     return _ALIASES[key]
 
 
-def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training):
+def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training, backend=None):
+    fused = None if (dropout_p > 0.0 and training) else _fused_kernel(form, q, backend)
+    if fused is not None:
+        return fused(q, k, v, log_a, scale, with_den, chunk_size)
     if form == "attention":
         return naive_sums(q, k, v, log_a, scale, with_den, dropout_p, training)
     if form == "rnn":
@@ -52,12 +83,14 @@ def lion_attention(
     orders: Optional[Sequence[tuple[torch.Tensor, Optional[torch.Tensor]]]] = None,
     dropout_p: float = 0.0,
     training: bool = False,
+    backend: Optional[str] = None,
 ) -> torch.Tensor:
     """q, k: (B, H, L, dk); v: (B, H, L, dv); log_a: (B, H, L) log gates ≤ 0 or None (Lit).
 
     key_padding_mask: (B, L) bool, True for real tokens. Padded keys are dropped and their gates set to 1,
     so padded positions never influence real ones, whatever their content or place.
     Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
+    backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'.
     """
     form = canonical_form(form)
     if chunk_size < 1:
@@ -68,13 +101,13 @@ def lion_attention(
         if orders is None and log_a is not None:
             log_a = log_a.masked_fill(~key_padding_mask[:, None, :], 0.0)
     if orders is None:
-        num, den = _sums(q, k, v, log_a, scale, form, chunk_size, normalize, dropout_p, training)
+        num, den = _sums(q, k, v, log_a, scale, form, chunk_size, normalize, dropout_p, training, backend)
     else:
         num = den = 0
         for perm, la in orders:
             inv = inverse_permutation(perm)
             n, d = _sums(q[:, :, perm], k[:, :, perm], v[:, :, perm], la, scale, form, chunk_size,
-                         normalize, dropout_p, training)
+                         normalize, dropout_p, training, backend)
             num = num + n[:, :, inv]
             den = den + d[..., inv] if normalize else None
         num = num / len(orders)
