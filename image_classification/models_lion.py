@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import register_model
 
-from lion import (MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, elu_plus_one, grid_size,
+from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, elu_plus_one, grid_size,
                   lion_attention, normalized_silu, selective_log_gates)
 
 ORDERS = ("Normal", "S")
@@ -33,10 +33,12 @@ class LionAttention(nn.Module):
     """Multi-head LION attention. ``format`` and ``chunk_size`` may be changed at any time."""
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0,
-                 mask_type="Decay", order="Normal", format="Attention", chunk_size=32):
+                 mask_type="Decay", order="Normal", format="Attention", chunk_size=32, backend=None):
         super().__init__()
         _check_choice("mask_type", mask_type, MASK_TYPES)
         _check_choice("order", order, ORDERS)
+        _check_choice("backend", backend, (None, *BACKENDS))
+        self.backend = backend  # None: lion's process default ('auto': fused kernels on CUDA, torch on CPU)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         self.scale = qk_scale or self.head_dim ** -0.5
@@ -82,7 +84,7 @@ class LionAttention(nn.Module):
             log_a = self._log_gates(self.a_i, x)
         y = lion_attention(q, k, v, log_a, scale=self.scale, normalize=True, eps=1e-6, orders=orders,
                            form=canonical_form(self.format), chunk_size=self.chunk_size,
-                           dropout_p=self.attn_drop, training=self.training)
+                           dropout_p=self.attn_drop, training=self.training, backend=self.backend)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, N, C)))
 
 
@@ -107,7 +109,7 @@ class LionVisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
                  drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Attention",
-                 chunk_size=32, pos_emb=False, cls_tok=False):
+                 chunk_size=32, pos_emb=False, cls_tok=False, backend=None):
         super().__init__()
         _check_choice("mask_type", mask_type, MASK_TYPES)
         _check_choice("order", order, ORDERS)
@@ -135,7 +137,8 @@ class LionVisionTransformer(nn.Module):
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
-                  norm_layer, mask_type=mask_type, order=order, format=format, chunk_size=chunk_size)
+                  norm_layer, mask_type=mask_type, order=order, format=format, chunk_size=chunk_size,
+                  backend=backend)
             for i in range(depth)])
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
@@ -181,6 +184,9 @@ class LionVisionTransformer(nn.Module):
 
     def forward_features(self, x):
         grid = self.patch_embed.dynamic_feat_size(x.shape[-2:])
+        if self.order == "S" and self.mask_type != "Lit" and grid[0] != grid[1]:
+            raise ValueError(f"order='S' needs a square patch grid, got {tuple(grid)} for input "
+                             f"{tuple(x.shape[-2:])}; allowed: square inputs, or order='Normal'")
         x = self._pos_embed(self.patch_embed(x), grid)
         return self.norm(self.blocks(x))
 

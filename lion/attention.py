@@ -41,6 +41,7 @@ def _fused_kernel(form: str, q: torch.Tensor, backend: Optional[str]):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return None
+    if form in ("chunk", "rnn") and form not in FUSED: import lion.ops.triton_inference  # noqa: E701,F401 (registers FUSED['chunk'/'rnn'] when triton imports)
     fn = FUSED.get(form)
     if backend == "triton":
         if fn is None:
@@ -114,4 +115,13 @@ def lion_attention(
         den = den / len(orders) if normalize else None
     if not normalize:
         return num
-    return (upcast(num) / (den[..., None] + eps)).to(v.dtype)
+    den = den[..., None] + eps
+    if not (torch.is_grad_enabled() and num.requires_grad):  # inference: no fp32 copy of num (same math)
+        return num.div_(den)
+    return (upcast(num) / den).to(v.dtype)
+
+
+try:  # registers FUSED['attention'] (lion/ops/triton) when triton is installed
+    import lion.ops.triton  # noqa: E402,F401
+except Exception:  # pragma: no cover - triton missing or broken: the torch forms still work
+    pass

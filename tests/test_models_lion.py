@@ -162,3 +162,5 @@ def test_any_square_resolution_at_inference():
             torch.testing.assert_close(ys[2], ys[0], rtol=1e-5, atol=1e-6)
         with pytest.raises(ValueError, match="square"):
             m(torch.randn(1, 3, 16, 24))
+        with pytest.raises(ValueError, match="square"):  # 2×8 = 16 patches: a square count, not a square grid
+            m(torch.randn(1, 3, 8, 32))
