@@ -1,0 +1,175 @@
+"""Convert C4 (``allenai/c4``, ``en``, streamed) or local text files into tokenised arrow data sets for MLM.
+
+    python -m mlm.src.convert_dataset --dataset c4 --out_root /data/c4-bert-128 --max_samples 1000000
+    python -m mlm.src.convert_dataset --local_files mlm/data/corpus/*.txt.gz --out_root /tmp/corpus-64 \
+        --max_seq_len 64 --tokenizer mlm/data/bert-base-uncased
+
+Output: ``out_root/{train,val}`` (``Dataset.save_to_disk``) with ``input_ids`` and ``attention_mask`` rows of
+exactly ``max_seq_len`` tokens, plus ``out_root/COMPLETE.json``. Everything is written into a temporary sibling
+directory that is renamed to ``out_root`` only once all splits are done, so a crashed or interrupted run never
+leaves a directory that looks finished (``is_complete`` checks for the marker).
+
+``--concat`` (default) packs documents HF-``run_mlm`` style: token streams are concatenated within each map batch
+of ``--map_batch_size`` documents and cut into ``[CLS] … [SEP]`` rows (the remainder of a batch shorter than a row is
+dropped). ``--no-concat`` gives one row per document, truncated and padded (M2-BERT's C4 setup).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Callable, Iterable, Iterator, Optional, Sequence
+
+from datasets import Dataset
+
+log = logging.getLogger(__name__)
+
+MARKER = "COMPLETE.json"
+SPLITS = ("train", "val")
+C4_SPLITS = {"train": "train", "val": "validation"}
+
+
+def is_complete(out_root: str) -> bool:
+    return os.path.isfile(os.path.join(out_root, MARKER))
+
+
+def read_text_lines(path: str) -> Iterator[str]:
+    """One document per non-empty line; ``.gz`` files are decompressed."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield line.rstrip("\n")
+
+
+def local_documents(files: Sequence[str], val_fraction: float) -> dict[str, Callable[[], Iterator[str]]]:
+    """Every ``round(1/val_fraction)``-th document (counted over all files) goes to val, the rest to train."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}")
+    every = max(2, round(1.0 / val_fraction))
+
+    def split_docs(want_val: bool) -> Iterator[str]:
+        index = 0
+        for path in files:
+            for doc in read_text_lines(path):
+                if (index % every == every - 1) == want_val:
+                    yield doc
+                index += 1
+    return {"train": lambda: split_docs(False), "val": lambda: split_docs(True)}
+
+
+def c4_documents(max_samples: Optional[int], max_val_samples: Optional[int]) -> dict[str, Callable[[], Iterator[str]]]:
+    from datasets import load_dataset
+
+    def stream(split: str, limit: Optional[int]) -> Iterator[str]:
+        data = load_dataset("allenai/c4", "en", split=C4_SPLITS[split], streaming=True)
+        if limit is not None:
+            data = data.take(limit)
+        for row in data:
+            yield row["text"]
+    return {"train": lambda: stream("train", max_samples), "val": lambda: stream("val", max_val_samples)}
+
+
+def tokenize_documents(docs: Dataset, tokenizer, max_seq_len: int, concat: bool, batch_size: int,
+                       num_proc: Optional[int]) -> Dataset:
+    if concat:
+        body = max_seq_len - 2  # room for [CLS] and [SEP]
+
+        def pack(batch):
+            stream = [t for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"] for t in ids]
+            usable = len(stream) - len(stream) % body
+            rows = [[tokenizer.cls_token_id] + stream[i:i + body] + [tokenizer.sep_token_id]
+                    for i in range(0, usable, body)]
+            return {"input_ids": rows, "attention_mask": [[1] * max_seq_len for _ in rows]}
+        fn = pack
+    else:
+        def fn(batch):
+            enc = tokenizer(batch["text"], truncation=True, max_length=max_seq_len, padding="max_length")
+            return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+    return docs.map(fn, batched=True, batch_size=batch_size, remove_columns=docs.column_names, num_proc=num_proc,
+                    desc=f"tokenising into {max_seq_len}-token rows")
+
+
+def convert(sources: dict[str, Callable[[], Iterable[str]]], out_root: str, tokenizer, max_seq_len: int = 128,
+            concat: bool = True, map_batch_size: int = 1000, num_proc: Optional[int] = None,
+            overwrite: bool = False, metadata: Optional[dict] = None) -> dict:
+    """Tokenise every split of ``sources`` and publish ``out_root`` atomically; returns the summary."""
+    if max_seq_len < 8:
+        raise ValueError(f"--max_seq_len must be >= 8, got {max_seq_len}")
+    out_root = os.path.abspath(out_root)
+    if os.path.exists(out_root):
+        if not overwrite:
+            state = "a finished conversion" if is_complete(out_root) else "an unfinished or foreign directory"
+            raise FileExistsError(f"--out_root {out_root} already exists ({state}); pass --overwrite or remove it")
+    parent = os.path.dirname(out_root)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_root)}.tmp-", dir=parent)
+    os.chmod(tmp, 0o755)
+    cache = os.path.join(tmp, "cache")  # arrow scratch files of this run only; removed before publishing
+    try:
+        summary = {"max_seq_len": max_seq_len, "concat": concat, "splits": {}, **(metadata or {})}
+        for split, docs in sources.items():
+            texts = Dataset.from_generator(_rows, gen_kwargs={"docs": docs}, cache_dir=cache)
+            rows = tokenize_documents(texts, tokenizer, max_seq_len, concat, map_batch_size, num_proc)
+            rows.save_to_disk(os.path.join(tmp, split))
+            summary["splits"][split] = {"documents": len(texts), "rows": len(rows), "tokens": len(rows) * max_seq_len}
+            log.info("%s: %d documents -> %d rows of %d tokens", split, len(texts), len(rows), max_seq_len)
+        shutil.rmtree(cache, ignore_errors=True)
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            json.dump(summary, f, indent=2)
+        if os.path.exists(out_root):
+            shutil.rmtree(out_root)
+        os.replace(tmp, out_root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def _rows(docs):
+    for text in docs():
+        yield {"text": text}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dataset", choices=["c4"], help="stream allenai/c4 (en) through HF datasets")
+    src.add_argument("--local_files", nargs="+", help="text files (.txt or .txt.gz), one document per line")
+    p.add_argument("--out_root", required=True)
+    p.add_argument("--tokenizer", default="bert-base-uncased")
+    p.add_argument("--max_seq_len", type=int, default=128)
+    p.add_argument("--max_samples", type=int, default=None, help="C4: documents to take from train")
+    p.add_argument("--max_val_samples", type=int, default=None, help="C4: documents to take from validation")
+    p.add_argument("--val_fraction", type=float, default=0.05, help="local files: share of documents for val")
+    p.add_argument("--concat", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--map_batch_size", type=int, default=1000)
+    p.add_argument("--num_proc", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    if args.local_files:
+        files = sorted({f for pattern in args.local_files for f in glob.glob(pattern)})
+        if not files:
+            raise SystemExit(f"--local_files matched no file: {args.local_files}")
+        sources, meta = local_documents(files, args.val_fraction), {"source": files}
+    else:
+        sources, meta = c4_documents(args.max_samples, args.max_val_samples), {"source": "allenai/c4 en"}
+    summary = convert(sources, args.out_root, tokenizer, args.max_seq_len, args.concat, args.map_batch_size,
+                      args.num_proc, args.overwrite, {**meta, "tokenizer": args.tokenizer})
+    print(json.dumps(summary["splits"], indent=2))
+
+
+if __name__ == "__main__":
+    main()

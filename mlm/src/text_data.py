@@ -1,0 +1,58 @@
+"""Composer dataloaders over the arrow data sets written by ``mlm.src.convert_dataset``.
+
+Masking is HF's ``DataCollatorForLanguageModeling``: ``mlm_probability`` of the real tokens are chosen, of which
+80% become [MASK], 10% a random token, 10% stay; labels are -100 elsewhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+from composer.core import DataSpec
+from composer.utils import dist
+from datasets import load_from_disk
+from torch.utils.data import DataLoader
+from transformers import DataCollatorForLanguageModeling
+
+from mlm.src.convert_dataset import MARKER, SPLITS, is_complete
+
+log = logging.getLogger(__name__)
+
+
+def load_split(data_local: str, split: str):
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+    if not is_complete(data_local):
+        raise FileNotFoundError(
+            f"data_local={data_local!r} is not a finished conversion (no {MARKER}); run "
+            "`python -m mlm.src.convert_dataset --out_root <data_local> ...` (see readme)")
+    return load_from_disk(os.path.join(data_local, split)).with_format("torch")
+
+
+def build_mlm_dataloader(cfg: Mapping[str, Any], tokenizer, device_batch_size: int,
+                         max_seq_len: Optional[int] = None) -> DataSpec:
+    """cfg: dataset.{data_local, split, mlm_probability, shuffle}, drop_last, num_workers, pin_memory, …"""
+    ds_cfg = cfg["dataset"]
+    dataset = load_split(ds_cfg["data_local"], ds_cfg.get("split", "train"))
+    row_len = len(dataset[0]["input_ids"])
+    if max_seq_len is not None and row_len != max_seq_len:
+        raise ValueError(f"max_seq_len={max_seq_len} but {ds_cfg['data_local']} holds rows of {row_len} tokens; "
+                         "convert the data again with --max_seq_len or change max_seq_len")
+    probability = float(ds_cfg.get("mlm_probability", 0.15))
+    if not 0.0 < probability < 1.0:
+        raise ValueError(f"dataset.mlm_probability must be in (0, 1), got {probability}")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=probability)
+    drop_last = bool(cfg.get("drop_last", True))
+    sampler = dist.get_sampler(dataset, shuffle=bool(ds_cfg.get("shuffle", True)), drop_last=drop_last,
+                               seed=int(ds_cfg.get("shuffle_seed", 17)))
+    num_workers = int(cfg.get("num_workers", 0))
+    loader = DataLoader(
+        dataset, batch_size=device_batch_size, sampler=sampler, collate_fn=collator, drop_last=drop_last,
+        num_workers=num_workers, pin_memory=bool(cfg.get("pin_memory", False)),
+        prefetch_factor=cfg.get("prefetch_factor", 2) if num_workers > 0 else None,
+        persistent_workers=bool(cfg.get("persistent_workers", False)) and num_workers > 0,
+        timeout=float(cfg.get("timeout", 0)))
+    log.info("%s split of %s: %d rows, batch %d per device", ds_cfg.get("split", "train"), ds_cfg["data_local"],
+             len(dataset), device_batch_size)
+    return DataSpec(loader)
