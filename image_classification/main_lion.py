@@ -1,0 +1,450 @@
+"""Train, evaluate, fine-tune and distil LION vision transformers with DeiT's recipe (LION_SPEC §1, §4).
+
+    python image_classification/main_lion.py                                  # embedded Fashion-MNIST subset
+    python image_classification/main_lion.py --model lion_base_patch16_224 --data-set IMNET --data-path /imagenet \
+        --mask_type Decay --order S --batch-size 256 --output_dir out/lion_d_nat
+    torchrun --nproc_per_node=8 image_classification/main_lion.py ...       # or torch.distributed.launch --use_env
+    python image_classification/main_lion.py --eval --resume out/checkpoint.pth --format RNN
+
+``--model-kwargs key=value ...`` goes to ``timm.create_model`` (e.g. ``patch_size=4 depth=4 embed_dim=96``).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import timm
+import torch
+from timm.data import Mixup
+from timm.layers import resample_abs_pos_embed
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer
+from timm.scheduler import create_scheduler
+from timm.utils import ModelEmaV3
+
+from lion import MASK_TYPES
+
+import image_classification.models_lion  # noqa: F401  (registers the lion_* models with timm)
+from image_classification import utils
+from image_classification.datasets import DATA_SETS, build_dataset, default_data_path
+from image_classification.engine import LossScaler, evaluate, train_one_epoch
+from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
+from image_classification.models_lion import FORMATS, ORDERS
+from image_classification.samplers import RASampler
+
+_logger = logging.getLogger("main_lion")
+
+
+class ArgumentError(SystemExit):
+    """Bad command-line input, raised before any training; the message names the flag and the allowed values."""
+
+    def __init__(self, message):
+        super().__init__(f"main_lion.py: error: {message}")
+
+
+def get_args_parser():
+    p = argparse.ArgumentParser("LION training and evaluation script (DeiT recipe)", add_help=False)
+    p.add_argument("--batch-size", default=64, type=int, help="per-process batch size")
+    p.add_argument("--epochs", default=300, type=int)
+    p.add_argument("--bce-loss", action="store_true")
+    p.add_argument("--unscale-lr", action="store_true", help="use --lr as is (default: lr × global batch / 512)")
+
+    # model
+    p.add_argument("--model", default="lion_base_patch16_224", type=str, help="timm model name")
+    p.add_argument("--model-kwargs", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra timm.create_model keyword arguments, e.g. patch_size=4 depth=4 embed_dim=96")
+    p.add_argument("--input-size", default=224, type=int, help="image size")
+    p.add_argument("--drop", type=float, default=0.0, help="dropout rate")
+    p.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
+    p.add_argument("--model-ema", action="store_true")
+    p.add_argument("--no-model-ema", action="store_false", dest="model_ema")
+    p.set_defaults(model_ema=True)
+    p.add_argument("--model-ema-decay", type=float, default=0.99996)
+    p.add_argument("--model-ema-force-cpu", action="store_true")
+
+    # LION (LION_SPEC §1)
+    p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
+    p.add_argument("--order", default="Normal", choices=ORDERS, help="'S': the ♮ variant (two snake orders)")
+    p.add_argument("--format", default="Attention", choices=FORMATS, help="attention form used for training/eval")
+    p.add_argument("--chunk_size", default=32, type=int)
+    p.add_argument("--pos_emb", action="store_true", help="learnable absolute position embedding")
+    p.add_argument("--cls_tok", action="store_true", help="classify from the cls token (default: mean of tokens)")
+
+    # optimizer and schedule (timm)
+    p.add_argument("--opt", default="adamw", type=str)
+    p.add_argument("--opt-eps", default=1e-8, type=float)
+    p.add_argument("--opt-betas", default=None, type=float, nargs="+")
+    p.add_argument("--clip-grad", type=float, default=None, help="gradient norm clipping (default: none)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--sched", default="cosine", type=str)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--lr-noise", type=float, nargs="+", default=None)
+    p.add_argument("--lr-noise-pct", type=float, default=0.67)
+    p.add_argument("--lr-noise-std", type=float, default=1.0)
+    p.add_argument("--warmup-lr", type=float, default=1e-6)
+    p.add_argument("--min-lr", type=float, default=1e-5)
+    p.add_argument("--decay-epochs", type=float, default=30)
+    p.add_argument("--warmup-epochs", type=int, default=5)
+    p.add_argument("--cooldown-epochs", type=int, default=10)
+    p.add_argument("--patience-epochs", type=int, default=10)
+    p.add_argument("--decay-rate", "--dr", type=float, default=0.1)
+
+    # augmentation
+    p.add_argument("--no-aug", action="store_true", help="no augmentation: train on the evaluation transform")
+    p.add_argument("--color-jitter", type=float, default=0.3)
+    p.add_argument("--aa", type=str, default="rand-m9-mstd0.5-inc1", help="AutoAugment policy ('none' to disable)")
+    p.add_argument("--smoothing", type=float, default=0.1)
+    p.add_argument("--train-interpolation", type=str, default="bicubic")
+    p.add_argument("--repeated-aug", action="store_true")
+    p.add_argument("--no-repeated-aug", action="store_false", dest="repeated_aug")
+    p.set_defaults(repeated_aug=True)
+    p.add_argument("--train-mode", action="store_true")
+    p.add_argument("--no-train-mode", action="store_false", dest="train_mode")
+    p.set_defaults(train_mode=True)
+    p.add_argument("--ThreeAugment", action="store_true")
+    p.add_argument("--src", action="store_true", help="simple random crop (with --ThreeAugment)")
+    p.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
+    p.add_argument("--remode", type=str, default="pixel")
+    p.add_argument("--recount", type=int, default=1)
+    p.add_argument("--resplit", action="store_true")
+    p.add_argument("--mixup", type=float, default=0.8)
+    p.add_argument("--cutmix", type=float, default=1.0)
+    p.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
+    p.add_argument("--mixup-prob", type=float, default=1.0)
+    p.add_argument("--mixup-switch-prob", type=float, default=0.5)
+    p.add_argument("--mixup-mode", type=str, default="batch", choices=("batch", "pair", "elem"))
+
+    # distillation
+    p.add_argument("--teacher-model", default="regnety_160", type=str)
+    p.add_argument("--teacher-path", type=str, default="", help="teacher checkpoint (file or https URL)")
+    p.add_argument("--distillation-type", default="none", choices=DISTILLATION_TYPES)
+    p.add_argument("--distillation-alpha", default=0.5, type=float)
+    p.add_argument("--distillation-tau", default=1.0, type=float)
+
+    # fine-tuning
+    p.add_argument("--finetune", default="", help="start from this checkpoint (head and pos-embed adapted)")
+    p.add_argument("--attn-only", action="store_true", help="train only the attention (plus head, pos-embed)")
+
+    # data, run
+    p.add_argument("--data-path", default=None, type=str, help="data root (default depends on --data-set)")
+    p.add_argument("--data-set", default="FMNIST_MINI", choices=DATA_SETS)
+    p.add_argument("--inat-category", default="name",
+                   choices=("kingdom", "phylum", "class", "order", "supercategory", "family", "genus", "name"))
+    p.add_argument("--download", action="store_true", help="CIFAR: download into --data-path if missing")
+    p.add_argument("--output_dir", default="", help="where checkpoints and log.txt go (empty: nothing saved)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", default=0, type=int)
+    p.add_argument("--resume", default="", help="resume from this checkpoint (with --eval: evaluate it)")
+    p.add_argument("--start_epoch", default=0, type=int, metavar="N")
+    p.add_argument("--eval", action="store_true", help="evaluation only")
+    p.add_argument("--eval-crop-ratio", default=0.875, type=float)
+    p.add_argument("--dist-eval", action="store_true", help="shard the validation set over the processes")
+    p.add_argument("--num_workers", default=min(10, os.cpu_count() or 1), type=int)
+    p.add_argument("--pin-mem", action="store_true")
+    p.add_argument("--no-pin-mem", action="store_false", dest="pin_mem")
+    p.set_defaults(pin_mem=True)
+    p.add_argument("--print-freq", default=10, type=int, help="progress line every N steps")
+
+    # distributed
+    p.add_argument("--world_size", default=1, type=int, help="set by the launcher (WORLD_SIZE)")
+    p.add_argument("--dist_url", default="env://", help="process-group init method")
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- checks
+
+def _parse_scalar(text):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered == "none":
+        return None
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_model_kwargs(items):
+    """``["depth=4", "drop_rate=0.1", "qkv_bias=false", "img_size=28,32"]`` →
+    ``{"depth": 4, "drop_rate": 0.1, "qkv_bias": False, "img_size": (28, 32)}`` (commas make tuples)."""
+    kwargs = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ArgumentError(f"--model-kwargs expects KEY=VALUE items, got {item!r}")
+        kwargs[key] = tuple(map(_parse_scalar, value.split(","))) if "," in value else _parse_scalar(value)
+    return kwargs
+
+
+def check_args(args):
+    """Fail before any data or model work on inputs that cannot run."""
+    if args.data_path is None:
+        args.data_path = default_data_path(args.data_set)
+        if args.data_path is None:
+            raise ArgumentError(f"--data-path is required for --data-set {args.data_set}")
+    if args.data_set != "FMNIST_MINI" and not (args.download and args.data_set.startswith("CIFAR")) \
+            and not os.path.isdir(args.data_path):
+        hint = " (get the idx files: `apt-get install dataset-fashion-mnist`)" if args.data_set == "FMNIST" else ""
+        raise ArgumentError(f"--data-path {args.data_path!r} is not a directory (--data-set {args.data_set}){hint}")
+    if not timm.is_model(args.model):
+        lion = ", ".join(timm.list_models("lion_*"))
+        raise ArgumentError(f"--model {args.model!r} is not a timm model; LION models: {lion}")
+    if not args.eval and args.epochs < 1:
+        raise ArgumentError(f"--epochs must be ≥ 1, got {args.epochs}")
+    if args.batch_size < 1:
+        raise ArgumentError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+    if args.chunk_size < 1:
+        raise ArgumentError(f"--chunk_size must be ≥ 1, got {args.chunk_size}")
+    if args.resume and not args.resume.startswith("https") and not os.path.isfile(args.resume):
+        raise ArgumentError(f"--resume {args.resume!r}: no such checkpoint file")
+    if args.finetune and not args.finetune.startswith("https") and not os.path.isfile(args.finetune):
+        raise ArgumentError(f"--finetune {args.finetune!r}: no such checkpoint file")
+    if args.distillation_type != "none":
+        if args.finetune and not args.eval:
+            raise ArgumentError("--finetune together with --distillation-type soft|hard is not supported")
+        if not args.teacher_path:
+            raise ArgumentError(f"--distillation-type {args.distillation_type} needs --teacher-path")
+        if not timm.is_model(args.teacher_model):
+            raise ArgumentError(f"--teacher-model {args.teacher_model!r} is not a timm model")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ArgumentError(f"--device {args.device}: CUDA is not available (use --device cpu)")
+    args.model_kwargs = parse_model_kwargs(args.model_kwargs) if isinstance(args.model_kwargs, list) \
+        else dict(args.model_kwargs)
+
+
+# ---------------------------------------------------------------------------------------------- building blocks
+
+def load_checkpoint(path):
+    """A checkpoint file or https URL given on the command line (trusted: DeiT's hold an argparse.Namespace)."""
+    if path.startswith("https"):
+        return torch.hub.load_state_dict_from_url(path, map_location="cpu", check_hash=True)
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def create_lion_model(args, nb_classes):
+    kwargs = dict(num_classes=nb_classes, drop_rate=args.drop, drop_path_rate=args.drop_path,
+                  img_size=args.input_size)
+    if args.model.startswith("lion_"):
+        kwargs.update(mask_type=args.mask_type, order=args.order, format=args.format, chunk_size=args.chunk_size,
+                      pos_emb=args.pos_emb, cls_tok=args.cls_tok)
+    kwargs.update(args.model_kwargs)
+    try:
+        return timm.create_model(args.model, pretrained=False, **kwargs)
+    except (ValueError, TypeError) as e:
+        raise ArgumentError(f"--model {args.model} with {kwargs}: {e}") from None
+
+
+def load_finetune_weights(model, path):
+    """Load a checkpoint for fine-tuning: drop a head of another size, resample the position embedding to the
+    new patch grid (curve orders are rebuilt from the grid at every forward, so nothing else changes)."""
+    checkpoint = load_checkpoint(path)
+    state = checkpoint.get("model", checkpoint)
+    own = model.state_dict()
+    for key in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias"):
+        if key in state and key in own and state[key].shape != own[key].shape:
+            _logger.info("removing %s from the pretrained checkpoint (shape %s, model %s)", key,
+                         tuple(state[key].shape), tuple(own[key].shape))
+            del state[key]
+    if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
+        old = state["pos_embed"]
+        old_grid = int(round((old.shape[1] - 1) ** 0.5))
+        new_grid = list(model.patch_embed.grid_size)
+        state["pos_embed"] = resample_abs_pos_embed(old, new_grid, [old_grid, old_grid], num_prefix_tokens=1)
+        _logger.info("position embedding resampled from %dx%d to %dx%d", old_grid, old_grid, *new_grid)
+    result = model.load_state_dict(state, strict=False)
+    _logger.info("fine-tuning from %s: %s", path, result)
+
+
+def freeze_all_but_attention(model):
+    """``--attn-only``: train the attention blocks, the head and the position embedding; freeze the rest."""
+    for name, param in model.named_parameters():
+        param.requires_grad = ".attn." in name or name.startswith(("head.", "pos_embed"))
+
+
+def build_teacher(args, nb_classes, device):
+    teacher = timm.create_model(args.teacher_model, pretrained=False, num_classes=nb_classes)
+    checkpoint = load_checkpoint(args.teacher_path)
+    teacher.load_state_dict(checkpoint.get("model", checkpoint))
+    return teacher.to(device).eval()
+
+
+def build_loaders(args, dataset_train, dataset_val):
+    num_tasks, rank = utils.get_world_size(), utils.get_rank()
+    if args.distributed:
+        if args.repeated_aug:
+            sampler_train = RASampler(dataset_train, num_tasks, rank, shuffle=True, seed=args.seed)
+        else:
+            sampler_train = torch.utils.data.DistributedSampler(dataset_train, num_tasks, rank, shuffle=True,
+                                                                seed=args.seed)
+        if args.dist_eval:
+            if len(dataset_val) % num_tasks:
+                _logger.warning("--dist-eval with %d validation images over %d processes: some are counted twice",
+                                len(dataset_val), num_tasks)
+            sampler_val = torch.utils.data.DistributedSampler(dataset_val, num_tasks, rank, shuffle=False)
+        else:
+            sampler_val = torch.utils.data.SequentialSampler(dataset_val)
+    else:  # the global torch RNG (re-seeded every epoch) draws the permutation
+        sampler_train = torch.utils.data.RandomSampler(dataset_train)
+        sampler_val = torch.utils.data.SequentialSampler(dataset_val)
+    pin = args.pin_mem and str(args.device).startswith("cuda")
+    loader_train = torch.utils.data.DataLoader(dataset_train, sampler=sampler_train, batch_size=args.batch_size,
+                                               num_workers=args.num_workers, pin_memory=pin, drop_last=True)
+    loader_val = torch.utils.data.DataLoader(dataset_val, sampler=sampler_val, batch_size=int(1.5 * args.batch_size),
+                                             num_workers=args.num_workers, pin_memory=pin, drop_last=False)
+    return sampler_train, loader_train, loader_val
+
+
+def build_criterion(args, mixup_active, teacher):
+    if mixup_active:
+        criterion = SoftTargetCrossEntropy()  # smoothing is handled by the mixup targets
+    elif args.smoothing > 0:
+        criterion = LabelSmoothingCrossEntropy(smoothing=args.smoothing)
+    else:
+        criterion = torch.nn.CrossEntropyLoss()
+    if args.bce_loss:
+        criterion = torch.nn.BCEWithLogitsLoss()
+    return DistillationLoss(criterion, teacher, args.distillation_type, args.distillation_alpha,
+                            args.distillation_tau)
+
+
+def epoch_seed(args, epoch):
+    """A seed for (seed, epoch, rank): every epoch starts from a known RNG state, so resuming is exact."""
+    return int(np.random.SeedSequence([args.seed, epoch, utils.get_rank()]).generate_state(1)[0])
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+def main(args):
+    """Run training or evaluation; returns ``{"model", "test_stats", "max_accuracy"}`` (the unwrapped model)."""
+    check_args(args)
+    utils.init_distributed_mode(args)
+    if utils.is_main_process():
+        _logger.info("%s", json.dumps({k: v for k, v in vars(args).items()}, default=str))
+    device = torch.device(args.device)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None  # bf16 autocast on CUDA, fp32 on CPU
+    utils.seed_everything(args.seed + utils.get_rank())
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    dataset_train, args.nb_classes = build_dataset(is_train=True, args=args)
+    dataset_val, _ = build_dataset(is_train=False, args=args)
+    sampler_train, loader_train, loader_val = build_loaders(args, dataset_train, dataset_val)
+
+    model = create_lion_model(args, args.nb_classes)
+    if args.finetune:
+        load_finetune_weights(model, args.finetune)
+    if args.attn_only:
+        freeze_all_but_attention(model)
+    model.to(device)
+    model_ema = None
+    if args.model_ema:
+        model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
+    model_without_ddp = model
+    if args.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda"
+                                                          else None)
+        model_without_ddp = model.module
+    n_parameters = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _logger.info("model %s: %d trainable parameters", args.model, n_parameters)
+
+    if not args.unscale_lr:
+        args.lr = args.lr * args.batch_size * utils.get_world_size() / 512.0
+    optimizer = create_optimizer(args, model_without_ddp)
+    loss_scaler = LossScaler(device.type, enabled=amp_dtype == torch.float16)
+    lr_scheduler, _ = create_scheduler(args, optimizer)
+
+    mixup_active = args.mixup > 0 or args.cutmix > 0.0 or args.cutmix_minmax is not None
+    mixup_fn = None
+    if mixup_active:
+        mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
+                         prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
+                         label_smoothing=args.smoothing, num_classes=args.nb_classes)
+    teacher = build_teacher(args, args.nb_classes, device) if args.distillation_type != "none" else None
+    criterion = build_criterion(args, mixup_active, teacher)
+
+    output_dir = Path(args.output_dir) if args.output_dir else None
+    if output_dir and utils.is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+
+    if args.resume:
+        checkpoint = load_checkpoint(args.resume)
+        model_without_ddp.load_state_dict(checkpoint["model"])
+        if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+            args.start_epoch = checkpoint["epoch"] + 1
+            if model_ema is not None and checkpoint.get("model_ema") is not None:
+                model_ema.module.load_state_dict(checkpoint["model_ema"])
+            if "scaler" in checkpoint:
+                loss_scaler.load_state_dict(checkpoint["scaler"])
+        _logger.info("resumed from %s (next epoch %d)", args.resume, args.start_epoch)
+    if hasattr(model_without_ddp, "set_format"):  # --format applies to a loaded checkpoint as well
+        model_without_ddp.set_format(args.format, args.chunk_size)
+
+    if args.eval:
+        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq)
+        print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}% "
+              f"(--format {args.format})")
+        return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": test_stats["acc1"]}
+
+    _logger.info("Start training for %d epochs", args.epochs)
+    start_time, max_accuracy, test_stats = time.time(), 0.0, None
+    for epoch in range(args.start_epoch, args.epochs):
+        utils.seed_everything(epoch_seed(args, epoch))
+        if hasattr(sampler_train, "set_epoch"):
+            sampler_train.set_epoch(epoch)
+        lr_scheduler.step(epoch)  # lr of this epoch (timm schedulers are indexed by epoch)
+        train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, loss_scaler,
+                                      amp_dtype, args.clip_grad, model_ema, mixup_fn, args.train_mode,
+                                      args.bce_loss, args.nb_classes, args.print_freq)
+        checkpoint = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                      "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
+                      "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+                      "scaler": loss_scaler.state_dict(), "args": vars(args)}
+        if output_dir:
+            utils.save_on_master(checkpoint, output_dir / "checkpoint.pth")
+        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq)
+        print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}%")
+        if test_stats["acc1"] > max_accuracy:
+            max_accuracy = test_stats["acc1"]
+            if output_dir:
+                utils.save_on_master(checkpoint, output_dir / "best_checkpoint.pth")
+        print(f"Max accuracy: {max_accuracy:.2f}%")
+        log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
+                     **{f"test_{k}": v for k, v in test_stats.items()},
+                     "epoch": epoch, "n_parameters": n_parameters}
+        if output_dir:
+            utils.append_json_line_on_master(output_dir / "log.txt", log_stats)
+    print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": max_accuracy}
+
+
+def cli(argv=None):
+    parser = argparse.ArgumentParser("LION training and evaluation script", parents=[get_args_parser()])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING,
+                        format="%(message)s", stream=sys.stdout)
+    try:
+        main(args)
+    finally:
+        if utils.is_dist_avail_and_initialized():
+            torch.distributed.barrier()  # rank 0 hosts the store: let every rank finish before any leaves
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    cli()
