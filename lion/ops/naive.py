@@ -12,6 +12,8 @@ def naive_scores(q, k, log_a=None, scale: float = 1.0) -> torch.Tensor:
     s = upcast(torch.matmul(q, k.transpose(-1, -2))) * scale
     if log_a is None:
         return s
+    if log_a.shape[0] > 1 and log_a.stride(0) == 0:  # LION-D: gates broadcast over the batch, one mask serves all
+        log_a = log_a[:1]
     with torch.autocast(device_type=q.device.type, enabled=False):
         return s * log_mask(log_a).exp()
 
