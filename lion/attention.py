@@ -10,6 +10,8 @@ the sums are taken in each order, mapped back, averaged, then normalised (LION_S
 """
 from __future__ import annotations
 
+import importlib
+import logging
 from typing import Optional, Sequence
 
 import torch
@@ -17,6 +19,8 @@ import torch
 from lion.curves import inverse_permutation
 from lion.masks import upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
+
+logger = logging.getLogger(__name__)
 
 FORMS = ("attention", "rnn", "chunk")
 BACKENDS = ("auto", "torch", "triton")
@@ -41,7 +45,6 @@ def _fused_kernel(form: str, q: torch.Tensor, backend: Optional[str]):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "torch":
         return None
-    if form in ("chunk", "rnn") and form not in FUSED: import lion.ops.triton_inference  # noqa: E701,F401 (registers FUSED['chunk'/'rnn'] when triton imports)
     fn = FUSED.get(form)
     if backend == "triton":
         if fn is None:
@@ -121,7 +124,16 @@ def lion_attention(
     return (upcast(num) / den).to(v.dtype)
 
 
-try:  # registers FUSED['attention'] (lion/ops/triton) when triton is installed
-    import lion.ops.triton  # noqa: E402,F401
-except Exception:  # pragma: no cover - triton missing or broken: the torch forms still work
-    pass
+def _register_fused_kernels() -> None:
+    """Import the Triton packages, which fill FUSED (attention form: lion.ops.triton; chunk and RNN forms:
+    lion.ops.triton_inference). Without triton the torch forms serve every call."""
+    for name in ("lion.ops.triton", "lion.ops.triton_inference"):
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            logger.debug("fused kernels of %s unavailable: %s", name, err)
+        except Exception as err:  # a broken triton install must not break the torch forms
+            logger.warning("fused kernels of %s failed to load (%s); using the torch forms", name, err)
+
+
+_register_fused_kernels()
