@@ -18,7 +18,7 @@ test: install
 
 # Vision demo: a small LION-D trained on the embedded Fashion-MNIST subset (3000 train / 1000 val images), on CPU.
 VISION_DEMO_FLAGS := --model lion_tiny_patch16_224 --model-kwargs patch_size=7 depth=4 embed_dim=96 num_heads=3 \
-	--input-size 28 --mask_type Decay --epochs 5 --batch-size 64 --lr 1e-3 --unscale-lr --warmup-epochs 0 \
+	--input-size 28 --mask_type Decay --epochs 15 --batch-size 64 --lr 1e-3 --unscale-lr --warmup-epochs 0 \
 	--no-aug --mixup 0 --cutmix 0 --no-model-ema --drop-path 0 --num_workers 1 --device cpu --print-freq 20 \
 	--data-set FMNIST_MINI --data-path data_cache/fmnist_mini --output_dir runs/vision_demo
 
