@@ -168,7 +168,7 @@ def main(argv=None) -> None:
         sources, meta = c4_documents(args.max_samples, args.max_val_samples), {"source": "allenai/c4 en"}
     summary = convert(sources, args.out_root, tokenizer, args.max_seq_len, args.concat, args.map_batch_size,
                       args.num_proc, args.overwrite, {**meta, "tokenizer": args.tokenizer})
-    print(json.dumps(summary["splits"], indent=2))
+    log.info("wrote %s: %s", args.out_root, json.dumps(summary["splits"]))
 
 
 if __name__ == "__main__":
