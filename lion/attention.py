@@ -34,15 +34,17 @@ _default_backend = "auto"
 def set_backend(backend: str) -> None:
     """Process-wide default: 'auto' (fused kernels on CUDA where registered, torch elsewhere), 'torch', 'triton'."""
     global _default_backend
+    _default_backend = _check_backend(backend)
+
+
+def _check_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    _default_backend = backend
+    return backend
 
 
 def _fused_kernel(form: str, q: torch.Tensor, backend: Optional[str]):
-    backend = backend or _default_backend
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    backend = _check_backend(backend or _default_backend)
     if backend == "torch":
         return None
     fn = FUSED.get(form)
@@ -51,6 +53,8 @@ def _fused_kernel(form: str, q: torch.Tensor, backend: Optional[str]):
             raise ValueError(f"backend='triton' but no fused kernel is registered for form {form!r}")
         return fn
     return fn if q.is_cuda else None
+
+
 _ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
 
 
