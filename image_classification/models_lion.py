@@ -12,7 +12,7 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import register_model
 
-from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, elu_plus_one, grid_size,
+from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, elu_plus_one,
                   lion_attention, normalized_silu, selective_log_gates)
 
 ORDERS = ("Normal", "S")
@@ -22,6 +22,13 @@ FORMATS = ("Attention", "RNN", "Chunk")
 def _check_choice(name, value, allowed):
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+
+
+def _check_square_grid(grid, context):
+    """The ♮ curves walk a g×g grid; a 2×8 grid has a square count (16) but is not one."""
+    if grid[0] != grid[1]:
+        raise ValueError(f"order='S' needs a square patch grid, got {tuple(grid)} ({context}); "
+                         "allowed: a square grid, or order='Normal'")
 
 
 def _check_chunk_size(chunk_size):
@@ -122,14 +129,7 @@ class LionVisionTransformer(nn.Module):
         self.mask_type, self.order, self.pos_emb, self.cls_tok = mask_type, order, pos_emb, cls_tok
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
         if order == "S":
-            try:
-                grid_size(self.patch_embed.grid_size[0] * self.patch_embed.grid_size[1])
-                if self.patch_embed.grid_size[0] != self.patch_embed.grid_size[1]:
-                    raise ValueError
-            except ValueError:
-                raise ValueError(f"order='S' needs a square patch grid, got {tuple(self.patch_embed.grid_size)} "
-                                 f"(img_size={img_size}, patch_size={patch_size}); allowed: a square grid, "
-                                 "or order='Normal'") from None
+            _check_square_grid(self.patch_embed.grid_size, f"img_size={img_size}, patch_size={patch_size}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         if pos_emb:
             self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
@@ -184,9 +184,8 @@ class LionVisionTransformer(nn.Module):
 
     def forward_features(self, x):
         grid = self.patch_embed.dynamic_feat_size(x.shape[-2:])
-        if self.order == "S" and self.mask_type != "Lit" and grid[0] != grid[1]:
-            raise ValueError(f"order='S' needs a square patch grid, got {tuple(grid)} for input "
-                             f"{tuple(x.shape[-2:])}; allowed: square inputs, or order='Normal'")
+        if self.order == "S" and self.mask_type != "Lit":
+            _check_square_grid(grid, f"input {tuple(x.shape[-2:])}")
         x = self._pos_embed(self.patch_embed(x), grid)
         return self.norm(self.blocks(x))
 
