@@ -14,6 +14,7 @@ from timm.models import register_model
 
 from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, elu_plus_one,
                   lion_attention, normalized_silu, selective_log_gates)
+from lion.checks import check_chunk_size
 
 ORDERS = ("Normal", "S")
 FORMATS = ("Attention", "RNN", "Chunk")
@@ -29,11 +30,6 @@ def _check_square_grid(grid, context):
     if grid[0] != grid[1]:
         raise ValueError(f"order='S' needs a square patch grid, got {tuple(grid)} ({context}); "
                          "allowed: a square grid, or order='Normal'")
-
-
-def _check_chunk_size(chunk_size):
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer ≥ 1, got {chunk_size!r}")
 
 
 class LionAttention(nn.Module):
@@ -67,7 +63,7 @@ class LionAttention(nn.Module):
         _check_choice("format", format, FORMATS)
         self.format = format
         if chunk_size is not None:
-            _check_chunk_size(chunk_size)
+            check_chunk_size(chunk_size)
             self.chunk_size = chunk_size
 
     def _log_gates(self, gate, x, perm=None):
@@ -121,7 +117,7 @@ class LionVisionTransformer(nn.Module):
         _check_choice("mask_type", mask_type, MASK_TYPES)
         _check_choice("order", order, ORDERS)
         _check_choice("format", format, FORMATS)
-        _check_chunk_size(chunk_size)
+        check_chunk_size(chunk_size)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_classes = num_classes
         self.num_features = self.embed_dim = embed_dim

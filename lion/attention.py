@@ -16,6 +16,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
 from lion.masks import upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
@@ -101,8 +102,7 @@ def lion_attention(
     backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'.
     """
     form = canonical_form(form)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer ≥ 1, got {chunk_size}")
+    check_chunk_size(chunk_size)
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, :, None].to(k.dtype)
         k = k * keep

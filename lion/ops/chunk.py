@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from lion.checks import check_chunk_size
 from lion.masks import upcast
 
 
@@ -43,8 +44,7 @@ def _strict_causal(q, k, v, log_a, C: int):
 
 
 def chunk_sums(q, k, v, log_a=None, scale: float = 1.0, chunk_size: int = 32, with_den: bool = True):
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer ≥ 1, got {chunk_size}")
+    check_chunk_size(chunk_size)
     dtype = v.dtype
     q, k, v = upcast(q) * scale, upcast(k), upcast(v)
     if with_den:

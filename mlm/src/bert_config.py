@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from lion.checks import check_chunk_size
+
 ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s")
 FORMS = ("parallel", "rnn", "chunk")
 # arch types that add absolute position embeddings (LION_SPEC §2: lion-d and lion-s encode position in their mask)
@@ -49,8 +51,7 @@ class LionBertConfig(PretrainedConfig):
         self.form = str(self.form).lower()
         check_choice("arch_type", self.arch_type, ARCH_TYPES)
         check_choice("form", self.form, FORMS)
-        if int(self.chunk_size) < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {self.chunk_size!r}")
+        check_chunk_size(self.chunk_size)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_attention_heads ({self.num_attention_heads})")

@@ -18,6 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
+from lion.checks import check_chunk_size
 from mlm.src.bert_config import FORMS, LionBertConfig, check_choice
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
@@ -213,9 +214,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
         check_choice("form", form, FORMS)
         self.config.form = form
         if chunk_size is not None:
-            if int(chunk_size) < 1:
-                raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
-            self.config.chunk_size = int(chunk_size)
+            self.config.chunk_size = check_chunk_size(chunk_size)
 
 
 class LionBertModel(LionBertPreTrainedModel):

@@ -6,6 +6,7 @@ import os
 import torch
 import triton
 
+from lion.checks import check_chunk_size
 from lion.ops.chunk import chunk_sums
 from lion.ops.recurrent import recurrent_sums
 from lion.ops.triton_inference.kernels import _chunk_fwd_kernel, _rnn_fwd_kernel
@@ -80,8 +81,7 @@ def chunk_sums_triton(q, k, v, log_a=None, scale: float = 1.0, with_den: bool = 
     """Chunk form on the GPU. The kernel's chunk is ``chunk_size`` rounded up to a power of two in [16, 128]
     (tensor-core tiles); the result is the same for every chunk size (LION_SPEC §1). The parallel algorithm keeps
     2·dk·dv fp32 states per chunk and head (for dk = dv = 64 and chunk 128: 4 bytes per token and channel)."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer ≥ 1, got {chunk_size}")
+    check_chunk_size(chunk_size)
     if _needs_grad(q, k, v, log_a):
         return chunk_sums(q, k, v, log_a, scale, chunk_size, with_den)
     cfg = CHUNK_CONFIG
