@@ -18,6 +18,32 @@ def load_json(path):
         return json.load(f)
 
 
+def merge_results(results, dirs, filename, settings):
+    """Fold the runs of other results folders (e.g. seeds run side by side on several GPUs) into ``results``.
+
+    Every folder's ``filename`` must hold results made with ``settings``; runs already in ``results`` win. Keys other
+    than ``runs`` that ``results`` lacks (calibration, GPU name, ...) are taken from the first folder that has them."""
+    for d in dirs:
+        other = load_json(Path(d) / filename)
+        if other is None:
+            raise SystemExit(f"--merge: {Path(d) / filename} does not exist")
+        if other.get("settings") != settings:
+            raise SystemExit(f"--merge: {Path(d) / filename} was made with other settings: {other.get('settings')} "
+                             f"(this run: {settings})")
+        for key, run in other["runs"].items():
+            results["runs"].setdefault(key, run)
+        for key, value in other.items():
+            if key not in ("runs", "table", "wall_s"):
+                results.setdefault(key, value)
+    return results
+
+
+def _next(counters, key):
+    """0, 1, 2, ... on successive calls with the same key."""
+    counters[key] = counters.get(key, -1) + 1
+    return counters[key]
+
+
 def _publish(tmp, path):
     """Give the temporary file the usual permissions (mkstemp makes it 0600), then move it into place."""
     umask = os.umask(0)
@@ -51,11 +77,16 @@ def plot_curves(results, path, x, y, loss, title, y_label="test top-1 (%)", loss
         _logger.warning("matplotlib is not installed: %s not written", path)
         return None
     fig, axes = plt.subplots(1, 3 if bars else 2, figsize=(16 if bars else 11, 4))
+    groups, seen = {}, {}  # runs "<model>/seed<n>": one colour per model, one line style per seed
     for name, run in sorted(results["runs"].items()):
+        group = name.split("/")[0]
+        color = f"C{groups.setdefault(group, len(groups)) % 10}"
+        style = ("-", "--", ":", "-.")[_next(seen, group) % 4]
         points = [h for h in run["history"] if h.get(y) is not None]
-        axes[0].plot([h[x] for h in points], [h[y] for h in points], marker="o", ms=3, label=name)
+        axes[0].plot([h[x] for h in points], [h[y] for h in points], style, color=color, marker="o", ms=3, label=name)
         points = [h for h in run["history"] if h.get(loss) is not None]
-        axes[1].plot([h[x] for h in points], [h[loss] for h in points], marker="o", ms=2, label=name)
+        axes[1].plot([h[x] for h in points], [h[loss] for h in points], style, color=color, marker="o", ms=2,
+                     label=name)
     for ax, label in zip(axes, (y_label, loss_label)):
         ax.set_xlabel(x)
         ax.set_ylabel(label)

@@ -4,11 +4,14 @@ steps on the offline corpus (mlm/data/corpus), then finetuned on the offline GLU
     python experiments/mlm_small.py                               # defaults below (CPU here: minutes per model)
     python experiments/mlm_small.py --steps 1000 --hidden 256 --batch-size 32   # bigger budget
     python experiments/mlm_small.py --smoke                       # tiny model, a few steps (CI)
+    python experiments/mlm_small.py --archs BERT LION-Lit --out r/a ...; ... --archs LION-D LION-S --out r/b ...
+    python experiments/mlm_small.py --merge r/a r/b --out r ...   # models side by side on two GPUs, then one table
 
 Pretraining is ``mlm/main.py`` (Composer) with ``yamls/pretrain/demo.yaml`` plus overrides; finetuning is
 ``mlm/glue.py``'s runner with ``yamls/finetune-glue/demo.yaml`` (tasks chosen with --glue-tasks). Every model gets
 the same size, data, schedule and steps. Resumable: a model whose pretraining (or finetuning) result is already in
-the results JSON with the same settings is skipped. Writes ``<out>/mlm_small.json`` and ``<out>/mlm_small.png``.
+the results JSON with the same settings is skipped. Runs on the GPU when there is one (bf16 autocast), else on the
+CPU. Writes ``<out>/mlm_small.json`` and ``<out>/mlm_small.png``.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from composer.loggers import LoggerDestination
 from omegaconf import OmegaConf as om
 
-from experiments.common import atomic_write_json, load_json, plot_curves
+from experiments.common import atomic_write_json, load_json, merge_results, plot_curves
 from mlm import main as mlm_main
 from mlm.src.glue.report import summarize as glue_summarize
 from mlm.src.glue.runner import train as glue_train
@@ -107,7 +110,7 @@ def finetune(args, arch, work, checkpoint):
         if args.smoke:
             cfg.tasks[name].trainer_kwargs.batch_size = 100
     cfg.merge_with({
-        "base_run_name": f"exp8-{arch}", "tokenizer_name": str(REPO / "mlm/data/bert-base-uncased"),
+        "base_run_name": f"exp8-{arch}", "precision": "amp_bf16" if _on_gpu() else "fp32", "tokenizer_name": str(REPO / "mlm/data/bert-base-uncased"),
         "model": {"model_config": model_config(args, arch)},
         "starting_checkpoint_load_path": checkpoint, "local_pretrain_checkpoint_folder": str(work / "pretrain"),
         "save_finetune_checkpoint_prefix": str(work / "finetune"),
@@ -129,18 +132,25 @@ def interleaved_step_ms(args, archs, rounds):
 
     from mlm.src.create_bert import create_bert_mlm
 
+    device = torch.device("cuda" if _on_gpu() else "cpu")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(args.seed)
     models = {a: create_bert_mlm(model_config=model_config(args, a),
-                                 tokenizer_name=str(REPO / "mlm/data/bert-base-uncased")).model for a in archs}
-    ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len))
-    labels = torch.where(torch.rand(ids.shape) < 0.3, ids, torch.full_like(ids, -100))
+                                 tokenizer_name=str(REPO / "mlm/data/bert-base-uncased")).model.to(device)
+              for a in archs}
+    ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
+    labels = torch.where(torch.rand(ids.shape, device=device) < 0.3, ids, torch.full_like(ids, -100))
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
     times = {a: [] for a in archs}
-    for r in range(rounds + 1):  # round 0 warms up
+    for r in range(rounds + 2):  # rounds 0 and 1 warm up (kernel compilation)
         for a, model in models.items():
+            sync()
             t0 = time.perf_counter()
-            model(**batch, masked_logits_only=True).loss.backward()
-            if r:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(**batch, masked_logits_only=True).loss
+            loss.backward()
+            sync()
+            if r > 1:
                 times[a].append(1e3 * (time.perf_counter() - t0))
             model.zero_grad(set_to_none=True)
     return {a: statistics.median(t) for a, t in times.items()}
@@ -188,6 +198,9 @@ def parse_args(argv=None):
     p.add_argument("--glue-duration", default="1ep", help="finetuning length per task (Composer time string)")
     p.add_argument("--step-rounds", type=int, default=8, help="rounds of the interleaved step timing (0: skip)")
     p.add_argument("--smoke", action="store_true", help="tiny model, a few steps, one fixture task for a few batches")
+    p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                   help="first fold in the models of these results folders (same settings; e.g. one pair per GPU)")
+    p.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON in --out")
     args = p.parse_args(argv)
     if args.smoke:
         args.steps, args.eval_every, args.eval_batches, args.batch_size, args.seq_len = 3, 3, 1, 4, 32
@@ -212,17 +225,22 @@ def main(argv=None):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out, work = Path(args.out), Path(args.work_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
     path = out / "mlm_small.json"
     results = load_json(path) or {}
+    if args.replot:
+        plot(results, out / "mlm_small.png")
+        return results
+    work.mkdir(parents=True, exist_ok=True)
     if results.get("settings") != settings(args):
-        results = {"settings": settings(args), "runs": {}, "device": "cpu"}
+        results = {"settings": settings(args), "runs": {}}
+    merge_results(results, args.merge, "mlm_small.json", settings(args))
+    results.setdefault("device", _device_name())
     for arch in args.archs:
         run = results["runs"].setdefault(arch, {})
         if "pretrain" not in run:
             run["pretrain"] = pretrain(args, arch, work)
             atomic_write_json(path, results)
-            plot(results, args, out / "mlm_small.png")
+            plot(results, out / "mlm_small.png")
         else:
             print(f"[skip] {arch} pretraining: already in {path}", flush=True)
         glue = run.get("glue")
@@ -237,20 +255,32 @@ def main(argv=None):
         results["step_ms_interleaved"] = interleaved_step_ms(args, args.archs, args.step_rounds)
         results["table"] = summarize(results, list(ARCHS))
         atomic_write_json(path, results)
-    plot(results, args, out / "mlm_small.png")
+    plot(results, out / "mlm_small.png")
     for row in results["table"]:
         print(json.dumps(row), flush=True)
     return results
 
 
-def plot(results, args, path):
-    rows = summarize(results, list(ARCHS))
+def plot(results, path):
+    s, rows = results["settings"], summarize(results, list(ARCHS))
     plot_curves(results_for_plot(results), path, x="step", y="val_masked_acc", loss="train_loss",
                 y_label="validation MaskedAccuracy (%)",
                 bars={r["model"]: r["step_ratio"] for r in rows if r["step_ratio"]},
-                bar_label="train step time / BERT's (interleaved, CPU)",
-                title=f"MLM on the offline corpus: {args.layers}x{args.hidden}, seq {args.seq_len}, "
-                      f"batch {args.batch_size}, {args.steps} steps (CPU)")
+                bar_label="train step time / BERT's (interleaved)",
+                title=f"MLM on the offline corpus: {s['layers']}x{s['hidden']}, seq {s['seq_len']}, batch "
+                      f"{s['batch_size']}, {s['steps']} steps, lr {s['lr']:g} ({results.get('device', 'CPU')})")
+
+
+def _on_gpu():
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _device_name():
+    import torch
+
+    return torch.cuda.get_device_name(0) if _on_gpu() else "CPU"
 
 
 def results_for_plot(results):

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer
 from timm.scheduler import create_scheduler
 
-from experiments.common import atomic_write_json, load_json, plot_curves
+from experiments.common import atomic_write_json, load_json, merge_results, plot_curves
 from image_classification import main_lion
 from image_classification.datasets import FMNIST_DEBIAN_DIR, FMNIST_MINI_NPZ, read_fashion_mnist
 from image_classification.engine import LossScaler, evaluate, train_one_epoch
@@ -239,13 +239,15 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--smoke", action="store_true", help="CPU, embedded subset, tiny model, 1 epoch (CI)")
     p.add_argument("--replot", action="store_true", help="only redraw the PNG from the results JSON in --out")
+    p.add_argument("--merge", nargs="+", default=[], metavar="DIR",
+                   help="first fold in the runs of these results folders (same settings; e.g. one seed per GPU)")
     args = p.parse_args(argv)
     if args.smoke:
         args.device, args.epochs, args.depth, args.dim, args.heads = "cpu", 1, 1, 32, 2
         args.batch_size, args.calib_steps, args.warmup_steps, args.extra_seed_variants = 128, 1, 0, []
     if args.epochs is not None and args.epochs < 1:
         p.error(f"--epochs must be ≥ 1, got {args.epochs}")
-    if not args.smoke and not args.replot and not os.path.isdir(args.data_path):
+    if not args.smoke and not args.replot and not args.merge and not os.path.isdir(args.data_path):
         p.error(f"--data-path {args.data_path!r} is not a directory (apt-get install dataset-fashion-mnist)")
     return args
 
@@ -268,25 +270,34 @@ def main(argv=None):
         return results
     if results.get("settings") != settings(args):
         results = {"settings": settings(args), "runs": {}}  # other settings: start over
+    merge_results(results, args.merge, "vision_fmnist.json", settings(args))
     device = torch.device(args.device)
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-        results["gpu"] = torch.cuda.get_device_name(0)
+        results.setdefault("gpu", torch.cuda.get_device_name(0))
     import lion.attention
-    results.update(torch=torch.__version__, lion_fused_forms=sorted(lion.attention.FUSED))
-    data = load_data(args, device)
-    print(f"data: train {tuple(data[0].shape)}, test {tuple(data[2].shape)} on {device}", flush=True)
+    results.setdefault("torch", torch.__version__)
+    results.setdefault("lion_fused_forms", sorted(lion.attention.FUSED))
+    loaded = []
+
+    def data():  # read only when something is trained (not for a merge of finished runs)
+        if not loaded:
+            loaded.extend(load_data(args, device))
+            print(f"data: train {tuple(loaded[0].shape)}, test {tuple(loaded[2].shape)} on {device}", flush=True)
+        return loaded
 
     if "calibration_ms" not in results or set(results["calibration_ms"]) != set(args.variants):
-        results["calibration_ms"] = calibrate(args, data, device, amp_dtype)
+        results["calibration_ms"] = calibrate(args, data(), device, amp_dtype)
         atomic_write_json(path, results)
     epochs = args.epochs or results.get("epochs")
     if epochs is None:  # the largest common budget that fits: steps × calibrated time ×1.8 (eval, optimizer, sync)
         left = args.time_budget - (time.perf_counter() - t_start) - 3.0 * len(args.variants)
-        per_epoch = sum(1.8 * len(data[1]) // args.batch_size * ms / 1e3 for ms in results["calibration_ms"].values())
+        per_epoch = sum(1.8 * len(data()[1]) // args.batch_size * ms / 1e3 for ms in results["calibration_ms"].values())
         epochs = int(max(1, min(args.max_epochs, left // per_epoch)))
         print(f"[budget] {left:.0f}s left, ~{per_epoch:.1f}s per epoch of all variants -> {epochs} epochs", flush=True)
+    if results.get("epochs") not in (None, epochs):
+        raise SystemExit(f"--epochs {epochs}: {path} holds runs of {results['epochs']} epochs (use another --out)")
     results["epochs"] = epochs
 
     extra_seed = max(args.seeds) + 1
@@ -302,7 +313,7 @@ def main(argv=None):
         if seed == extra_seed and guess and elapsed + 1.3 * guess * epochs > args.time_budget:
             print(f"[budget] no time left for {key}", flush=True)
             continue
-        results["runs"][key] = run_one(args, variant, epochs, seed, data, device, amp_dtype)
+        results["runs"][key] = run_one(args, variant, epochs, seed, data(), device, amp_dtype)
         results["table"] = summarize(results, args.variants)
         atomic_write_json(path, results)
         plot(results, out / "vision_fmnist.png")
