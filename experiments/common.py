@@ -18,6 +18,16 @@ def load_json(path):
         return json.load(f)
 
 
+def load_results(path, settings, merge_dirs=()):
+    """The results JSON at ``path`` if it was made with ``settings`` (else a fresh one: other settings start over),
+    with the runs of the folders ``merge_dirs`` folded in (see ``merge_results``)."""
+    path = Path(path)
+    results = load_json(path) or {}
+    if results.get("settings") != settings:
+        results = {"settings": settings, "runs": {}}
+    return merge_results(results, merge_dirs, path.name, settings)
+
+
 def merge_results(results, dirs, filename, settings):
     """Fold the runs of other results folders (e.g. seeds run side by side on several GPUs) into ``results``.
 

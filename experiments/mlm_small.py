@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from composer.loggers import LoggerDestination
 from omegaconf import OmegaConf as om
 
-from experiments.common import atomic_write_json, load_json, merge_results, plot_curves
+from experiments.common import atomic_write_json, load_json, load_results, plot_curves
 from mlm import main as mlm_main
 from mlm.src.glue.report import summarize as glue_summarize
 from mlm.src.glue.runner import train as glue_train
@@ -110,7 +110,8 @@ def finetune(args, arch, work, checkpoint):
         if args.smoke:
             cfg.tasks[name].trainer_kwargs.batch_size = 100
     cfg.merge_with({
-        "base_run_name": f"exp8-{arch}", "precision": "amp_bf16" if _on_gpu() else "fp32", "tokenizer_name": str(REPO / "mlm/data/bert-base-uncased"),
+        "base_run_name": f"exp8-{arch}", "precision": "amp_bf16" if _on_gpu() else "fp32",
+        "tokenizer_name": str(REPO / "mlm/data/bert-base-uncased"),
         "model": {"model_config": model_config(args, arch)},
         "starting_checkpoint_load_path": checkpoint, "local_pretrain_checkpoint_folder": str(work / "pretrain"),
         "save_finetune_checkpoint_prefix": str(work / "finetune"),
@@ -226,14 +227,12 @@ def main(argv=None):
     out, work = Path(args.out), Path(args.work_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     path = out / "mlm_small.json"
-    results = load_json(path) or {}
     if args.replot:
+        results = load_json(path)
         plot(results, out / "mlm_small.png")
         return results
     work.mkdir(parents=True, exist_ok=True)
-    if results.get("settings") != settings(args):
-        results = {"settings": settings(args), "runs": {}}
-    merge_results(results, args.merge, "mlm_small.json", settings(args))
+    results = load_results(path, settings(args), args.merge)
     results.setdefault("device", _device_name())
     for arch in args.archs:
         run = results["runs"].setdefault(arch, {})

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer
 from timm.scheduler import create_scheduler
 
-from experiments.common import atomic_write_json, load_json, merge_results, plot_curves
+from experiments.common import atomic_write_json, load_json, load_results, plot_curves
 from image_classification import main_lion
 from image_classification.datasets import FMNIST_DEBIAN_DIR, FMNIST_MINI_NPZ, read_fashion_mnist
 from image_classification.engine import LossScaler, evaluate, train_one_epoch
@@ -264,13 +264,11 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "vision_fmnist.json"
-    results = load_json(path) or {}
     if args.replot:
+        results = load_json(path)
         plot(results, out / "vision_fmnist.png")
         return results
-    if results.get("settings") != settings(args):
-        results = {"settings": settings(args), "runs": {}}  # other settings: start over
-    merge_results(results, args.merge, "vision_fmnist.json", settings(args))
+    results = load_results(path, settings(args), args.merge)
     device = torch.device(args.device)
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
     if device.type == "cuda":
