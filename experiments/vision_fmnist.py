@@ -44,7 +44,7 @@ VARIANTS = {
     "LION-D": ("lion_tiny_patch16_224", "Decay", "Normal"),
     "LION-Lit": ("lion_tiny_patch16_224", "Lit", "Normal"),
 }
-# LION_SPEC §5, ImageNet-1K base: top-1 and training time relative to DeiT.
+# docs/lion.md §5, ImageNet-1K base: top-1 and training time relative to DeiT.
 PAPER = {"DeiT": (81.8, 1.0), "LION-Lit": (74.7, 0.73), "LION-D": (77.8, 1.39), "LION-D♮": (80.2, 1.48),
          "LION-S": (76.3, 1.46), "LION-S♮": (79.9, 1.68)}
 FMNIST_MEAN, FMNIST_STD = 0.2860, 0.3530

@@ -1,4 +1,4 @@
-"""Train, evaluate, fine-tune and distil LION vision transformers with DeiT's recipe (LION_SPEC §1, §4).
+"""Train, evaluate, fine-tune and distil LION vision transformers with DeiT's recipe (docs/lion.md §1, §4).
 
     python image_classification/main_lion.py                                  # embedded Fashion-MNIST subset
     python image_classification/main_lion.py --model lion_base_patch16_224 --data-set IMNET --data-path /imagenet \
@@ -72,7 +72,7 @@ def get_args_parser():
     p.add_argument("--model-ema-decay", type=float, default=0.99996)
     p.add_argument("--model-ema-force-cpu", action="store_true")
 
-    # LION (LION_SPEC §1)
+    # LION (docs/lion.md §1)
     p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
     p.add_argument("--order", default="Normal", choices=ORDERS, help="'S': the ♮ variant (two snake orders)")
     p.add_argument("--format", default="Attention", choices=FORMATS, help="attention form used for training/eval")

@@ -1,4 +1,4 @@
-"""LION vision transformers (LION_SPEC §1): DeiT/ViT with the attention replaced by LION.
+"""LION vision transformers (docs/lion.md §1): DeiT/ViT with the attention replaced by LION.
 
 Parameter names match the published implementation, so its state dicts load with ``strict=True``.
 ``timm.create_model('lion_small_patch16_224', mask_type='Selective', order='S', depth=6)`` works.
@@ -12,8 +12,8 @@ import torch.nn as nn
 from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
 from timm.models import register_model
 
-from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, elu_plus_one,
-                  lion_attention, normalized_silu, selective_log_gates)
+from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, lion_attention,
+                  selective_log_gates)
 from lion.checks import check_chunk_size
 
 ORDERS = ("Normal", "S")
@@ -57,7 +57,7 @@ class LionAttention(nn.Module):
             self.a_i = gate()
             if order == "S":
                 self.a2_i = gate()
-        self.feature_map = elu_plus_one if mask_type == "Lit" else normalized_silu
+        self.feature_map = "elu_plus_one" if mask_type == "Lit" else "normalized_silu"  # applied by lion_attention
 
     def set_format(self, format, chunk_size=None):
         _check_choice("format", format, FORMATS)
@@ -78,14 +78,14 @@ class LionAttention(nn.Module):
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = self.feature_map(q), self.feature_map(k)
         orders, log_a = None, None
         if self.order == "S" and self.mask_type != "Lit":  # with M = 1 every order gives the same result
             perms = [curve_permutation(N, c, 1, x.device) for c in ("s", "sr")]
             orders = [(p, self._log_gates(g, x, p)) for p, g in zip(perms, (self.a_i, self.a2_i))]
         elif self.mask_type != "Lit":
             log_a = self._log_gates(self.a_i, x)
-        y = lion_attention(q, k, v, log_a, scale=self.scale, normalize=True, eps=1e-6, orders=orders,
+        y = lion_attention(q, k, v, log_a, feature_map=self.feature_map, scale=self.scale, normalize=True, eps=1e-6,
+                           orders=orders,
                            form=canonical_form(self.format), chunk_size=self.chunk_size,
                            dropout_p=self.attn_drop, training=self.training, backend=self.backend)
         return self.proj_drop(self.proj(y.transpose(1, 2).reshape(B, N, C)))

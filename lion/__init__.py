@@ -1,4 +1,4 @@
-"""LION: bidirectional masked linear attention in attention, RNN and chunk forms (see LION_SPEC)."""
+"""LION: bidirectional masked linear attention in attention, RNN and chunk forms (see docs/lion.md)."""
 from lion.attention import BACKENDS, FORMS, canonical_form, lion_attention, set_backend
 from lion.curves import CURVES, curve_permutation, grid_size, inverse_permutation
 from lion.feature_maps import elu_plus_one, normalized_silu

@@ -1,12 +1,12 @@
 """Bidirectional masked linear attention: one entry point for every LION model (vision and MLM).
 
     A_ij = scale · (q_i·k_j) · M_ij · keep_j         (keep_j = 0 for padded keys)
-    vision (normalize=True):  y_i = Σ_j A_ij v_j / (Σ_j A_ij + eps)        LION_SPEC §1
-    MLM    (normalize=False): y_i = Σ_j A_ij v_j                           LION_SPEC §2
+    vision (normalize=True):  y_i = Σ_j A_ij v_j / (Σ_j A_ij + eps)        docs/lion.md §1
+    MLM    (normalize=False): y_i = Σ_j A_ij v_j                           docs/lion.md §2
 
 ``form`` picks the attention (reference), RNN or chunk form; all three give the same result.
 ``orders`` implements the ♮ variants: a list of (perm, log_a) pairs, each a token order with its own gates;
-the sums are taken in each order, mapped back, averaged, then normalised (LION_SPEC §1, order 'S').
+the sums are taken in each order, mapped back, averaged, then normalised (docs/lion.md §1, order 'S').
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import torch
 
 from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
+from lion.feature_maps import FEATURE_MAPS
 from lion.masks import upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
@@ -83,6 +84,7 @@ def lion_attention(
     v: torch.Tensor,
     log_a: Optional[torch.Tensor] = None,
     *,
+    feature_map: Optional[str] = None,
     scale: float = 1.0,
     normalize: bool = True,
     eps: float = 1e-6,
@@ -96,6 +98,9 @@ def lion_attention(
 ) -> torch.Tensor:
     """q, k: (B, H, L, dk); v: (B, H, L, dv); log_a: (B, H, L) log gates ≤ 0 or None (Lit).
 
+    feature_map: None (q and k are already features) or a name in ``lion.feature_maps.FEATURE_MAPS``
+    ('elu_plus_one', 'normalized_silu'), applied here to q and k (fused kernels apply it on load).
+
     key_padding_mask: (B, L) bool, True for real tokens. Padded keys are dropped and their gates set to 1,
     so padded positions never influence real ones, whatever their content or place.
     Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
@@ -103,6 +108,11 @@ def lion_attention(
     """
     form = canonical_form(form)
     check_chunk_size(chunk_size)
+    if feature_map is not None:
+        if feature_map not in FEATURE_MAPS:
+            raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
+        phi = FEATURE_MAPS[feature_map]
+        q, k = phi(q), phi(k)
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, :, None].to(k.dtype)
         k = k * keep

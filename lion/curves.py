@@ -1,4 +1,4 @@
-"""♮ curve orders over a square patch grid (LION_SPEC §1, order 'S').
+"""♮ curve orders over a square patch grid (docs/lion.md §1, order 'S').
 
 Raster index r = g·y + x. Order ``s`` walks rows as a snake, order ``sr`` walks columns as a snake.
 The cls token (index 0) stays first; patch tokens follow in curve order.

@@ -1,4 +1,4 @@
-"""Log-space decay masks of LION (LION_SPEC §1).
+"""Log-space decay masks of LION (docs/lion.md §1).
 
 Every mask is described by per-token log gates ``log_a`` of shape (B, H, L), fp32, all ≤ 0:
 Lit has none (``None``), Decay has one constant per head, Selective one value per token.

@@ -1,4 +1,4 @@
-"""RNN and chunk forms equal the attention form (LION_SPEC §1, §2), at the op and at the model level."""
+"""RNN and chunk forms equal the attention form (docs/lion.md §1, §2), at the op and at the model level."""
 import itertools
 
 import pytest

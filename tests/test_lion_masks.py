@@ -1,4 +1,4 @@
-"""The log-space masks against brute-force products (LION_SPEC §1)."""
+"""The log-space masks against brute-force products (docs/lion.md §1)."""
 import pytest
 import torch
 

@@ -12,7 +12,7 @@ TINY = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=2, depth=2, num_c
 
 
 def literal_attention(attn, x):
-    """LION_SPEC §1 written out literally (explicit gate products, no log space, no shared code)."""
+    """docs/lion.md §1 written out literally (explicit gate products, no log space, no shared code)."""
     B, N, C = x.shape
     H, hd = attn.num_heads, C // attn.num_heads
     q, k, v = attn.qkv(x).reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4)

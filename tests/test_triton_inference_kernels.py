@@ -77,7 +77,7 @@ def test_without_den_and_uneven_value_dim(form):
 
 
 def test_strong_gates_stay_finite():
-    """log a down to −60 per token: every exponent is ≤ 0, so nothing overflows (LION_SPEC §1)."""
+    """log a down to −60 per token: every exponent is ≤ 0, so nothing overflows (docs/lion.md §1)."""
     q, k, v, log_a = _inputs(1, 2, 40, 8, "selective", seed=5, strength=60.0)
     ref_num, ref_den = _reference(q, k, v, log_a, 1.0)
     for form, fn in FNS.items():

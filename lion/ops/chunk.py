@@ -1,5 +1,5 @@
 """Chunk form: blocks of C tokens; within a block the masked scores are explicit (C×C), across blocks a d×d
-state per direction is carried (LION_SPEC §1, chunk form). O(L·C·d + L·d²) time, O(C² + d²) extra memory.
+state per direction is carried (docs/lion.md §1, chunk form). O(L·C·d + L·d²) time, O(C² + d²) extra memory.
 
 The backward (right-to-left) direction is the forward one on the flipped sequence: the backward mask
 Π_{t=i+1}^{j} a_t becomes, after flipping positions and gates, the forward mask Π_{t'=j'}^{i'−1} a'_{t'}.

@@ -1,4 +1,4 @@
-"""RNN form (LION_SPEC §1): a forward and a backward scan with a d×d state per head and direction.
+"""RNN form (docs/lion.md §1): a forward and a backward scan with a d×d state per head and direction.
 
     S^F_i = a_{i−1} S^F_{i−1} + k_i v_iᵀ        S^B_i = a_{i+1} S^B_{i+1} + k_i v_iᵀ
     y_i   = q_iᵀ (S^F_i + S^B_i) − (q_i·k_i) v_i   (the diagonal is counted once)

@@ -1,4 +1,4 @@
-"""The transformers config of the LION BERT family (LION_SPEC §2)."""
+"""The transformers config of the LION BERT family (docs/lion.md §2)."""
 from __future__ import annotations
 
 from transformers import PretrainedConfig
@@ -7,7 +7,7 @@ from lion.checks import check_chunk_size
 
 ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s")
 FORMS = ("parallel", "rnn", "chunk")
-# arch types that add absolute position embeddings (LION_SPEC §2: lion-d and lion-s encode position in their mask)
+# arch types that add absolute position embeddings (docs/lion.md §2: lion-d and lion-s encode position in their mask)
 ARCHS_WITH_POSITIONS = ("attention", "lion-lit")
 
 

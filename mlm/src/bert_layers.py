@@ -1,4 +1,4 @@
-"""LION BERT: HF BERT layout whose self-attention is softmax (SDPA) or LION-Lit/D/S (LION_SPEC §2).
+"""LION BERT: HF BERT layout whose self-attention is softmax (SDPA) or LION-Lit/D/S (docs/lion.md §2).
 
 Parameter names follow HF BERT and the published LIONS-EPFL checkpoints (``bert.embeddings.*``,
 ``bert.encoder.layer.N.attention.self.{query,key,value,ai,Wa_i,layer_norm}``, ``cls.predictions.*``, ``classifier.*``).
@@ -48,7 +48,7 @@ class LionBertEmbeddings(nn.Module):
 
 
 class LionBertSelfAttention(nn.Module):
-    """Softmax attention or unnormalised LION attention Y = ((Q Kᵀ/√d) ⊙ M ⊙ keymask) V (LION_SPEC §2)."""
+    """Softmax attention or unnormalised LION attention Y = ((Q Kᵀ/√d) ⊙ M ⊙ keymask) V (docs/lion.md §2)."""
 
     def __init__(self, config: LionBertConfig):
         super().__init__()
@@ -204,7 +204,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         if isinstance(module, LionBertSelfAttention) and hasattr(module, "ai"):
-            init.normal_(module.ai, mean=0.0, std=1.0)  # published init: randn (LION_SPEC §2)
+            init.normal_(module.ai, mean=0.0, std=1.0)  # published init: randn (docs/lion.md §2)
         elif isinstance(module, LionBertLMPredictionHead):
             init.zeros_(module.bias)
 

@@ -1,6 +1,6 @@
 """Load published LIONS-EPFL checkpoints, save_pretrained dirs and Composer checkpoints into our classes.
 
-Published configs may carry legacy names (LION_SPEC §3.4): ``model_type: bert``, ``arch_type`` values
+Published configs may carry legacy names (docs/lion.md §3.4): ``model_type: bert``, ``arch_type`` values
 ``linear_attention`` / ``nova`` / ``nova-inputdep``, M2-BERT-only fields, and a fused ``Wqkv`` projection
 (M2-/Mosaic-BERT layout). They are mapped to ours, then the state dict loads strictly.
 """

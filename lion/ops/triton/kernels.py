@@ -1,4 +1,4 @@
-"""Triton kernels of the attention form of LION (LION_SPEC §1): forward and backward, mask made on the fly.
+"""Triton kernels of the attention form of LION (docs/lion.md §1): forward and backward, mask made on the fly.
 
 Per head, with P the exclusive and C the inclusive prefix sum of the log gates (lion.masks):
 

@@ -1,4 +1,4 @@
-"""Triton forward kernels for the chunk and RNN forms (LION_SPEC §1), inference only.
+"""Triton forward kernels for the chunk and RNN forms (docs/lion.md §1), inference only.
 
 Both compute, per (batch, head) and one block of value columns, the two directions of
 
@@ -121,7 +121,7 @@ def _rnn_fwd_kernel(
     HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr,
     BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr,
 ):
-    """One token per step (LION_SPEC §1, RNN form), the d×d state in registers; both directions side by side
+    """One token per step (docs/lion.md §1, RNN form), the d×d state in registers; both directions side by side
     (grid axis 2), adding into the zero-initialised fp32 NUM/DEN:
         forward:  S ← a_{i−1} S + k_i v_iᵀ, then y_i = q_iᵀ S        (inclusive: the diagonal counted here)
         backward: S ← a_{i+1} S,           y_i = q_iᵀ S, then S += k_i v_iᵀ   (strict)

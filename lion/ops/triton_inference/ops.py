@@ -79,7 +79,7 @@ def _launch(kernel, q, k, v, log_a, scale, with_den, two_pass, block_dv, **meta)
 
 def chunk_sums_triton(q, k, v, log_a=None, scale: float = 1.0, with_den: bool = True, chunk_size: int = 64):
     """Chunk form on the GPU. The kernel's chunk is ``chunk_size`` rounded up to a power of two in [16, 128]
-    (tensor-core tiles); the result is the same for every chunk size (LION_SPEC §1). The parallel algorithm keeps
+    (tensor-core tiles); the result is the same for every chunk size (docs/lion.md §1). The parallel algorithm keeps
     2·dk·dv fp32 states per chunk and head (for dk = dv = 64 and chunk 128: 4 bytes per token and channel)."""
     check_chunk_size(chunk_size)
     if _needs_grad(q, k, v, log_a):

@@ -7,7 +7,7 @@
    right) and SB_c = e^{g_{c+1}} SB_{c+1} + ΔB_{c+1} (right to left); d×d fp32 states.
 3. ``_chunk_output``: per chunk, the full C×C masked scores (lower part e^{rF_i − rF_j}, upper e^{rB_j − rB_i})
    plus the two carried states: y_i = Σ_{j∈c} A_ij v_j + e^{rF_i} q_i SF_c + e^{g_c − rB_i} q_i SB_c.
-Every exponent is ≤ 0 (LION_SPEC §1). Extra memory: the states, 2·d·dv fp32 per chunk and head.
+Every exponent is ≤ 0 (docs/lion.md §1). Extra memory: the states, 2·d·dv fp32 per chunk and head.
 """
 import triton
 import triton.language as tl

@@ -45,7 +45,7 @@ def model_weights(state: dict) -> dict[str, torch.Tensor]:
 
 
 def infer_arch_type(weights: dict) -> str:
-    """LION_SPEC §2: lion-d has ``attention.self.ai``, lion-s ``attention.self.Wa_i``, lion-lit a LayerNorm after
+    """docs/lion.md §2: lion-d has ``attention.self.ai``, lion-s ``attention.self.Wa_i``, lion-lit a LayerNorm after
     attention (``attention.self.layer_norm``); softmax BERT has none of them."""
     keys = ' '.join(weights)
     if '.attention.self.ai' in keys:

@@ -1,7 +1,7 @@
 """Runs every (task, seed) job of a finetuning yaml in the paper's order and collects the results.
 
 Round 1: MNLI, QNLI, QQP, SST-2, CoLA from the pretraining checkpoint. Round 2: RTE, MRPC, STS-B from the MNLI
-checkpoint of the first MNLI seed (LION_SPEC §4, M2-BERT). With ``parallel: true`` and several GPUs one spawned
+checkpoint of the first MNLI seed (docs/lion.md §4, M2-BERT). With ``parallel: true`` and several GPUs one spawned
 process per GPU runs jobs from a queue (M2-BERT's ``glue.py``); otherwise jobs run one after the other.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The GLUE task registry (LION_SPEC §4) and the offline fixture tasks that imitate GLUE tasks.
+"""The GLUE task registry (docs/lion.md §4) and the offline fixture tasks that imitate GLUE tasks.
 
 Each task says where its data lives (``nyu-mll/glue`` config name, GLUE folder and TSV layout), how many labels its
 head has (1 = regression), which metrics are computed, which of them make the task's GLUE score, and which task's
