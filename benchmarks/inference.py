@@ -1,4 +1,4 @@
-"""Inference benchmark (issue 7): time and activation memory of DeiT-S (SDPA) and LION-S in each form and mask,
+"""Inference benchmark: time and activation memory of DeiT-S (SDPA) and LION-S in each form and mask,
 over image resolutions, plus BERT-base LION-D/S (chunk, RNN) against softmax BERT (SDPA) over sequence length.
 
 Everything runs side by side in one process, bf16 weights and inputs, torch.inference_mode. Time: CUDA events
@@ -273,7 +273,7 @@ def markdown(env, rows):
     keys = list(dict.fromkeys((r["model"], r["form"]) for r in vis))
     get = {(r["model"], r["form"], r["res"]): r for r in vis}
     tok = {r["res"]: r["tokens"] for r in vis}
-    out = [BEGIN, "## Inference (issue 7): `benchmarks/inference.py`", "",
+    out = [BEGIN, "## Inference: `benchmarks/inference.py`", "",
            f"{env['date']} · {env['gpu']} · torch {env['torch']} · triton {env['triton']} · {env['dtype']} weights and "
            f"inputs · batch {env['batch']} · chunk {env['chunk_size']} · fused kernels: "
            + ", ".join(f"`{k}`" for k in env["fused"]) + f" · chunk kernel settings `{env.get('chunk_config')}`, "
@@ -309,7 +309,7 @@ def markdown(env, rows):
             out += [f"| {m} | {f} | " + " | ".join(f"{_cell(g.get((m, f, n)), 'ms')} / {_cell(g.get((m, f, n)), 'gib')}"
                                                     for n in lengths) + " |" for m, f in mk]
             out.append("")
-    out += ["Targets of issue 7 (computed from the rows above):", ""] + _targets(rows)
+    out += ["Targets (computed from the rows above):", ""] + _targets(rows)
     out += ["", "![inference time and memory vs tokens](inference.png)", END]
     return "\n".join(out) + "\n"
 

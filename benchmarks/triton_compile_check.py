@@ -1,7 +1,7 @@
 """Compiles every variant of the fused kernels for a GPU target without a GPU (Triton's bundled ptxas).
 
 Catches what the CPU interpreter accepts but the compiler refuses. Run it with the Triton version of the GPU machine
-(e.g. ``pip install --target /tmp/t36 --no-deps triton==3.6.0; PYTHONPATH=/tmp/t36:. python benchmarks/triton_compile_check.py``):
+(e.g. ``pip install --target t36 --no-deps triton==3.6.0; PYTHONPATH=t36:. python benchmarks/triton_compile_check.py``):
 
     python benchmarks/triton_compile_check.py [--arch 90]
 """

@@ -1,4 +1,4 @@
-"""Small-scale MLM study (issue 8): softmax BERT against LION-Lit, LION-D, LION-S, pretrained for the same number of
+"""Small-scale MLM study: softmax BERT against LION-Lit, LION-D, LION-S, pretrained for the same number of
 steps on the offline corpus (mlm/data/corpus), then finetuned on the offline GLUE-format fixture (mlm/data/glue_fixture).
 
     python experiments/mlm_small.py                               # defaults below (CPU here: minutes per model)
@@ -64,7 +64,7 @@ def model_config(args, arch):
 def pretrain(args, arch, work):
     """One Composer pretraining run; returns validation MaskedAccuracy curve, final value and times."""
     overrides = {
-        "run_name": f"exp8-{arch}", "seed": args.seed, "max_seq_len": args.seq_len,
+        "run_name": f"small-{arch}", "seed": args.seed, "max_seq_len": args.seq_len,
         "data_local": str(work / f"corpus-{args.seq_len}"),
         "data_prep": {"local_files": [str(REPO / "mlm/data/corpus/*.txt.gz")], "val_fraction": 0.05},
         "tokenizer_name": str(REPO / "mlm/data/bert-base-uncased"),
@@ -110,7 +110,7 @@ def finetune(args, arch, work, checkpoint):
         if args.smoke:
             cfg.tasks[name].trainer_kwargs.batch_size = 100
     cfg.merge_with({
-        "base_run_name": f"exp8-{arch}", "precision": "amp_bf16" if _on_gpu() else "fp32",
+        "base_run_name": f"small-{arch}", "precision": "amp_bf16" if _on_gpu() else "fp32",
         "tokenizer_name": str(REPO / "mlm/data/bert-base-uncased"),
         "model": {"model_config": model_config(args, arch)},
         "starting_checkpoint_load_path": checkpoint, "local_pretrain_checkpoint_folder": str(work / "pretrain"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The issue-8 studies as run for the README on one 4-GPU H200 machine (about 8 minutes each):
+# The small-scale studies of experiments/README.md, as run on one 4-GPU H200 machine (about 8 minutes each):
 #   bash experiments/run_gpu_study.sh WORK_DIR [FASHION_MNIST_DIR]
 #       GPU 0, 1: the vision study (six variants, 20 epochs), seed 0 and seed 1;
 #       GPU 2, 3: the MLM study (BERT + LION-Lit, LION-D + LION-S: 1500 steps at lr 1e-3, then the fixture tasks);

@@ -1,4 +1,4 @@
-"""The experiment scripts (issue 8) run end to end with --smoke on CPU and write sane, resumable results."""
+"""The experiment scripts run end to end with --smoke on CPU and write sane, resumable results."""
 import json
 
 import pytest

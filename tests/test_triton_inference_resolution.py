@@ -1,5 +1,5 @@
 """LION vision models accept any square input resolution at inference: the patch grid and the ♮ curve orders
-follow the input, and the position embedding is interpolated when ``pos_emb`` (issue 7)."""
+follow the input, and the position embedding is interpolated when ``pos_emb``."""
 import pytest
 import timm
 import torch

@@ -1,7 +1,7 @@
 """Convert C4 (``allenai/c4``, ``en``, streamed) or local text files into tokenised arrow data sets for MLM.
 
     python -m mlm.src.convert_dataset --dataset c4 --out_root /data/c4-bert-128 --max_samples 1000000
-    python -m mlm.src.convert_dataset --local_files mlm/data/corpus/*.txt.gz --out_root /tmp/corpus-64 \
+    python -m mlm.src.convert_dataset --local_files mlm/data/corpus/*.txt.gz --out_root data_cache/corpus-64 \
         --max_seq_len 64 --tokenizer mlm/data/bert-base-uncased
 
 Output: ``out_root/{train,val}`` (``Dataset.save_to_disk``) with ``input_ids`` and ``attention_mask`` rows of

