@@ -131,10 +131,10 @@ def interleaved_step_ms(args, archs, rounds):
 
     import torch
 
+    from benchmarks.timing import median_ms
     from mlm.src.create_bert import create_bert_mlm
 
     device = torch.device("cuda" if _on_gpu() else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     torch.manual_seed(args.seed)
     models = {a: create_bert_mlm(model_config=model_config(args, a),
                                  tokenizer_name=str(REPO / "mlm/data/bert-base-uncased")).model.to(device)
@@ -142,17 +142,18 @@ def interleaved_step_ms(args, archs, rounds):
     ids = torch.randint(1000, 30000, (args.batch_size, args.seq_len), device=device)
     labels = torch.where(torch.rand(ids.shape, device=device) < 0.3, ids, torch.full_like(ids, -100))
     batch = dict(input_ids=ids, attention_mask=torch.ones_like(ids), labels=labels)
+    def step(model):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(**batch, masked_logits_only=True).loss
+        loss.backward()
+
     times = {a: [] for a in archs}
     for r in range(rounds + 2):  # rounds 0 and 1 warm up (kernel compilation)
         for a, model in models.items():
-            sync()
-            t0 = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = model(**batch, masked_logits_only=True).loss
-            loss.backward()
-            sync()
+            # one timed step per turn (reps=1), so that the models keep taking turns
+            ms = median_ms(lambda: step(model), warmup=0, reps=1, device=device.type)
             if r > 1:
-                times[a].append(1e3 * (time.perf_counter() - t0))
+                times[a].append(ms)
             model.zero_grad(set_to_none=True)
     return {a: statistics.median(t) for a, t in times.items()}
 

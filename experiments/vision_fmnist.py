@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer
 from timm.scheduler import create_scheduler
 
+from benchmarks.timing import median_ms
 from experiments.common import atomic_write_json, load_json, load_results, plot_curves
 from image_classification import main_lion
 from image_classification.datasets import FMNIST_DEBIAN_DIR, FMNIST_MINI_NPZ, read_fashion_mnist
@@ -112,22 +113,19 @@ def trainer_args(args, variant, epochs, seed):
 
 def timed_steps(model, criterion, loader, optimizer, device, amp_dtype, warmup, steps):
     """Median ms of ``steps`` forward+backward passes after ``warmup`` (kernel compilation) — no optimizer step, so
-    the weights stay at their initialisation."""
-    times, it = [], iter(loader)
-    for i in range(warmup + steps):
-        x, y = next(it)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
+    the weights stay at their initialisation. The batches are drawn before the timing starts."""
+    it = iter(loader)
+    batches = iter([next(it) for _ in range(warmup + steps)])
+
+    def step():
+        x, y = next(batches)
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = criterion(x, model(x), y)
         loss.backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(1e3 * (time.perf_counter() - t0))
+
+    ms = median_ms(step, warmup=warmup, reps=steps, device=device.type)
     optimizer.zero_grad(set_to_none=True)
-    return statistics.median(times)
+    return ms
 
 
 def build_run(args, variant, epochs, seed, data, device):

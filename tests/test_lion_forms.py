@@ -6,19 +6,15 @@ import timm
 import torch
 
 import image_classification.models_lion  # noqa: F401
+from conftest import log_gates, rel_err_max
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates, selective_log_gates_eps
-
-
-def rel_err(y, ref):
-    return ((y - ref).abs().max() / ref.abs().max()).item()
 
 
 def gates(kind, B, H, L, dtype=torch.float32):
     if kind == "Lit":
         return None
-    if kind == "Decay":
-        return decay_log_gates(torch.randn(H, dtype=dtype), L, B)
-    return selective_log_gates(3 * torch.randn(B, L, H, dtype=dtype))
+    param = torch.randn(H, dtype=dtype) if kind == "Decay" else 3 * torch.randn(B, L, H, dtype=dtype)
+    return log_gates(kind, param, B, L)
 
 
 # --- model level: every mask × order × pos_emb/cls_tok, L ∈ {17, 50, 197}, chunks {1, 7, 32, L, L+3}, batch 1, 3
@@ -38,10 +34,10 @@ def test_model_forms_equal_attention(mask_type, order, L):
             ref = model.forward_features(x)
             assert ref.shape[1] == L
             model.set_format("RNN")
-            assert rel_err(model.forward_features(x), ref) <= 1e-5
+            assert rel_err_max(model.forward_features(x), ref) <= 1e-5
             for C in (1, 7, 32, L, L + 3):
                 model.set_format("Chunk", C)
-                assert rel_err(model.forward_features(x), ref) <= 1e-5, (C, pos_emb, B)
+                assert rel_err_max(model.forward_features(x), ref) <= 1e-5, (C, pos_emb, B)
             model.set_format("Attention")
 
 
@@ -61,9 +57,9 @@ def test_op_forms_equal_attention_with_padding(kind, normalize):
     keep[2, 10:12] = False        # a hole
     kw = dict(scale=d ** -0.5, normalize=normalize, key_padding_mask=keep)
     ref = lion_attention(q, k, v, log_a, **kw)
-    assert rel_err(lion_attention(q, k, v, log_a, form="rnn", **kw), ref) <= 1e-12
+    assert rel_err_max(lion_attention(q, k, v, log_a, form="rnn", **kw), ref) <= 1e-12
     for C in (1, 4, 22, 23, 30):
-        assert rel_err(lion_attention(q, k, v, log_a, form="chunk", chunk_size=C, **kw), ref) <= 1e-12
+        assert rel_err_max(lion_attention(q, k, v, log_a, form="chunk", chunk_size=C, **kw), ref) <= 1e-12
 
 
 @pytest.mark.parametrize("form", ["attention", "rnn", "chunk"])
@@ -111,7 +107,7 @@ def test_orders_sum_equals_averaged_mask():
     expected = (A @ v) / (A.sum(-1, keepdim=True) + 1e-6)
     for form in ("attention", "rnn", "chunk"):
         y = lion_attention(q, k, v, orders=orders, form=form, chunk_size=5)
-        assert rel_err(y, expected) <= 1e-12
+        assert rel_err_max(y, expected) <= 1e-12
 
 
 def test_curve_orders():

@@ -2,17 +2,8 @@
 import pytest
 import torch
 
+from conftest import brute_force_mask
 from lion.masks import decay_log_gates, log_mask, mask, selective_log_gates, selective_log_gates_eps
-
-
-def brute_force_mask(a):
-    """M_ij = Π_{t=j}^{i−1} a_t (i > j), 1 (i = j), Π_{t=i+1}^{j} a_t (i < j), by explicit products."""
-    L = a.shape[-1]
-    M = torch.empty(*a.shape, L, dtype=a.dtype)
-    for i in range(L):
-        for j in range(L):
-            M[..., i, j] = torch.prod(a[..., j:i], -1) if i >= j else torch.prod(a[..., i + 1:j + 1], -1)
-    return M
 
 
 @pytest.mark.parametrize("L", [1, 2, 17])

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from image_classification.models_lion import LionVisionTransformer
+from conftest import brute_force_mask
 from lion.curves import curve_permutation, inverse_permutation
-from test_lion_masks import brute_force_mask
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=2, depth=2, num_classes=4)
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import lion
+from conftest import log_gates, rel_err_l2
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates
 from lion.ops import naive_sums
 
@@ -24,10 +25,6 @@ MASKS = ("Lit", "Decay", "Selective")
 
 if INTERPRET or CUDA:
     from lion.ops.triton import attention_sums
-
-
-def rel_err(x, ref):
-    return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def make_inputs(mask, B, H, L, D, DV, dtype, seed):
@@ -42,12 +39,6 @@ def make_inputs(mask, B, H, L, D, DV, dtype, seed):
     return leaves
 
 
-def log_gates(mask, param, B, L):
-    if mask == "Decay":
-        return decay_log_gates(param, L, B)
-    return selective_log_gates(param) if mask == "Selective" else None
-
-
 def check(mask, B, H, L, D, DV, dtype, with_den, tol, lit_kv=None, seed=0):
     leaves = make_inputs(mask, B, H, L, D, DV, dtype, seed)
     q, k, v = leaves[:3]
@@ -59,20 +50,20 @@ def check(mask, B, H, L, D, DV, dtype, with_den, tol, lit_kv=None, seed=0):
     rparam = ref_leaves[3] if len(ref_leaves) > 3 else None
     rnum, rden = naive_sums(rq, rk, rv, log_gates(mask, rparam, B, L), scale, with_den)
     assert num.dtype == dtype and num.shape == rnum.shape
-    assert rel_err(num, rnum) < tol
+    assert rel_err_l2(num, rnum) < tol
     assert (den is None) == (not with_den)
     g = torch.Generator(device="cpu").manual_seed(seed + 1)
     gnum = torch.randn(rnum.shape, generator=g, dtype=torch.float64).to(DEV)
     loss, rloss = (num.double() * gnum).sum(), (rnum * gnum).sum()
     if with_den:
-        assert den.dtype == torch.float32 and rel_err(den, rden) < tol
+        assert den.dtype == torch.float32 and rel_err_l2(den, rden) < tol
         gden = torch.randn(rden.shape, generator=g, dtype=torch.float64).to(DEV)
         loss, rloss = loss + (den.double() * gden).sum(), rloss + (rden * gden).sum()
     grads = torch.autograd.grad(loss, leaves)
     rgrads = torch.autograd.grad(rloss, ref_leaves)
     for name, x, ref in zip(("q", "k", "v", "gate"), grads, rgrads):
         assert torch.isfinite(x).all(), name
-        assert rel_err(x, ref) < tol, (name, rel_err(x, ref))
+        assert rel_err_l2(x, ref) < tol, (name, rel_err_l2(x, ref))
 
 
 @pytest.mark.parametrize("mask,L,B,with_den",  # each odd length with batch 1 and 3, with and without den
@@ -91,7 +82,7 @@ def test_steep_gates_stay_finite(L):
     z = (6 + torch.randn(B, L, H, device=DEV)).requires_grad_()
     num, den = attention_sums(q, k, v, selective_log_gates(z), 1.0, True)
     ref = naive_sums(*(t.detach().double() for t in (q, k, v)), selective_log_gates(z.detach().double()), 1.0, True)
-    assert rel_err(num, ref[0]) < 1e-5 and rel_err(den, ref[1]) < 1e-5
+    assert rel_err_l2(num, ref[0]) < 1e-5 and rel_err_l2(den, ref[1]) < 1e-5
     grads = torch.autograd.grad(num.sum() + den.sum(), (q, k, v, z))
     assert all(torch.isfinite(g).all() for g in grads)
 
@@ -126,7 +117,7 @@ def test_lion_attention_backends_agree(mask, normalize):
         kw64 = {**kw, "orders": [(p, g.double()) for p, g in kw["orders"]]} if "orders" in kw else kw
         ref = lion_attention(q.double(), k.double(), v.double(), None if la is None else la.double(),
                              backend="torch", **kw64)
-        assert rel_err(y, ref) < 1e-5
+        assert rel_err_l2(y, ref) < 1e-5
 
 
 def test_cpu_without_interpreter_fails_clearly():
@@ -156,10 +147,10 @@ def test_torch_compile_traces_the_custom_op():
 
     compiled = torch.compile(f, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
     y, yc = f(q, k, v, z), compiled(q, k, v, z)
-    assert rel_err(yc, y) < 1e-5
+    assert rel_err_l2(yc, y) < 1e-5
     g, gc = torch.autograd.grad(y.sum(), (q, k, v, z)), torch.autograd.grad(yc.sum(), (q, k, v, z))
     for a, b in zip(gc, g):
-        assert rel_err(a, b) < 1e-5
+        assert rel_err_l2(a, b) < 1e-5
 
 
 # --- GPU only: the models' shapes, fp32 (IEEE dots) ≤ 1e-4 and bf16 ≤ 1e-2 against fp64 on the same inputs
@@ -176,10 +167,10 @@ def test_gpu_autocast_mixed_dtypes():
     with torch.autocast("cuda", dtype=torch.bfloat16):
         num, den = attention_sums(q, k, v, selective_log_gates(z), D ** -0.5, True)
     ref = naive_sums(q.double(), k.double(), v.double(), selective_log_gates(z.double()), D ** -0.5, True)
-    assert num.dtype == torch.bfloat16 and rel_err(num, ref[0]) < 1e-2 and rel_err(den, ref[1]) < 1e-2
+    assert num.dtype == torch.bfloat16 and rel_err_l2(num, ref[0]) < 1e-2 and rel_err_l2(den, ref[1]) < 1e-2
     dq, dz = torch.autograd.grad(num.float().sum() + den.sum(), (q, z))
     rdq, rdz = torch.autograd.grad(ref[0].sum() + ref[1].sum(), (q, z))
-    assert dq.dtype == torch.float32 and rel_err(dq, rdq) < 1e-2 and rel_err(dz, rdz) < 1e-2
+    assert dq.dtype == torch.float32 and rel_err_l2(dq, rdq) < 1e-2 and rel_err_l2(dz, rdz) < 1e-2
 
 
 @pytest.mark.skipif(not CUDA, reason="realistic shapes run on the GPU only")

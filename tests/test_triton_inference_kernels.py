@@ -12,6 +12,7 @@ if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
     pytest.skip("needs CUDA or TRITON_INTERPRET=1 (run through tests/test_triton_inference.py)", allow_module_level=True)
 pytest.importorskip("triton")
 
+from conftest import rel_err_l2  # noqa: E402
 from lion import lion_attention, selective_log_gates  # noqa: E402
 from lion.ops import naive_sums  # noqa: E402
 from lion.ops.triton_inference import chunk_sums_triton, ops, recurrent_sums_triton  # noqa: E402
@@ -42,10 +43,6 @@ def _inputs(B, H, L, d, mask, seed, dtype=torch.float32, strength=3.0):
     return to(q.to(dtype)), to(k.to(dtype)), to(v.to(dtype)), to(log_a)
 
 
-def _rel(x, ref):
-    return ((x.double().cpu() - ref).norm() / ref.norm()).item()
-
-
 def _reference(q, k, v, log_a, scale):
     c = lambda t: None if t is None else t.double().cpu()  # noqa: E731
     return naive_sums(c(q), c(k), c(v), c(log_a), scale, True)
@@ -63,7 +60,7 @@ def test_kernel_matches_attention_form(form, mask, B, L, chunk):
     num, den = FNS[form](q, k, v, log_a, 0.7, True, chunk)
     ref_num, ref_den = _reference(q, k, v, log_a, 0.7)
     assert num.dtype == v.dtype and num.shape == v.shape and den.dtype == torch.float32
-    assert _rel(num, ref_num) < 1e-5 and _rel(den, ref_den) < 1e-5
+    assert rel_err_l2(num, ref_num) < 1e-5 and rel_err_l2(den, ref_den) < 1e-5
 
 
 @pytest.mark.parametrize("form", list(FNS))
@@ -73,7 +70,7 @@ def test_without_den_and_uneven_value_dim(form):
     v = torch.randn(2, 2, 20, 70, generator=g).to(DEVICE)  # dv ≠ dk, two value blocks, signed values
     log_a = selective_log_gates(torch.randn(2, 20, 2, generator=g)).to(DEVICE)
     num, den = FNS[form](q, k, v, log_a, 1.0, False, 16)
-    assert den is None and _rel(num, _reference(q, k, v, log_a, 1.0)[0]) < 1e-5
+    assert den is None and rel_err_l2(num, _reference(q, k, v, log_a, 1.0)[0]) < 1e-5
 
 
 def test_strong_gates_stay_finite():
@@ -83,7 +80,7 @@ def test_strong_gates_stay_finite():
     for form, fn in FNS.items():
         num, den = fn(q, k, v, log_a, 1.0, True, 16)
         assert torch.isfinite(num).all() and torch.isfinite(den).all(), form
-        assert _rel(num, ref_num) < 1e-5 and _rel(den, ref_den) < 1e-5, form
+        assert rel_err_l2(num, ref_num) < 1e-5 and rel_err_l2(den, ref_den) < 1e-5, form
 
 
 def test_bf16_inputs():
@@ -92,7 +89,7 @@ def test_bf16_inputs():
     for form, fn in FNS.items():
         num, den = fn(q, k, v, log_a, 0.25, True, 16)
         assert num.dtype == torch.bfloat16 and den.dtype == torch.float32
-        assert _rel(num, ref_num) < 1e-2 and _rel(den, ref_den) < 1e-2, form
+        assert rel_err_l2(num, ref_num) < 1e-2 and rel_err_l2(den, ref_den) < 1e-2, form
 
 
 @pytest.mark.parametrize("form", ["chunk", "rnn"])
@@ -110,7 +107,7 @@ def test_registered_through_lion_attention_with_padding_and_orders(form):
     for kwargs in (dict(log_a=log_a, key_padding_mask=keep), dict(orders=orders)):
         ref = lion_attention(q, k, v, form="attention", backend="torch", **kwargs)
         out = lion_attention(q, k, v, form=form, chunk_size=16, backend="triton", **kwargs)
-        assert _rel(out, ref.double().cpu()) < 1e-5
+        assert rel_err_l2(out, ref.double().cpu()) < 1e-5
 
 
 def test_grad_falls_back_to_differentiable_torch_form():

@@ -1,0 +1,53 @@
+"""Shared test helpers: relative errors and input builders (import them: ``from conftest import rel_err_max``).
+
+Two error measures are in use, and they are not interchangeable; each test names the one it asserts on:
+
+    rel_err_max(x, ref) = max|x − ref| / max|ref|        (elementwise worst case, relative to the largest entry)
+    rel_err_l2(x, ref)  = ‖x − ref‖₂ / ‖ref‖₂            (Frobenius norm over all entries)
+
+Both are computed in float64 on the CPU, so the measure itself adds no rounding to the error it reports.
+"""
+from __future__ import annotations
+
+import torch
+
+from lion import decay_log_gates, selective_log_gates
+
+
+def _f64(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().to("cpu", torch.float64)
+
+
+def rel_err_max(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """max|x − ref| / max|ref|, in float64."""
+    x, ref = _f64(x), _f64(ref)
+    return ((x - ref).abs().max() / ref.abs().max()).item()
+
+
+def rel_err_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """‖x − ref‖₂ / ‖ref‖₂ over all entries, in float64."""
+    x, ref = _f64(x), _f64(ref)
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def brute_force_mask(a: torch.Tensor) -> torch.Tensor:
+    """docs/lion.md §1.2 by explicit products: M_ij = Π_{t=j}^{i−1} a_t (i > j), 1 (i = j), Π_{t=i+1}^{j} a_t (i < j)."""
+    L = a.shape[-1]
+    M = torch.empty(*a.shape, L, dtype=a.dtype)
+    for i in range(L):
+        for j in range(L):
+            M[..., i, j] = torch.prod(a[..., j:i], -1) if i >= j else torch.prod(a[..., i + 1:j + 1], -1)
+    return M
+
+
+def log_gates(mask: str, param, batch: int, length: int):
+    """Log gates (B, H, L) of a mask type from its parameter: 'Lit' → None, 'Decay' → the per-head scalars (H,),
+    'Selective' → the gate pre-activations (B, L, H). Mask names are case-insensitive ('lit', 'decay', ...)."""
+    mask = mask.lower()
+    if mask == "lit":
+        return None
+    if mask == "decay":
+        return decay_log_gates(param, length, batch)
+    if mask == "selective":
+        return selective_log_gates(param)
+    raise ValueError(f"mask must be one of 'Lit', 'Decay', 'Selective', got {mask!r}")
