@@ -9,8 +9,6 @@ backbone tools: ``features_only=True``, ``forward_intermediates``, gradient chec
 from __future__ import annotations
 
 from functools import partial
-from typing import List, Optional, Tuple, Union
-
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -137,8 +135,8 @@ def _resolve_global_pool(global_pool, cls_tok):
 
 
 @register_notrace_function  # FX: the patch grid comes from the input's shape
-def lion_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos_embed: Optional[torch.Tensor],
-                pos_grid: Tuple[int, int], square_grid: bool) -> torch.Tensor:
+def lion_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos_embed: torch.Tensor | None,
+                pos_grid: tuple[int, int], square_grid: bool) -> torch.Tensor:
     """(B, H, W, C) patch embeddings → (B, 1 + H·W, C) tokens, cls first then raster order. ``pos_embed`` (made for
     ``pos_grid``) is resampled to H×W for other input sizes."""
     B, H, W, C = patches.shape
@@ -164,7 +162,7 @@ class LionVisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
                  drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Attention",
-                 chunk_size=32, pos_emb=False, cls_tok=None, backend=None, global_pool: Optional[str] = None,
+                 chunk_size=32, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
                  dynamic_img_size: bool = True):
         super().__init__()
         _check_choice("mask_type", mask_type, MASK_TYPES)
@@ -239,7 +237,7 @@ class LionVisionTransformer(nn.Module):
     def get_classifier(self):
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
         self.num_classes = num_classes
         if global_pool is not None:
             _check_choice("global_pool", global_pool, GLOBAL_POOLS)
@@ -256,7 +254,7 @@ class LionVisionTransformer(nn.Module):
     def forward_intermediates(
             self,
             x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
+            indices: int | list[int] | None = None,
             return_prefix_tokens: bool = False,
             norm: bool = False,
             stop_early: bool = False,
@@ -287,7 +285,7 @@ class LionVisionTransformer(nn.Module):
             return intermediates
         return self.norm(x), intermediates
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
                                   prune_head: bool = True):
         """Drop the blocks after the last wanted intermediate (and the norm / head); returns the kept indices."""
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
@@ -303,7 +301,7 @@ class LionVisionTransformer(nn.Module):
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
         return self.norm(x)
 
-    def pool(self, x, pool_type: Optional[str] = None):
+    def pool(self, x, pool_type: str | None = None):
         pool_type = self.global_pool if pool_type is None else pool_type
         if pool_type == "avg_all":
             return global_pool_nlc(x, "avg", self.num_prefix_tokens, reduce_include_prefix=True)
@@ -322,9 +320,9 @@ def checkpoint_filter_fn(state_dict, model):
     resample a square-grid ``pos_embed`` to the model's patch grid. Parameter names are left as published. Every
     key but the head's must match the model (timm loads non-strictly when it drops a head of another size)."""
     state_dict = dict(state_dict.get("model", state_dict))
-    body = lambda keys: {k for k in keys if not k.startswith("head.")}  # noqa: E731
-    own = model.state_dict()
-    missing, unexpected = sorted(body(own) - body(state_dict)), sorted(body(state_dict) - body(own))
+    own = {k for k in model.state_dict() if not k.startswith("head.")}
+    given = {k for k in state_dict if not k.startswith("head.")}
+    missing, unexpected = sorted(own - given), sorted(given - own)
     if missing or unexpected:
         raise ValueError(f"checkpoint does not fit the model (check mask_type, order, pos_emb, depth): "
                          f"missing {missing[:4]}, unexpected {unexpected[:4]}")

@@ -62,7 +62,7 @@ def test_features_only_shapes_and_reductions(name, kw):
     assert model.feature_info.module_name() == ["blocks.0", "blocks.1"]
     reference = None
     with torch.no_grad():
-        for _ in forms(model.model):
+        for _ in forms(model.model):  # the getter runs forward_intermediates: every form gives the same maps
             feats = model(x)
             assert [f.shape for f in feats] == [(2, 32, GRID, GRID)] * 2
             reference = reference or feats
@@ -85,13 +85,10 @@ def test_forward_intermediates(name, kw):
         assert [m.shape for m in maps] == [(2, 32, GRID, GRID)] * 2
         # NCHW maps are the normed patch tokens in raster order; the last one is forward_features'
         torch.testing.assert_close(maps[1].flatten(2).transpose(1, 2), tokens[:, 1:])
-        for _ in forms(model):  # every LION form gives the same maps
-            for got, want in zip(model.forward_intermediates(x, indices=[0, 1], norm=True)[1], maps):
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
         nlc = model.forward_intermediates(x, indices=1, output_fmt="NLC", intermediates_only=True)
         assert len(nlc) == 1 and nlc[0].shape == (2, GRID * GRID, 32)
         torch.testing.assert_close(model.norm(nlc[0]), tokens[:, 1:])
-        (patch, prefix), = model.forward_intermediates(x, indices=[-1], output_fmt="NLC", norm=True,
+        (_, prefix), = model.forward_intermediates(x, indices=[-1], output_fmt="NLC", norm=True,
                                                        return_prefix_tokens=True, intermediates_only=True)
         torch.testing.assert_close(prefix, tokens[:, :1])
         first = model.forward_intermediates(x, indices=[0], stop_early=True, intermediates_only=True)[0]
@@ -262,7 +259,9 @@ def test_fx_trace_equals_eager(name, kw):
             torch.testing.assert_close(traced(x)[eval_nodes[-1]], model(x))
 
 
-@pytest.mark.parametrize("name,kw", LIONS, ids=IDS[1:])  # DeiT's own fx features fail in timm 1.0.31 (is_causal)
+# two LION variants (the full trace check above covers every mask and order); DeiT's own fx features fail in
+# timm 1.0.31 (its forward's is_causal argument cannot be traced)
+@pytest.mark.parametrize("name,kw", [LIONS[2], LIONS[5]], ids=[IDS[3], IDS[6]])
 def test_fx_features_only(name, kw):
     model = create(name, kw).eval()
     fx_blocks = create(name, kw, features_only=True, feature_cls="fx", out_indices=(0, 1)).eval()  # same weights
