@@ -3,8 +3,8 @@
 Parameter names match the published implementation, so its state dicts load with ``strict=True``.
 ``timm.create_model('lion_small_patch16_224', mask_type='Selective', order='S', depth=6)`` works, and so do timm's
 backbone tools: ``features_only=True``, ``forward_intermediates``, gradient checkpointing, layer-wise lr decay
-(``group_matcher``), ``pretrained=True`` with a local file, FX feature extraction. TorchScript is refused (see
-``LionVisionTransformer.__prepare_scriptable__``).
+(``group_matcher``), ``pretrained=True`` with a local file, FX feature extraction. ``torch.jit.script`` is refused
+with a RuntimeError (see ``LionAttention.__prepare_scriptable__``).
 """
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ class LionVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
-        """Parameter groups for timm's layer-wise lr decay: the stem, one group per block, then the final norm."""
+        """Groups for timm's layer-wise lr decay (ViT layout): the stem, one per block (the final norm joins the last)."""
         return dict(stem=r"^cls_token|pos_embed|patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
