@@ -1,16 +1,23 @@
 """LION vision transformers (docs/lion.md §1): DeiT/ViT with the attention replaced by LION.
 
 Parameter names match the published implementation, so its state dicts load with ``strict=True``.
-``timm.create_model('lion_small_patch16_224', mask_type='Selective', order='S', depth=6)`` works.
+``timm.create_model('lion_small_patch16_224', mask_type='Selective', order='S', depth=6)`` works, and so do timm's
+backbone tools: ``features_only=True``, ``forward_intermediates``, gradient checkpointing, layer-wise lr decay
+(``group_matcher``), ``pretrained=True`` with a local file, FX feature extraction. ``torch.jit.script`` is refused
+with a RuntimeError (see ``LionAttention.__prepare_scriptable__``).
 """
 from __future__ import annotations
 
 from functools import partial
-
 import torch
 import torch.nn as nn
-from timm.layers import DropPath, Mlp, PatchEmbed, resample_abs_pos_embed, trunc_normal_
-from timm.models import register_model
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import (DropPath, Mlp, PatchEmbed, register_notrace_function, register_notrace_module,
+                         resample_abs_pos_embed, trunc_normal_)
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
+from timm.models._manipulate import checkpoint, checkpoint_seq
+from timm.models.vision_transformer import global_pool_nlc
 
 from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, lion_attention,
                   selective_log_gates)
@@ -18,6 +25,9 @@ from lion.checks import check_chunk_size
 
 ORDERS = ("Normal", "S")
 FORMATS = ("Attention", "RNN", "Chunk")
+# 'avg_all' (the published pooling): mean over all tokens, cls included; 'avg': mean over the patch tokens only;
+# 'token': the cls token; '': no pooling (all tokens go to the head).
+GLOBAL_POOLS = ("avg_all", "avg", "token", "max", "avgmax", "")
 
 
 def _check_choice(name, value, allowed):
@@ -32,6 +42,7 @@ def _check_square_grid(grid, context):
                          "allowed: a square grid, or order='Normal'")
 
 
+@register_notrace_module  # FX leaf: token count, curve orders and kernel choice are Python-level decisions
 class LionAttention(nn.Module):
     """Multi-head LION attention. ``format`` and ``chunk_size`` may be changed at any time."""
 
@@ -66,6 +77,12 @@ class LionAttention(nn.Module):
             check_chunk_size(chunk_size)
             self.chunk_size = chunk_size
 
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            "LION models cannot be compiled with torch.jit.script: lion_attention chooses the form, the ♮ token "
+            "orders and the fused kernels in Python at run time, which TorchScript cannot type. Use the eager "
+            "model, or FX for feature extraction (timm features_only=True, create_feature_extractor).")
+
     def _log_gates(self, gate, x, perm=None):
         B, N, _ = x.shape
         if self.mask_type == "Decay":
@@ -77,7 +94,7 @@ class LionAttention(nn.Module):
 
     def forward(self, x):
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         orders, log_a = None, None
         if self.order == "S" and self.mask_type != "Lit":  # with M = 1 every order gives the same result
             perms = [curve_permutation(N, c, 1, x.device) for c in ("s", "sr")]
@@ -106,13 +123,47 @@ class Block(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def _resolve_global_pool(global_pool, cls_tok):
+    """``cls_tok=True`` is ``global_pool='token'``; without either the published pooling 'avg_all' is used."""
+    if global_pool is None:
+        return "token" if cls_tok else "avg_all"
+    _check_choice("global_pool", global_pool, GLOBAL_POOLS)
+    if cls_tok and global_pool != "token":
+        raise ValueError(f"cls_tok=True means global_pool='token', got global_pool={global_pool!r}; "
+                         "give only one of them")
+    return global_pool
+
+
+@register_notrace_function  # FX: the patch grid comes from the input's shape
+def lion_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos_embed: torch.Tensor | None,
+                pos_grid: tuple[int, int], square_grid: bool) -> torch.Tensor:
+    """(B, H, W, C) patch embeddings → (B, 1 + H·W, C) tokens, cls first then raster order. ``pos_embed`` (made for
+    ``pos_grid``) is resampled to H×W for other input sizes."""
+    B, H, W, C = patches.shape
+    if square_grid:
+        _check_square_grid((H, W), "patch grid of the input image")
+    x = torch.cat([cls_token.expand(B, -1, -1), patches.reshape(B, H * W, C)], dim=1)
+    if pos_embed is not None:
+        if (H, W) != tuple(pos_grid):
+            pos_embed = resample_abs_pos_embed(pos_embed, [H, W], list(pos_grid), num_prefix_tokens=1)
+        x = x + pos_embed
+    return x
+
+
 class LionVisionTransformer(nn.Module):
-    """ViT/DeiT with LION attention; a cls token is always prepended (index 0)."""
+    """ViT/DeiT with LION attention; a cls token is always prepended (index 0).
+
+    global_pool: 'avg_all' (default, the published pooling: mean over all tokens, cls included), 'token' (the cls
+    token; same as ``cls_tok=True``), 'avg' (mean over the patch tokens), 'max', 'avgmax' or '' (no pooling).
+    dynamic_img_size: True (default, the published behaviour): any input size, the position embedding is resampled
+    to the input's patch grid; False: the input must be ``img_size``.
+    """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
                  drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Attention",
-                 chunk_size=32, pos_emb=False, cls_tok=False, backend=None):
+                 chunk_size=32, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
+                 dynamic_img_size: bool = True):
         super().__init__()
         _check_choice("mask_type", mask_type, MASK_TYPES)
         _check_choice("order", order, ORDERS)
@@ -120,15 +171,19 @@ class LionVisionTransformer(nn.Module):
         check_chunk_size(chunk_size)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_classes = num_classes
-        self.num_features = self.embed_dim = embed_dim
+        self.global_pool = _resolve_global_pool(global_pool, cls_tok)
+        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
         self.num_prefix_tokens = 1
-        self.mask_type, self.order, self.pos_emb, self.cls_tok = mask_type, order, pos_emb, cls_tok
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.has_class_token = True
+        self.dynamic_img_size = dynamic_img_size
+        self.grad_checkpointing = False
+        self.mask_type, self.order, self.pos_emb = mask_type, order, pos_emb
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
+                                      strict_img_size=not dynamic_img_size)
         if order == "S":
             _check_square_grid(self.patch_embed.grid_size, f"img_size={img_size}, patch_size={patch_size}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        if pos_emb:
-            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim)) if pos_emb else None
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.Sequential(*[
@@ -136,6 +191,8 @@ class LionVisionTransformer(nn.Module):
                   norm_layer, mask_type=mask_type, order=order, format=format, chunk_size=chunk_size,
                   backend=backend)
             for i in range(depth)])
+        reduction = self.patch_embed.feat_ratio()
+        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
         self.norm = norm_layer(embed_dim)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
         if pos_emb:
@@ -153,57 +210,155 @@ class LionVisionTransformer(nn.Module):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
 
+    @property
+    def cls_tok(self) -> bool:
+        return self.global_pool == "token"
+
     @torch.jit.ignore
     def no_weight_decay(self):
         return {"pos_embed", "cls_token"}
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False):
+        """Groups for timm's layer-wise lr decay (ViT layout): the stem, one per block (the final norm joins the last)."""
+        return dict(stem=r"^cls_token|pos_embed|patch_embed",
+                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True):
+        self.grad_checkpointing = enable
 
     def set_format(self, format, chunk_size=None):
         """Switch every block to 'Attention', 'RNN' or 'Chunk' (parameters untouched; all forms are exact)."""
         for blk in self.blocks:
             blk.attn.set_format(format, chunk_size)
 
+    @torch.jit.ignore
     def get_classifier(self):
         return self.head
 
-    def reset_classifier(self, num_classes, global_pool=None):
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None):
         self.num_classes = num_classes
-        self.head = nn.Linear(self.embed_dim, num_classes) if num_classes > 0 else nn.Identity()
+        if global_pool is not None:
+            _check_choice("global_pool", global_pool, GLOBAL_POOLS)
+            self.global_pool = global_pool
+        ref = self.cls_token
+        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0
+                     else nn.Identity())
+        self.head.train(self.training)
 
-    def _pos_embed(self, x, grid):
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
-        if self.pos_emb:
-            pos = self.pos_embed
-            if tuple(grid) != tuple(self.patch_embed.grid_size):  # any input size: interpolate
-                pos = resample_abs_pos_embed(pos, list(grid), list(self.patch_embed.grid_size), num_prefix_tokens=1)
-            x = x + pos
-        return self.pos_drop(x)
+    def _tokens(self, patches):
+        square = self.order == "S" and self.mask_type != "Lit"  # with Lit every order gives the same result
+        return self.pos_drop(lion_tokens(patches, self.cls_token, self.pos_embed, self.patch_embed.grid_size, square))
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: int | list[int] | None = None,
+            return_prefix_tokens: bool = False,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+    ):
+        """timm's backbone interface. indices: last n blocks (int), the given blocks (list), all (None).
+        Intermediates are the patch tokens as (B, C, H, W) maps ('NCHW') or (B, H·W, C) ('NLC'); the cls token is
+        returned alongside with ``return_prefix_tokens``. Returns (final normed tokens, intermediates) unless
+        ``intermediates_only``."""
+        _check_choice("output_fmt", output_fmt, ("NCHW", "NLC"))
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        patches = self.patch_embed(x)
+        B, H, W, _ = patches.shape
+        x = self._tokens(patches)
+        intermediates = []
+        for i, blk in enumerate(self.blocks[:max_index + 1] if stop_early else self.blocks):
+            x = checkpoint(blk, x) if self.grad_checkpointing else blk(x)
+            if i in take_indices:
+                intermediates.append(self.norm(x) if norm else x)
+        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
+        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
+        if output_fmt == "NCHW":
+            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
+        if return_prefix_tokens:
+            intermediates = list(zip(intermediates, prefix_tokens))
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True):
+        """Drop the blocks after the last wanted intermediate (and the norm / head); returns the kept indices."""
+        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
+        self.blocks = self.blocks[:max_index + 1]
+        if prune_norm:
+            self.norm = nn.Identity()
+        if prune_head:
+            self.reset_classifier(0, "")
+        return take_indices
 
     def forward_features(self, x):
-        grid = self.patch_embed.dynamic_feat_size(x.shape[-2:])
-        if self.order == "S" and self.mask_type != "Lit":
-            _check_square_grid(grid, f"input {tuple(x.shape[-2:])}")
-        x = self._pos_embed(self.patch_embed(x), grid)
-        return self.norm(self.blocks(x))
+        x = self._tokens(self.patch_embed(x))
+        x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
+        return self.norm(x)
+
+    def pool(self, x, pool_type: str | None = None):
+        pool_type = self.global_pool if pool_type is None else pool_type
+        if pool_type == "avg_all":
+            return global_pool_nlc(x, "avg", self.num_prefix_tokens, reduce_include_prefix=True)
+        return global_pool_nlc(x, pool_type, self.num_prefix_tokens)
 
     def forward_head(self, x, pre_logits: bool = False):
-        x = x[:, 0] if self.cls_tok else x.mean(dim=1)
+        x = self.pool(x)
         return x if pre_logits else self.head(x)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
 
 
+def checkpoint_filter_fn(state_dict, model):
+    """timm's pretrained filter: accept a state dict or a training checkpoint (``{'model': state_dict, ...}``) and
+    resample a square-grid ``pos_embed`` to the model's patch grid. Parameter names are left as published. Every
+    key but the head's must match the model (timm loads non-strictly when it drops a head of another size)."""
+    state_dict = dict(state_dict.get("model", state_dict))
+    own = {k for k in model.state_dict() if not k.startswith("head.")}
+    given = {k for k in state_dict if not k.startswith("head.")}
+    missing, unexpected = sorted(own - given), sorted(given - own)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit the model (check mask_type, order, pos_emb, depth): "
+                         f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+    pos = state_dict.get("pos_embed")
+    if pos is not None and model.pos_embed is not None and pos.shape != model.pos_embed.shape:
+        side = round((pos.shape[1] - 1) ** 0.5)
+        if side * side != pos.shape[1] - 1:
+            raise ValueError(f"checkpoint pos_embed has {pos.shape[1] - 1} patch positions, not a square grid")
+        state_dict["pos_embed"] = resample_abs_pos_embed(pos, list(model.patch_embed.grid_size), [side, side],
+                                                         num_prefix_tokens=1)
+    return state_dict
+
+
+def _cfg(**kwargs):
+    return {"url": "", "num_classes": 1000, "input_size": (3, 224, 224), "pool_size": None, "crop_pct": 0.875,
+            "interpolation": "bicubic", "fixed_input_size": False, "mean": IMAGENET_DEFAULT_MEAN,
+            "std": IMAGENET_DEFAULT_STD, "first_conv": "patch_embed.proj", "classifier": "head",
+            "license": "apache-2.0", **kwargs}
+
+
+# No weights are published under these names: pretrained=True needs pretrained_cfg_overlay=dict(file=...).
+default_cfgs = generate_default_cfgs({name: _cfg() for name in (
+    "lion_tiny_patch16_224", "lion_small_patch16_224", "lion_base_patch16_224")})
+
+
 def _create_lion(variant, pretrained=False, **kwargs):
-    for key in ("pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
-        kwargs.pop(key, None)
     if pretrained:
-        raise ValueError(f"no pretrained weights are registered for {variant}; load a checkpoint with "
-                         "--finetune/--resume or model.load_state_dict instead")
-    model = LionVisionTransformer(**kwargs)
-    model.default_cfg = model.pretrained_cfg = {"architecture": variant, "num_classes": model.num_classes,
-                                                "input_size": (3, 224, 224), "crop_pct": 0.875,
-                                                "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
-    return model
+        source = {**(kwargs.get("pretrained_cfg") if isinstance(kwargs.get("pretrained_cfg"), dict) else {}),
+                  **(kwargs.get("pretrained_cfg_overlay") or {})}
+        if not (source.get("file") or source.get("state_dict")):
+            raise ValueError(f"pretrained=True: no weights are published for {variant}; pass "
+                             "pretrained_cfg_overlay=dict(file=PATH) (a state dict or a training checkpoint), "
+                             "or pretrained=False")
+    out_indices = kwargs.pop("out_indices", min(3, kwargs.get("depth", 12)))
+    return build_model_with_cfg(LionVisionTransformer, variant, pretrained, pretrained_filter_fn=checkpoint_filter_fn,
+                                feature_cfg=dict(out_indices=out_indices, feature_cls="getter"), **kwargs)
 
 
 @register_model
