@@ -7,8 +7,18 @@ from lion.checks import check_chunk_size
 
 ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s")
 FORMS = ("parallel", "rnn", "chunk")
-# arch types that add absolute position embeddings (docs/lion.md §2: lion-d and lion-s encode position in their mask)
-ARCHS_WITH_POSITIONS = ("attention", "lion-lit")
+POSITION_EMBEDDING_TYPES = ("absolute", "none")
+# the paper's choice when position_embedding_type is not given: lion-d and lion-s encode position in their mask
+DEFAULT_POSITION_EMBEDDING_TYPE = {"attention": "absolute", "lion-lit": "absolute", "lion-d": "none", "lion-s": "none"}
+# PyTorch's LayerNorm default: the published lion-lit ``attention.self.layer_norm`` does not use layer_norm_eps
+ATTENTION_LAYER_NORM_EPS = 1e-5
+# arch names in published configs and older yamls (docs/lion.md §3.4)
+LEGACY_ARCH_TYPES = {
+    "linear_attention": "lion-lit", "lit": "lion-lit", "lion_lit": "lion-lit",
+    "nova": "lion-d", "decay": "lion-d", "lion_d": "lion-d",
+    "nova-inputdep": "lion-s", "nova_inputdep": "lion-s", "selective": "lion-s", "lion_s": "lion-s",
+    "softmax": "attention", "bert": "attention", "hf_bert": "attention",
+}
 
 
 def check_choice(field: str, value, allowed) -> None:
@@ -21,6 +31,8 @@ class LionBertConfig(PretrainedConfig):
 
     arch_type: 'attention' (softmax BERT) | 'lion-lit' | 'lion-d' | 'lion-s'.
     layer_norm_after: a LayerNorm on the attention output (``attention.self.layer_norm``), used by lion-lit.
+    position_embedding_type: 'absolute' (learned positions added to the token embeddings) | 'none'; when not given,
+        'absolute' for attention and lion-lit, 'none' for lion-d and lion-s.
     form / chunk_size: how LION attention is evaluated ('parallel', 'rnn', 'chunk'); all give the same result.
     """
 
@@ -43,19 +55,27 @@ class LionBertConfig(PretrainedConfig):
     tie_word_embeddings: bool = True
     arch_type: str = "attention"
     layer_norm_after: bool = False
+    position_embedding_type: str | None = None
     form: str = "parallel"
     chunk_size: int = 32
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
         self.form = str(self.form).lower()
+        if self.arch_type in LEGACY_ARCH_TYPES:
+            raise ValueError(f"arch_type must be one of {list(ARCH_TYPES)}, got the legacy name {self.arch_type!r} "
+                             f"(= {LEGACY_ARCH_TYPES[self.arch_type]!r}); published checkpoints load with "
+                             "LionBertForMaskedLM.from_published(...) or `python -m mlm.src.checkpoint_loading`")
         check_choice("arch_type", self.arch_type, ARCH_TYPES)
         check_choice("form", self.form, FORMS)
         check_chunk_size(self.chunk_size)
+        if self.position_embedding_type is None:
+            self.position_embedding_type = DEFAULT_POSITION_EMBEDDING_TYPE.get(self.arch_type, "absolute")
+        check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "
                              f"num_attention_heads ({self.num_attention_heads})")
 
     @property
     def uses_position_embeddings(self) -> bool:
-        return self.arch_type in ARCHS_WITH_POSITIONS
+        return self.position_embedding_type == "absolute"

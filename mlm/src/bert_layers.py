@@ -19,30 +19,34 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
 from lion.checks import check_chunk_size
-from mlm.src.bert_config import FORMS, LionBertConfig, check_choice
+from lion.ops.naive import naive_scores
+from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORMS, LionBertConfig, check_choice
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
            "LionBertPreTrainedModel"]
 
 
 class LionBertEmbeddings(nn.Module):
+    """word + token type (+ learned absolute positions iff ``position_embedding_type == 'absolute'``) → LayerNorm."""
+
     def __init__(self, config: LionBertConfig):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
-        if config.uses_position_embeddings:
-            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.position_embeddings = (nn.Embedding(config.max_position_embeddings, config.hidden_size)
+                                    if config.uses_position_embeddings else None)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, input_ids, token_type_ids=None, position_ids=None):
-        x = self.word_embeddings(input_ids)
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None):
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, length = x.shape[:2]
         if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
+            token_type_ids = torch.zeros(batch, length, dtype=torch.long, device=x.device)
         x = x + self.token_type_embeddings(token_type_ids)
-        if hasattr(self, "position_embeddings"):
+        if self.position_embeddings is not None:
             if position_ids is None:
-                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+                position_ids = torch.arange(length, device=x.device)[None]
             x = x + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(x))
 
@@ -63,7 +67,7 @@ class LionBertSelfAttention(nn.Module):
         elif config.arch_type == "lion-s":
             self.Wa_i = nn.Linear(config.hidden_size, self.num_heads)
         if config.layer_norm_after:
-            self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+            self.layer_norm = nn.LayerNorm(config.hidden_size, eps=ATTENTION_LAYER_NORM_EPS)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -77,11 +81,27 @@ class LionBertSelfAttention(nn.Module):
             return selective_log_gates_eps(self.Wa_i(hidden_states))
         return None
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """attention_mask: (B, L) bool, True for real tokens."""
+    def _attention_matrix(self, q, k, hidden_states, attention_mask) -> torch.Tensor:
+        """The (B, H, L, L) matrix that multiplies V: softmax probabilities, or LION's masked scores (padded keys 0)."""
+        keys = attention_mask[:, None, None, :]
+        if self.config.arch_type == "attention":
+            scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
+            return scores.masked_fill(~keys, torch.finfo(scores.dtype).min).softmax(-1).to(q.dtype)
+        log_a = self._log_gates(hidden_states)
+        if log_a is not None:  # padded tokens: gate 1, as lion_attention does
+            log_a = log_a.masked_fill(~attention_mask[:, None, :], 0.0)
+        scores = naive_scores(q, k, log_a, 1.0 / math.sqrt(self.head_dim))
+        return scores.masked_fill(~keys, 0.0).to(q.dtype)
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
+        """attention_mask: (B, L) bool, True for real tokens. Returns (output, attention matrix or None)."""
         q, k, v = (self._heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
-        if self.config.arch_type == "attention":
+        weights = None
+        if output_attentions:  # the parallel form, written out so that the matrix can be returned
+            weights = F.dropout(self._attention_matrix(q, k, hidden_states, attention_mask), dropout_p, self.training)
+            y = torch.matmul(weights, v)
+        elif self.config.arch_type == "attention":
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask[:, None, None, :], dropout_p=dropout_p)
         else:
             y = lion_attention(q, k, v, self._log_gates(hidden_states), normalize=False,
@@ -91,7 +111,7 @@ class LionBertSelfAttention(nn.Module):
         y = y.transpose(1, 2).reshape(hidden_states.shape[0], hidden_states.shape[1], -1)
         if hasattr(self, "layer_norm"):
             y = self.layer_norm(y)
-        return y
+        return y, weights
 
 
 class LionBertResidualOutput(nn.Module):
@@ -113,8 +133,9 @@ class LionBertAttention(nn.Module):
         self.self = LionBertSelfAttention(config)
         self.output = LionBertResidualOutput(config.hidden_size, config)
 
-    def forward(self, hidden_states, attention_mask):
-        return self.output(self.self(hidden_states, attention_mask), hidden_states)
+    def forward(self, hidden_states, attention_mask, output_attentions=False):
+        y, weights = self.self(hidden_states, attention_mask, output_attentions)
+        return self.output(y, hidden_states), weights
 
 
 class LionBertIntermediate(nn.Module):
@@ -134,9 +155,9 @@ class LionBertLayer(GradientCheckpointingLayer):
         self.intermediate = LionBertIntermediate(config)
         self.output = LionBertResidualOutput(config.intermediate_size, config)
 
-    def forward(self, hidden_states, attention_mask):
-        h = self.attention(hidden_states, attention_mask)
-        return self.output(self.intermediate(h), h)
+    def forward(self, hidden_states, attention_mask, output_attentions=False):
+        h, weights = self.attention(hidden_states, attention_mask, output_attentions)
+        return self.output(self.intermediate(h), h), weights
 
 
 class LionBertEncoder(nn.Module):
@@ -144,13 +165,18 @@ class LionBertEncoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList([LionBertLayer(config) for _ in range(config.num_hidden_layers)])
 
-    def forward(self, hidden_states, attention_mask, output_hidden_states=False):
+    def forward(self, hidden_states, attention_mask, output_hidden_states=False, output_attentions=False):
+        """Returns (last hidden state, all hidden states or None, all attention matrices or None), as HF BERT."""
         all_states = [hidden_states] if output_hidden_states else None
+        all_weights = [] if output_attentions else None
         for layer in self.layer:
-            hidden_states = layer(hidden_states, attention_mask)
+            hidden_states, weights = layer(hidden_states, attention_mask, output_attentions)
             if output_hidden_states:
                 all_states.append(hidden_states)
-        return hidden_states, (tuple(all_states) if output_hidden_states else None)
+            if output_attentions:
+                all_weights.append(weights)
+        return (hidden_states, tuple(all_states) if output_hidden_states else None,
+                tuple(all_weights) if output_attentions else None)
 
 
 class LionBertPooler(nn.Module):
@@ -200,6 +226,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LionBertEmbeddings", "LionBertLayer"]
+    accepts_loss_kwargs = False  # transformers.Trainer: only a forward taking num_items_in_batch may say True
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -216,6 +243,31 @@ class LionBertPreTrainedModel(PreTrainedModel):
         if chunk_size is not None:
             self.config.chunk_size = check_chunk_size(chunk_size)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers, with ``auto_map`` naming every LION auto class (config, base, MLM, classification)."""
+        module = __name__.rsplit(".", 1)[-1]
+        classes = {"AutoModel": "LionBertModel", "AutoModelForMaskedLM": "LionBertForMaskedLM",
+                   "AutoModelForSequenceClassification": "LionBertForSequenceClassification"}
+        self.config.auto_map = {**{k: f"{module}.{v}" for k, v in classes.items()},
+                                **(getattr(self.config, "auto_map", None) or {})}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    @classmethod
+    def from_published(cls, name_or_path: str, **hub_kwargs):
+        """A checkpoint as the LION authors published it (local dir or hub id: config.json + weights), legacy names
+        mapped, unused buffers dropped, then loaded strictly. See ``mlm.src.checkpoint_loading``."""
+        from mlm.src.checkpoint_loading import load_checkpoint
+
+        return load_checkpoint(name_or_path, model_class=cls, **hub_kwargs)
+
+    def _flag(self, value, name: str) -> bool:
+        return bool(value if value is not None else getattr(self.config, name, False))
+
+    def _maybe_tuple(self, output, return_dict):
+        """``return_dict=False`` (argument or config) gives the output's tuple (None fields left out), as HF."""
+        return_dict = return_dict if return_dict is not None else getattr(self.config, "return_dict", True)
+        return output if return_dict else output.to_tuple()
+
 
 class LionBertModel(LionBertPreTrainedModel):
     def __init__(self, config: LionBertConfig, add_pooling_layer: bool = True):
@@ -231,15 +283,27 @@ class LionBertModel(LionBertPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
+        output_attentions = self._flag(output_attentions, "output_attentions")
+        if output_attentions and self.config.arch_type != "attention" and self.config.form != "parallel":
+            raise ValueError(f"output_attentions=True needs form='parallel' (the model has form="
+                             f"{self.config.form!r}): the rnn and chunk forms never build the attention matrix; "
+                             "call model.set_form('parallel') first")
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
-        attention_mask = attention_mask.bool()
-        hidden = self.embeddings(input_ids, token_type_ids, position_ids)
-        hidden, all_states = self.encoder(hidden, attention_mask, bool(output_hidden_states))
+            attention_mask = torch.ones(shape, dtype=torch.bool, device=device)
+        hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)
+        hidden, all_states, all_weights = self.encoder(hidden, attention_mask.bool(),
+                                                       self._flag(output_hidden_states, "output_hidden_states"),
+                                                       output_attentions)
         pooled = self.pooler(hidden) if self.pooler is not None else None
-        return BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_states)
+        out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_states,
+                                         attentions=all_weights)
+        return self._maybe_tuple(out, return_dict)
 
 
 class LionBertForMaskedLM(LionBertPreTrainedModel):
@@ -247,6 +311,7 @@ class LionBertForMaskedLM(LionBertPreTrainedModel):
         "cls.predictions.decoder.weight": "bert.embeddings.word_embeddings.weight",
         "cls.predictions.decoder.bias": "cls.predictions.bias",
     }
+    accepts_loss_kwargs = True  # the loss honours num_items_in_batch (gradient accumulation in transformers.Trainer)
 
     def __init__(self, config: LionBertConfig):
         super().__init__(config)
@@ -261,11 +326,15 @@ class LionBertForMaskedLM(LionBertPreTrainedModel):
         self.cls.predictions.decoder = new_embeddings
         self.cls.predictions.bias = new_embeddings.bias
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states=None, return_dict=None, masked_logits_only: bool = False, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                masked_logits_only: bool = False, num_items_in_batch=None):
         """``masked_logits_only`` (with labels): logits of shape (N, vocab) for the N positions whose label is not
-        -100, in row-major order, so the LM head runs on the masked tokens only (as M2-/Mosaic-BERT training)."""
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+        -100, in row-major order, so the LM head runs on the masked tokens only (as M2-/Mosaic-BERT training).
+        ``num_items_in_batch``: the loss is the sum over labelled tokens divided by it (transformers.Trainer passes
+        the count over all accumulated micro-batches); otherwise the mean."""
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_attentions, output_hidden_states, return_dict=True)
         hidden = out.last_hidden_state
         if masked_logits_only and labels is not None:
             keep = labels != -100
@@ -273,8 +342,13 @@ class LionBertForMaskedLM(LionBertPreTrainedModel):
         logits = self.cls(hidden)
         loss = None
         if labels is not None:  # -100 marks unmasked tokens
-            loss = F.cross_entropy(logits.view(-1, self.config.vocab_size).float(), labels.reshape(-1))
-        return MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+            flat = logits.view(-1, self.config.vocab_size).float(), labels.reshape(-1).to(logits.device)
+            if num_items_in_batch is None:
+                loss = F.cross_entropy(*flat)
+            else:
+                loss = F.cross_entropy(*flat, reduction="sum") / num_items_in_batch
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions)
+        return self._maybe_tuple(output, return_dict)
 
 
 class LionBertForSequenceClassification(LionBertPreTrainedModel):
@@ -287,12 +361,15 @@ class LionBertForSequenceClassification(LionBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
-                output_hidden_states=None, return_dict=None, **kwargs):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, output_hidden_states)
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                        output_attentions, output_hidden_states, return_dict=True)
         logits = self.classifier(self.dropout(out.pooler_output))
         loss = None if labels is None else self._loss(logits, labels)
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
+                                          attentions=out.attentions)
+        return self._maybe_tuple(output, return_dict)
 
     def _loss(self, logits, labels):
         """As HF BERT: regression for one label, else single- or multi-label classification."""
@@ -313,13 +390,17 @@ class LionBertForSequenceClassification(LionBertPreTrainedModel):
 
 
 def _register_auto_classes() -> None:
-    """Let AutoConfig / AutoModel* resolve ``model_type: lion_bert`` (e.g. Composer's HF export)."""
+    """Let AutoConfig / AutoModel* resolve ``model_type: lion_bert`` here (e.g. Composer's HF export), and write
+    ``auto_map`` plus this code into every ``save_pretrained`` directory, so that a fresh process loads it with
+    ``AutoModelForMaskedLM.from_pretrained(dir, trust_remote_code=True)`` without importing ``mlm`` first."""
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
 
     AutoConfig.register(LionBertConfig.model_type, LionBertConfig, exist_ok=True)
-    AutoModel.register(LionBertConfig, LionBertModel, exist_ok=True)
-    AutoModelForMaskedLM.register(LionBertConfig, LionBertForMaskedLM, exist_ok=True)
-    AutoModelForSequenceClassification.register(LionBertConfig, LionBertForSequenceClassification, exist_ok=True)
+    LionBertConfig.register_for_auto_class(AutoConfig)
+    for auto_class, model_class in ((AutoModel, LionBertModel), (AutoModelForMaskedLM, LionBertForMaskedLM),
+                                    (AutoModelForSequenceClassification, LionBertForSequenceClassification)):
+        auto_class.register(LionBertConfig, model_class, exist_ok=True)
+        model_class.register_for_auto_class(auto_class)
 
 
 _register_auto_classes()

@@ -1,50 +1,97 @@
-"""Load published LIONS-EPFL checkpoints, save_pretrained dirs and Composer checkpoints into our classes.
+"""Load LION BERT checkpoints: as the LION authors published them, save_pretrained directories, Composer checkpoints.
 
-Published configs may carry legacy names (docs/lion.md §3.4): ``model_type: bert``, ``arch_type`` values
-``linear_attention`` / ``nova`` / ``nova-inputdep``, M2-BERT-only fields, and a fused ``Wqkv`` projection
-(M2-/Mosaic-BERT layout). They are mapped to ours, then the state dict loads strictly.
+A published checkpoint (config.json + state dict of the authors' ``bert_layers.py``, docs/lion.md §2) differs from
+ours in ways that are mapped here, each one logged:
+- config: ``model_type: bert``, legacy ``arch_type`` names (``linear_attention``, ``nova``, ``nova-inputdep``,
+  docs/lion.md §3.4), M2-BERT-only fields, and ``position_embedding_type`` (``absolute`` adds positions for every arch type; any
+  other value, e.g. the ``relative_key_query`` of the published lion-d / lion-s yamls, adds none);
+- state dict: the saved buffer ``bert.embeddings.position_ids``, a position table that exists but is unused when
+  positions are off, a Composer ``model.`` prefix and an M2-BERT fused ``Wqkv``.
+Everything else must match: the state dict then loads strictly.
+
+Every file is read with ``torch.load(weights_only=True)`` (plus the plain-data types Composer writes), so a checkpoint
+can never run code; one that needs anything else is refused, naming the file.
+
+Convert a published checkpoint (local dir, hub id or Composer ``.pt``) into a ``save_pretrained`` directory:
+    python -m mlm.src.checkpoint_loading SOURCE OUT_DIR [--config config.json] [--task mlm|classification]
 """
 from __future__ import annotations
 
+import argparse
+import datetime
 import json
 import logging
 import os
+import pickle
+import shutil
+import tempfile
 from typing import Any, Mapping, Optional, Union
 
+import numpy as np
 import torch
 
+from mlm.src.bert_config import LEGACY_ARCH_TYPES
 from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification
 
 log = logging.getLogger(__name__)
 
-LEGACY_ARCH_TYPES = {
-    "linear_attention": "lion-lit", "lit": "lion-lit", "lion_lit": "lion-lit",
-    "nova": "lion-d", "decay": "lion-d", "lion_d": "lion-d",
-    "nova-inputdep": "lion-s", "nova_inputdep": "lion-s", "selective": "lion-s", "lion_s": "lion-s",
-    "softmax": "attention", "bert": "attention", "hf_bert": "attention",
-}
 ARCH_FIELDS = ("arch_type", "attention_type", "mixer_type")  # where older configs keep the architecture
 FORM_ALIASES = {"attention": "parallel", "parallel": "parallel", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
 _DROPPED = {"model_type", "architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
-            "auto_map", "use_cache", "position_embedding_type", "gradient_checkpointing"}
+            "auto_map", "use_cache", "gradient_checkpointing"}
+# buffers the published embedding module saves; ours recomputes them
+BUFFER_KEYS = ("bert.embeddings.position_ids", "bert.embeddings.token_type_ids")
+POSITION_TABLE = "bert.embeddings.position_embeddings.weight"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _plain_data_globals() -> list:
+    """The non-tensor types of a Composer checkpoint (timestamps, numpy RNG state, versions): data, never code."""
+    dtypes = [getattr(np.dtypes, name) for name in getattr(np.dtypes, "__all__", [])]
+    return [datetime.timedelta, np.ndarray, np.dtype, np._core.multiarray._reconstruct,
+            torch.torch_version.TorchVersion, *dtypes]
+
+
+def safe_torch_load(path: Union[str, os.PathLike]) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that needs any other unpickling is refused, naming it."""
+    try:
+        with torch.serialization.safe_globals(_plain_data_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
+        raise ValueError(f"refusing to load {os.fspath(path)}: it needs unpickling of more than tensors and plain "
+                         f"data ({reason}); only weights_only checkpoints are read") from None
+
+
+def _model_type_is_ours(config: Mapping[str, Any]) -> bool:
+    return config.get("model_type") == LionBertConfig.model_type
 
 
 def published_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> LionBertConfig:
-    """A LionBertConfig from a published ``config.json`` (path or dict), legacy names mapped."""
+    """A LionBertConfig from a published ``config.json`` (path or dict), legacy names mapped; ours pass through."""
     if not isinstance(config, Mapping):
         with open(config) as f:
             config = json.load(f)
     fields = dict(config)
     arch = next((fields.pop(k) for k in ARCH_FIELDS if k in fields), "attention")
     arch = LEGACY_ARCH_TYPES.get(str(arch).lower(), str(arch).lower())
+    if arch != config.get("arch_type", arch):
+        log.info("config: arch_type %r -> %r", config["arch_type"], arch)
+    # transformers' BertConfig default is 'absolute'; our own configs default to the paper's per-arch choice
+    positions = fields.pop("position_embedding_type", None if _model_type_is_ours(config) else "absolute")
+    if positions not in (None, "absolute", "none"):
+        log.info("config: position_embedding_type %r adds no positions to the embeddings -> 'none'", positions)
+        positions = "none"
     known = set(LionBertConfig.__dataclass_fields__) | {"num_labels", "id2label", "label2id", "problem_type"}
     kept = {k: v for k, v in fields.items() if k in known and k not in _DROPPED}
     dropped = sorted(set(fields) - set(kept) - _DROPPED)
     if dropped:
-        log.info("published config: ignoring fields without meaning here: %s", dropped)
+        log.info("config: ignoring fields without meaning here: %s", dropped)
     if "form" in kept:
         kept["form"] = FORM_ALIASES.get(str(kept["form"]).lower(), kept["form"])
-    return LionBertConfig(**kept, arch_type=arch)
+    return LionBertConfig(**kept, arch_type=arch, position_embedding_type=positions)
 
 
 def _task_class(config: Mapping[str, Any]):
@@ -66,6 +113,11 @@ def rename_published_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     return out
 
 
+def drop_buffers(state_dict: dict) -> list[str]:
+    """Remove the embedding buffers a published state dict carries; returns the removed keys."""
+    return [k for k in BUFFER_KEYS if state_dict.pop(k, None) is not None]
+
+
 def _fill_tied(model: torch.nn.Module, state_dict: dict) -> None:
     """Checkpoints often store only one side of the tied decoder; copy the other side (as HF tying does)."""
     expected = set(model.state_dict())
@@ -80,28 +132,108 @@ def _fill_tied(model: torch.nn.Module, state_dict: dict) -> None:
 
 def load_published(config: Union[str, os.PathLike, Mapping[str, Any]], state_dict: Mapping[str, torch.Tensor],
                    model_class: Optional[type] = None):
-    """Build our model from a published config and load its weights strictly (any mismatch raises)."""
+    """Build our model from a published config and load its weights strictly (any other mismatch raises)."""
     if not isinstance(config, Mapping):
         with open(config) as f:
             config = json.load(f)
-    model_class = model_class or _task_class(config)
-    model = model_class(published_config(config))
     sd = rename_published_keys(state_dict)
+    if any(".distance_embedding." in k for k in sd):
+        raise ValueError("the checkpoint has relative-position attention weights (distance_embedding); "
+                         "LION BERT supports position_embedding_type 'absolute' or none")
+    fields = dict(config)
+    if "layer_norm_after" not in fields and any(".attention.self.layer_norm." in k for k in sd):
+        fields["layer_norm_after"] = True
+        log.info("config: layer_norm_after missing; the weights have attention.self.layer_norm -> True")
+    model_class = model_class or _task_class(fields)
+    model = model_class(published_config(fields))
+    dropped = drop_buffers(sd)
+    if not model.config.uses_position_embeddings and sd.pop(POSITION_TABLE, None) is not None:
+        dropped.append(f"{POSITION_TABLE} (unused: position_embedding_type is not 'absolute')")
+    if dropped:
+        log.info("weights: dropped %s", dropped)
     _fill_tied(model, sd)
     model.load_state_dict(sd, strict=True)
+    log.info("loaded a %s %s (positions: %s) strictly", model.config.arch_type, model_class.__name__,
+             model.config.position_embedding_type)
     return model
+
+
+def _weights_from_files(files: list[str]) -> dict[str, torch.Tensor]:
+    sd = {}
+    for path in files:
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            sd.update(load_file(path))
+        else:
+            sd.update(safe_torch_load(path))
+    return sd
+
+
+def _hub_file(source: str, filename: str, **hub_kwargs) -> Optional[str]:
+    """A local path for ``filename`` of a directory or hub repo (None when it has no such file)."""
+    from transformers.utils import cached_file
+
+    return cached_file(source, filename, _raise_exceptions_for_missing_entries=False, **hub_kwargs)
+
+
+def _directory_weights(source: str, **hub_kwargs) -> dict[str, torch.Tensor]:
+    for name in WEIGHT_FILES:
+        path = _hub_file(source, name, **hub_kwargs)
+        if path:
+            return _weights_from_files([path])
+    for name in INDEX_FILES:
+        index = _hub_file(source, name, **hub_kwargs)
+        if index:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return _weights_from_files([_hub_file(source, s, **hub_kwargs) for s in shards])
+    raise FileNotFoundError(f"{source} has none of {list(WEIGHT_FILES + INDEX_FILES)}")
+
+
+def _composer_config(state: Mapping) -> Optional[dict]:
+    try:
+        return dict(state["state"]["integrations"]["huggingface"]["model"]["config"]["content"])
+    except (KeyError, TypeError):
+        return None
+
+
+def read_checkpoint(source: str, config: Union[None, str, os.PathLike, Mapping] = None,
+                    **hub_kwargs) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a directory or hub id (config.json + weights), or of a checkpoint file
+    (a Composer checkpoint, whose recorded HF config serves when ``config`` is None, or a bare state dict)."""
+    if config is not None and not isinstance(config, Mapping):
+        with open(config) as f:
+            config = json.load(f)
+    if os.path.isfile(source):
+        state = safe_torch_load(source)
+        weights = state["state"]["model"] if "state" in state else state
+        config = config if config is not None else _composer_config(state)
+        if config is None:
+            raise ValueError(f"{source} records no model config; pass its config.json (--config)")
+        return dict(config), weights
+    if config is None:
+        config_file = _hub_file(source, "config.json", **hub_kwargs)
+        if not config_file:
+            raise FileNotFoundError(f"{source} has no config.json")
+        with open(config_file) as f:
+            config = json.load(f)
+    return dict(config), _directory_weights(source, **hub_kwargs)
+
+
+def load_checkpoint(source: str, model_class: Optional[type] = None,
+                    config: Union[None, str, os.PathLike, Mapping] = None, **hub_kwargs):
+    """Our model from a published / save_pretrained directory, a hub id (same path; hub_kwargs go to the hub:
+    revision, cache_dir, local_files_only, token) or a Composer checkpoint file."""
+    config, weights = read_checkpoint(source, config, **hub_kwargs)
+    return load_published(config, weights, model_class)
 
 
 def read_state_dict(path: str) -> dict[str, torch.Tensor]:
     """Weights of a save_pretrained / hub-style directory, or the model state of a Composer checkpoint file."""
     if os.path.isdir(path):
-        st = os.path.join(path, "model.safetensors")
-        if os.path.isfile(st):
-            from safetensors.torch import load_file
-
-            return load_file(st)
-        return torch.load(os.path.join(path, "pytorch_model.bin"), map_location="cpu", weights_only=True)
-    state = torch.load(path, map_location="cpu", weights_only=False)  # a trusted local Composer checkpoint
+        return _directory_weights(path)
+    state = safe_torch_load(path)
     return state["state"]["model"] if "state" in state else state
 
 
@@ -112,12 +244,66 @@ def load_pretrained_checkpoint(model, path: str) -> None:
     ``classifier`` initialised fresh and drops ``cls.*``; any other missing or extra key raises.
     """
     sd = rename_published_keys(read_state_dict(path))
+    drop_buffers(sd)
     _fill_tied(model, sd)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     head_only = lambda k: k.startswith(("bert.pooler.", "classifier.", "cls."))  # noqa: E731
     bad = [k for k in missing + unexpected if not head_only(k)]
     if bad:
         raise ValueError(f"checkpoint {path} does not match the model (first keys: {bad[:8]}); "
-                         "check arch_type / layer_norm_after / sizes in model_config")
+                         "check arch_type / layer_norm_after / position_embedding_type / sizes in model_config")
     if missing or unexpected:
         log.info("loaded %s; freshly initialised: %s; ignored: %s", path, missing, unexpected)
+
+
+def convert(source: str, out_dir: str, config=None, task: Optional[str] = None, overwrite: bool = False,
+            **hub_kwargs) -> str:
+    """Write ``source`` as a ``save_pretrained`` directory (weights, config with auto_map, model code, and the
+    tokenizer files a directory / hub source has), atomically: a temporary sibling directory renamed at the end."""
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not overwrite:
+        raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
+    model_class = {None: None, "mlm": LionBertForMaskedLM, "classification": LionBertForSequenceClassification}[task]
+    model = load_checkpoint(source, model_class, config, **hub_kwargs)
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_dir)}.", dir=parent)
+    try:
+        model.save_pretrained(tmp)
+        if not os.path.isfile(source):
+            for name in TOKENIZER_FILES:
+                path = _hub_file(source, name, **hub_kwargs)
+                if path:
+                    shutil.copy(path, os.path.join(tmp, name))
+        if os.path.exists(out_dir):
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %s (%s, arch_type=%s)", out_dir, type(model).__name__, model.config.arch_type)
+    return out_dir
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m mlm.src.checkpoint_loading",
+        description="Convert a published LION BERT checkpoint (directory or hub id with config.json + weights, or a "
+                    "Composer .pt) into a save_pretrained directory that LionBertForMaskedLM.from_pretrained and "
+                    "AutoModelForMaskedLM.from_pretrained(..., trust_remote_code=True) load. Logs every mapped "
+                    "config field and every dropped weight; the load itself is strict.")
+    parser.add_argument("source", help="directory, hub id, or checkpoint file (.pt / .bin)")
+    parser.add_argument("out_dir", help="output directory (written atomically)")
+    parser.add_argument("--config", help="config.json for a checkpoint file that records none")
+    parser.add_argument("--task", choices=["mlm", "classification"],
+                        help="model head (default: from the config's architectures)")
+    parser.add_argument("--revision", help="hub revision (hub ids only)")
+    parser.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    hub_kwargs = {"revision": args.revision} if args.revision else {}
+    convert(args.source, args.out_dir, args.config, args.task, args.overwrite, **hub_kwargs)
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,7 @@ def create_bert_mlm(pretrained_model_name: str = "bert-base-uncased", model_conf
     if pretrained_checkpoint is not None:
         load_pretrained_checkpoint(model, pretrained_checkpoint)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     metrics = [LanguageCrossEntropy(ignore_index=-100), MaskedAccuracy(ignore_index=-100)]
     return ComposerMaskedLM(model, tokenizer=load_tokenizer(tokenizer_name), use_logits=True, metrics=metrics)
 
@@ -105,7 +105,7 @@ def create_bert_classification(num_labels: int, pretrained_model_name: str = "be
     if pretrained_checkpoint is not None:
         load_pretrained_checkpoint(model, pretrained_checkpoint)
     if gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        model.activation_checkpointing_enable()
     metrics = classification_metrics(int(num_labels))
     eval_metrics = metrics + list(custom_eval_metrics or [])
     return HuggingFaceModel(model, tokenizer=load_tokenizer(tokenizer_name), use_logits=True,
