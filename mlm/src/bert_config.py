@@ -44,7 +44,7 @@ class LionBertConfig(PretrainedConfig):
     arch_type: str = "attention"
     layer_norm_after: bool = False
     form: str = "parallel"
-    chunk_size: int = 32
+    chunk_size: int | None = None  # None: automatic (the fused kernel's choice, 32 in torch)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -35,17 +35,23 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # --------------------------------------------------------------------------------------------- shared helpers
 @triton.jit
-def load_features(base, rows, s_row, s_col, offs_d, row_ok, col_ok, FEATURE: tl.constexpr):
-    """fp32 tile φ(x) of the rows ``rows`` (any order: a permutation gathers them); zero outside the mask.
-    FEATURE: 0 none, 1 elu(x) + 1, 2 r / ‖r‖ with r = silu(x) + 0.5 (docs/lion.md §1)."""
-    m = row_ok[:, None] & col_ok[None, :]
-    x = tl.load(base + rows[:, None] * s_row + offs_d[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
+def feature_map(x, m, FEATURE: tl.constexpr):
+    """φ of an fp32 tile of raw q or k rows (docs/lion.md §1), zero outside the mask ``m``.
+    FEATURE: 0 none, 1 elu(x) + 1, 2 r / ‖r‖ with r = silu(x) + 0.5 (the norm over the row)."""
     if FEATURE == 1:
         x = tl.where(x > 0, x + 1.0, tl.exp(x))
     elif FEATURE == 2:
         r = tl.where(m, x * tl.sigmoid(x) + 0.5, 0.0)
         x = r / tl.sqrt(tl.maximum(tl.sum(r * r, 1), 1e-30))[:, None]
     return tl.where(m, x, 0.0)
+
+
+@triton.jit
+def load_features(base, rows, s_row, s_col, offs_d, row_ok, col_ok, FEATURE: tl.constexpr):
+    """fp32 tile φ(x) of the rows ``rows`` (any order: a permutation gathers them); zero outside the mask."""
+    m = row_ok[:, None] & col_ok[None, :]
+    x = tl.load(base + rows[:, None] * s_row + offs_d[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
+    return feature_map(x, m, FEATURE)
 
 
 @triton.jit

@@ -7,7 +7,7 @@ d×dv fp32 state through the tokens one at a time (O(d²) state, the streaming f
     backward: S ← a_{i+1} S,           y_i = q_iᵀ S, then S += k_i v_iᵀ   (strict)
 
 and likewise the normaliser with v = 1. Tokens are read BLOCK_T at a time (the next block is loaded while the
-current one is processed), the feature map is applied on load, ♮ orders read tokens through their permutation.
+current one is scanned), the feature map is applied in registers, ♮ orders read tokens through their permutation.
 Directions and orders add into one fp32 (B, L, H, dv) buffer; ``_normalize`` then writes y / (den + eps) in v's
 dtype as (B, L, H, dv) memory, returned as a (B, H, L, dv) view.
 """
@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from lion.ops.triton.chunk import FEATURE_CODES, load_features, prepare, strides_or_zero
+from lion.ops.triton.chunk import FEATURE_CODES, feature_map, prepare, strides_or_zero
 
 # measured on an H200 (benchmarks/RESULTS.md): tokens per load, value columns per program, warps per program
 BLOCK_T, BLOCK_DV, NUM_WARPS = 16, 16, 1
@@ -54,19 +54,39 @@ def _rnn_kernel(
     z = tl.zeros((BLOCK_DK,), dtype=tl.float32)
     prev = scale * 0.0  # log gate of the previous token in scan order: none before the first
     n_blocks = tl.cdiv(L, BLOCK_T)
+    # the raw tiles of block 0; inside the loop, those of the next block are loaded before this one is scanned
+    p = tl.where(fwd, offs_t, L - 1 - offs_t)  # positions in scan order
+    ok = (p >= 0) & (p < L)
+    tok = p
+    if HAS_PERM:
+        tok = tl.load(PERM + o * L + p, mask=ok, other=0)
+    qk_m = ok[:, None] & dk_ok[None, :]
+    q_raw = tl.load(q_base + tok[:, None] * sql + offs_dk[None, :] * sqd, mask=qk_m, other=0.0)
+    k_raw = tl.load(k_base + tok[:, None] * skl + offs_dk[None, :] * skd, mask=qk_m, other=0.0)
+    v_raw = tl.load(v_base + tok[:, None] * svl, mask=ok[:, None] & dv_ok[None, :], other=0.0)
+    la_raw = tl.zeros((BLOCK_T,), dtype=tl.float32)
+    if HAS_GATES:
+        la_raw = tl.load(la_base + p * sal, mask=ok, other=0.0).to(tl.float32)
     for blk in range(0, n_blocks):
-        p = tl.where(fwd, blk * BLOCK_T + offs_t, L - 1 - blk * BLOCK_T - offs_t)  # positions in scan order
+        q = feature_map(q_raw.to(tl.float32), qk_m, FEATURE) * scale
+        k = feature_map(k_raw.to(tl.float32), qk_m, FEATURE)
+        if HAS_KEEP:
+            k = k * tl.load(KEEP + b * skeep + tok, mask=ok, other=0).to(tl.float32)[:, None]
+        v = v_raw.to(tl.float32)
+        la = la_raw
+        cur_ok = ok
+        cur_tok = tok
+        p = tl.where(fwd, (blk + 1) * BLOCK_T + offs_t, L - 1 - (blk + 1) * BLOCK_T - offs_t)
         ok = (p >= 0) & (p < L)
         tok = p
         if HAS_PERM:
             tok = tl.load(PERM + o * L + p, mask=ok, other=0)
-        q = load_features(q_base, tok, sql, sqd, offs_dk, ok, dk_ok, FEATURE) * scale
-        k = load_features(k_base, tok, skl, skd, offs_dk, ok, dk_ok, FEATURE)
-        if HAS_KEEP:
-            k = k * tl.load(KEEP + b * skeep + tok, mask=ok, other=0).to(tl.float32)[:, None]
-        v = tl.load(v_base + tok[:, None] * svl, mask=ok[:, None] & dv_ok[None, :], other=0.0).to(tl.float32)
+        qk_m = ok[:, None] & dk_ok[None, :]
+        q_raw = tl.load(q_base + tok[:, None] * sql + offs_dk[None, :] * sqd, mask=qk_m, other=0.0)
+        k_raw = tl.load(k_base + tok[:, None] * skl + offs_dk[None, :] * skd, mask=qk_m, other=0.0)
+        v_raw = tl.load(v_base + tok[:, None] * svl, mask=ok[:, None] & dv_ok[None, :], other=0.0)
         if HAS_GATES:
-            la = tl.load(la_base + p * sal, mask=ok, other=0.0).to(tl.float32)
+            la_raw = tl.load(la_base + p * sal, mask=ok, other=0.0).to(tl.float32)
         y_blk = tl.zeros((BLOCK_T, BLOCK_DV), dtype=tl.float32)
         d_blk = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for t in tl.static_range(BLOCK_T):
@@ -86,11 +106,11 @@ def _rnn_kernel(
                 d_blk = tl.where(sel, tl.sum(q_t * z, 0) + qk, d_blk)
                 z = z + k_t
             state = state + k_t[:, None] * v_t[None, :]
-        rows = b * snb + tok * snl + h * snh
-        tl.atomic_add(NUM + rows[:, None] + offs_dv[None, :] * snd, y_blk, mask=ok[:, None] & dv_ok[None, :],
+        rows = b * snb + cur_tok * snl + h * snh
+        tl.atomic_add(NUM + rows[:, None] + offs_dv[None, :] * snd, y_blk, mask=cur_ok[:, None] & dv_ok[None, :],
                       sem="relaxed")
         if NORMALIZE:
-            tl.atomic_add(DEN + (b * L + tok) * H + h, d_blk, mask=ok & (pid_dv == 0), sem="relaxed")
+            tl.atomic_add(DEN + (b * L + cur_tok) * H + h, d_blk, mask=cur_ok & (pid_dv == 0), sem="relaxed")
 
 
 @triton.jit

@@ -1,0 +1,65 @@
+"""The fused chunk and RNN inference kernels at real ViT-S shapes on the GPU (skipped without CUDA; < 1 min on an
+H200): the operator against the attention form in fp32, and whole models in every user path against the
+attention form."""
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    pytest.skip("needs CUDA", allow_module_level=True)
+pytest.importorskip("triton")
+
+import timm  # noqa: E402
+
+import image_classification.models_lion  # noqa: E402,F401  (registers lion_* in timm)
+from lion import decay_log_gates, lion_attention, selective_log_gates  # noqa: E402
+from lion.curves import curve_permutation  # noqa: E402
+
+pytestmark = pytest.mark.triton
+
+
+def _rel(x, ref):
+    return ((x.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("mask", ["Decay", "Selective", "S-orders"])
+@pytest.mark.parametrize("L,chunk", [(3137, None), (785, 48), (197, None)])
+def test_operator_matches_attention_form(dtype, tol, mask, L, chunk):
+    torch.manual_seed(L)
+    B, H, d = 2, 6, 64
+    qkv = torch.randn(B, L, 3, H, d, device="cuda").to(dtype)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    log_a, orders = None, None
+    if mask == "Decay":
+        log_a = decay_log_gates(torch.randn(H, device="cuda"), L, B)
+    elif mask == "Selective":
+        log_a = selective_log_gates(2 * torch.randn(B, L, H, device="cuda"))
+    else:
+        g = int(round((L - 1) ** 0.5))
+        orders = [(curve_permutation(L, c, 1, "cuda"), selective_log_gates(torch.randn(B, L, H, device="cuda")))
+                  for c in ("s", "sr")]
+        assert g * g == L - 1
+    kw = dict(feature_map="normalized_silu", scale=0.125, orders=orders)
+    with torch.inference_mode():
+        ref = lion_attention(q.float(), k.float(), v.float(), log_a, form="attention", backend="torch", **kw)
+        for form in ("chunk", "rnn"):
+            y = lion_attention(q, k, v, log_a, form=form, chunk_size=chunk, **kw)
+            assert y.dtype == dtype and y.transpose(1, 2).is_contiguous()
+            assert _rel(y, ref) < tol, (form, _rel(y, ref))
+
+
+@pytest.mark.parametrize("mask,order", [("Lit", "Normal"), ("Decay", "S"), ("Selective", "Normal")])
+def test_models_in_both_user_paths(mask, order):
+    """fp32 weights under autocast, and bf16 weights: Chunk and RNN equal the Attention form at 448 px."""
+    torch.manual_seed(0)
+    model = timm.create_model("lion_small_patch16_224", img_size=448, mask_type=mask, order=order).cuda().eval()
+    x = torch.randn(2, 3, 448, 448, device="cuda")
+    for path in ("amp", "bf16"):
+        if path == "bf16":
+            model, x = model.to(torch.bfloat16), x.to(torch.bfloat16)
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=path == "amp"):
+            model.set_format("Attention")
+            ref = model(x)
+            for form in ("Chunk", "RNN"):
+                model.set_format(form, None)
+                assert _rel(model(x), ref) < 2e-2, (path, form)
