@@ -10,7 +10,7 @@ allocated during one forward beyond what was allocated before it (benchmarks.tim
 activations, plus autocast's bf16 weight copies on the amp path (the same for every model of one size).
 
     python benchmarks/inference.py                       # measure (CUDA), print the target table, write json+md+png
-    python benchmarks/inference.py --report runs/inference.json   # rewrite RESULTS.md and the PNG from a json
+    python benchmarks/inference.py --report benchmarks/inference_results.json   # RESULTS.md + PNG from a json
     python benchmarks/inference.py --sweep               # kernel settings: chunk size × warps, RNN block shapes
     python benchmarks/inference.py --profile 896         # torch.profiler per-kernel table of LION-D chunk at 896 px
 Targets (best linear form of LION-D and of LION-S, both paths): 896 px ≤ 0.70× DeiT-S time, 1792 px ≤ 0.50×;
@@ -259,7 +259,8 @@ def profile(args, res):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/inference.json", help="json of all measurements")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "inference_results.json"),
+                    help="json of all measurements")
     ap.add_argument("--report", metavar="JSON", help="no measuring: rewrite RESULTS.md and the PNG from this json")
     ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="'' to skip")
     ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "inference.png"), help="'' to skip")

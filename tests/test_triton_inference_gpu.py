@@ -1,5 +1,5 @@
 """The fused chunk and RNN inference kernels at real ViT-S shapes on the GPU (skipped without CUDA; < 1 min on an
-H200): the operator against the attention form in fp32, and whole models in every user path against the
+H200 with the kernel tests): the operator against the attention form in fp32, and whole models in every user path against the
 attention form."""
 import pytest
 import torch
@@ -21,9 +21,10 @@ def _rel(x, ref):
     return ((x.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.bfloat16, 1e-2), (torch.float32, 1e-4)])
-@pytest.mark.parametrize("mask", ["Decay", "Selective", "S-orders"])
-@pytest.mark.parametrize("L,chunk", [(3137, None), (785, 48), (197, None)])
+@pytest.mark.parametrize("dtype,tol,mask,L,chunk", [
+    (torch.bfloat16, 1e-2, "Decay", 3137, None), (torch.bfloat16, 1e-2, "Selective", 3137, None),
+    (torch.bfloat16, 1e-2, "S-orders", 3137, None), (torch.bfloat16, 1e-2, "Selective", 785, 48),
+    (torch.float32, 1e-4, "Selective", 3137, None), (torch.float32, 1e-4, "S-orders", 197, 100)])
 def test_operator_matches_attention_form(dtype, tol, mask, L, chunk):
     torch.manual_seed(L)
     B, H, d = 2, 6, 64

@@ -186,12 +186,17 @@ def _chunk_output(
     dk_ok = offs_dk < DK
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
     dv_ok = offs_dv < DV
+    pid = o * BH + bh
+    state = ((pid * N + c) * 2) * BLOCK_DK * DVP
+    tile = offs_dk[:, None] * DVP + offs_dv[None, :]
+    s_fwd = tl.load(S + state + tile)  # the carried states, issued first: their latency overlaps the feature maps
+    s_bwd = tl.load(S + state + BLOCK_DK * DVP + tile)
+    v = tl.load(V + b * svb + h * svh + tok[:, None] * svl + offs_dv[None, :] * svd,
+                mask=ok[:, None] & dv_ok[None, :], other=0.0)
     q = load_features(Q + b * sqb + h * sqh, tok, sql, sqd, offs_dk, ok, dk_ok, FEATURE) * scale
     k = load_features(K + b * skb + h * skh, tok, skl, skd, offs_dk, ok, dk_ok, FEATURE)
     if HAS_KEEP:
         k = k * tl.load(KEEP + b * skeep + tok, mask=ok, other=0).to(tl.float32)[:, None]
-    v = tl.load(V + b * svb + h * svh + tok[:, None] * svl + offs_dv[None, :] * svd,
-                mask=ok[:, None] & dv_ok[None, :], other=0.0)
     if LOWP:
         s = tl.dot(q.to(v.dtype), tl.trans(k.to(v.dtype)))
     else:
@@ -203,25 +208,28 @@ def _chunk_output(
         excl = incl - la
         lower = offs_c[:, None] >= offs_c[None, :]
         a = s * tl.exp(tl.where(lower, excl[:, None] - excl[None, :], incl[None, :] - incl[:, None]))
-        q_fwd = q * tl.exp(excl)[:, None]
-        q_bwd = q * tl.exp(g - incl)[:, None]
+        e_fwd = tl.exp(excl)  # q_i's weight on the forward state, e^{rF_i}, and on the backward one, e^{g − rB_i}
+        e_bwd = tl.exp(g - incl)
     else:
         a = s
-        q_fwd = q
-        q_bwd = q
-    pid = o * BH + bh
-    state = ((pid * N + c) * 2) * BLOCK_DK * DVP
-    tile = offs_dk[:, None] * DVP + offs_dv[None, :]
-    y = _mm(a, v, tl.zeros((BLOCK_C, BLOCK_DV), dtype=tl.float32), LOWP, PREC)
-    y = _mm(q_fwd, tl.load(S + state + tile), y, LOWP, PREC)
-    y = _mm(q_bwd, tl.load(S + state + BLOCK_DK * DVP + tile), y, LOWP, PREC)
+        e_fwd = tl.full((BLOCK_C,), 1.0, tl.float32)
+        e_bwd = e_fwd
+    if NORMALIZE:
+        zb = ((pid * N + c) * 2) * BLOCK_DK
+        d = (tl.sum(a, 1) + e_fwd * tl.sum(q * tl.load(Z + zb + offs_dk)[None, :], 1)
+             + e_bwd * tl.sum(q * tl.load(Z + zb + BLOCK_DK + offs_dk)[None, :], 1))
+    if LOWP:  # operands in v's dtype as soon as they are formed: fewer live fp32 tiles
+        y = tl.dot(a.to(v.dtype), v)
+        y = tl.dot((q * e_fwd[:, None]).to(v.dtype), s_fwd, y)
+        y = tl.dot((q * e_bwd[:, None]).to(v.dtype), s_bwd, y)
+    else:
+        y = tl.dot(a, v.to(tl.float32), input_precision=PREC)
+        y = tl.dot(q * e_fwd[:, None], s_fwd, y, input_precision=PREC)
+        y = tl.dot(q * e_bwd[:, None], s_bwd, y, input_precision=PREC)
     out_rows = b * sob + tok * sol + h * soh
     out_ptr = out_rows[:, None] + offs_dv[None, :] * sod
     out_ok = ok[:, None] & dv_ok[None, :]
     if NORMALIZE:
-        zb = ((pid * N + c) * 2) * BLOCK_DK
-        d = (tl.sum(a, 1) + tl.sum(q_fwd * tl.load(Z + zb + offs_dk)[None, :], 1)
-             + tl.sum(q_bwd * tl.load(Z + zb + BLOCK_DK + offs_dk)[None, :], 1))
         den_ptr = DENBUF + ((pid_dv * (BH // H) + b) * L + tok) * H + h  # (n_dv, B, L, H): one per value block
     if PASS == 1:
         tl.store(NUMBUF + out_ptr, y, mask=out_ok)

@@ -22,7 +22,7 @@ import triton.language as tl
 from lion.ops.triton.chunk import FEATURE_CODES, feature_map, prepare, strides_or_zero
 
 # measured on an H200 (benchmarks/RESULTS.md): tokens per load, value columns per program, warps per program
-BLOCK_T, BLOCK_DV, NUM_WARPS = 8, 16, 1
+BLOCK_T, BLOCK_DV, NUM_WARPS = 4, 16, 1
 
 
 @triton.jit
