@@ -72,7 +72,7 @@ def measure(args):
                     if form != "SDPA":
                         net.set_format(form, None)
 
-                    def fwd():
+                    def fwd(net=net, x=x):
                         with torch.inference_mode(), _context(path):
                             return net(x)
                     try:
@@ -244,7 +244,8 @@ def profile(args, res):
     from torch.profiler import profile as torch_profile
 
     for path in args.paths:
-        x = torch.randn(args.batch, 3, res, res, device="cuda", dtype=torch.float32 if path == "amp" else torch.bfloat16)
+        dtype = torch.float32 if path == "amp" else torch.bfloat16
+        x = torch.randn(args.batch, 3, res, res, device="cuda", dtype=dtype)
         for model, form in (("DeiT-S", "SDPA"), ("LION-D", "Chunk"), ("LION-S", "Chunk"), ("LION-D", "RNN")):
             net = _build(model, res, path)
             if form != "SDPA":

@@ -1,6 +1,6 @@
-"""The fused chunk and RNN inference kernels at real ViT-S shapes on the GPU (skipped without CUDA; < 1 min on an
-H200 with the kernel tests): the operator against the attention form in fp32, and whole models in every user path against the
-attention form."""
+"""The fused chunk and RNN inference kernels at real ViT-S shapes on the GPU (skipped without CUDA): the operator
+against the attention form in fp32, MLM-style padding and three ♮ orders, and whole models in both user paths
+(fp32 weights under autocast, bf16 weights) against the attention form."""
 import pytest
 import torch
 
@@ -47,6 +47,26 @@ def test_operator_matches_attention_form(dtype, tol, mask, L, chunk):
             y = lion_attention(q, k, v, log_a, form=form, chunk_size=chunk, **kw)
             assert y.dtype == dtype and y.transpose(1, 2).is_contiguous()
             assert _rel(y, ref) < tol, (form, _rel(y, ref))
+
+
+def test_padding_unnormalised_uneven_value_dim_and_three_orders():
+    """MLM use (no feature map, no normaliser, padded keys, dv = 70 ≠ dk: two value blocks) and three ♮ orders."""
+    torch.manual_seed(1)
+    B, H, L = 2, 4, 1000
+    q, k = torch.randn(2, B, H, L, 32, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn(B, H, L, 70, device="cuda", dtype=torch.bfloat16)
+    keep = torch.ones(B, L, dtype=torch.bool, device="cuda")
+    keep[1, 700:] = False
+    log_a = selective_log_gates(torch.randn(B, L, H, device="cuda"))
+    orders = [(torch.randperm(L, device="cuda"), selective_log_gates(torch.randn(B, L, H, device="cuda")))
+              for _ in range(3)]
+    cases = [dict(log_a=log_a, normalize=False, key_padding_mask=keep, scale=0.2),
+             dict(orders=orders, feature_map="elu_plus_one", scale=0.2)]
+    with torch.inference_mode():
+        for kw in cases:
+            ref = lion_attention(q.float(), k.float(), v.float(), form="attention", backend="torch", **kw)
+            for form in ("chunk", "rnn"):
+                assert _rel(lion_attention(q, k, v, form=form, chunk_size=50, **kw), ref) < 1e-2, (form, kw.keys())
 
 
 @pytest.mark.parametrize("mask,order", [("Lit", "Normal"), ("Decay", "S"), ("Selective", "Normal")])

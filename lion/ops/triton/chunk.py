@@ -324,10 +324,9 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     lowp = v.dtype != torch.float32 and not interpreting()  # the triton 3.3 interpreter multiplies bf16 wrongly
     state_dtype = v.dtype if lowp else torch.float32
     dev = q.device
-    O = n_orders
-    states = torch.empty(O * B * H, n, 2, block_dk, n_dv * block_dv, device=dev, dtype=state_dtype)
-    zs = torch.empty(O * B * H, n, 2, block_dk, device=dev, dtype=torch.float32) if normalize else states
-    gs = torch.empty(O * B * H, n, device=dev, dtype=torch.float32) if gates is not None else zs
+    states = torch.empty(n_orders * B * H, n, 2, block_dk, n_dv * block_dv, device=dev, dtype=state_dtype)
+    zs = torch.empty(n_orders * B * H, n, 2, block_dk, device=dev, dtype=torch.float32) if normalize else states
+    gs = torch.empty(n_orders * B * H, n, device=dev, dtype=torch.float32) if gates is not None else zs
     out = torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
     dummy = out
     flags = dict(HAS_GATES=gates is not None, HAS_PERM=perms is not None, HAS_KEEP=keep is not None,
@@ -339,23 +338,23 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     perm = perms if perms is not None else dummy
     kp = keep if keep is not None else dummy
     keep_stride = keep.stride(0) if keep is not None else 0
-    _chunk_states[(O * B * H, n, n_dv)](
+    _chunk_states[(n_orders * B * H, n, n_dv)](
         k, v, la, perm, kp, states, zs, gs, *k.stride(), *v.stride(), *la_strides, keep_stride,
         B * H, H, L, DK, DV, n, chunk, WITH_DEN=normalize, num_warps=warps, **flags)
     rows = 16
-    _scan_states[(O * B * H, 2, block_dk // rows)](
+    _scan_states[(n_orders * B * H, 2, block_dk // rows)](
         states, zs, gs, n, HAS_GATES=gates is not None, WITH_DEN=normalize, BLOCK_DK=block_dk,
         DVP=n_dv * block_dv, ROWS=rows, num_warps=4)
     numbuf = denbuf = dummy
-    if O > 1:
+    if n_orders > 1:
         numbuf = torch.empty(B, L, H, DV, device=dev, dtype=torch.float32)
         denbuf = torch.empty(n_dv, B, L, H, device=dev, dtype=torch.float32) if normalize else dummy
-    for o in range(O):
-        pass_ = 0 if O == 1 else (1 if o == 0 else (2 if o == O - 1 else 3))
+    for o in range(n_orders):
+        pass_ = 0 if n_orders == 1 else (1 if o == 0 else (2 if o == n_orders - 1 else 3))
         _chunk_output[(B * H, n, n_dv)](
             q, k, v, la, perm, kp, states, zs, out, numbuf, denbuf,
             *q.stride(), *k.stride(), *v.stride(), *la_strides, keep_stride, *out.stride(),
-            o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / O,
+            o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders,
             NORMALIZE=normalize, PASS=pass_, num_warps=warps, **flags)
     return out.permute(0, 2, 1, 3)
 

@@ -138,14 +138,14 @@ def recurrent_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = Non
     gates, perms, keep = prepare(q, k, v, log_a, key_padding_mask, orders, feature_map)
     B, H, L, DK = q.shape
     DV = v.shape[-1]
-    O = 1 if orders is None else len(orders)
+    n_orders = 1 if orders is None else len(orders)
     dev = q.device
     block_dk = max(16, triton.next_power_of_2(DK))
     block_dv = min(block_dv, max(16, triton.next_power_of_2(DV)))
     num = torch.zeros(B, L, H, DV, device=dev, dtype=torch.float32)
     den = torch.zeros(B, L, H, device=dev, dtype=torch.float32) if normalize else num
     dummy = num
-    _rnn_kernel[(O * B * H, triton.cdiv(DV, block_dv), 2)](
+    _rnn_kernel[(n_orders * B * H, triton.cdiv(DV, block_dv), 2)](
         q, k, v, gates if gates is not None else dummy, perms if perms is not None else dummy,
         keep if keep is not None else dummy, num, den,
         *q.stride(), *k.stride(), *v.stride(), *strides_or_zero(gates, 4), keep.stride(0) if keep is not None else 0,
@@ -155,7 +155,7 @@ def recurrent_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = Non
         num_warps=num_warps)
     out = num if v.dtype == torch.float32 else torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
     rows = 32
-    _normalize[(triton.cdiv(B * L * H, rows),)](num, den, out, B * L * H, DV, float(eps), 1.0 / O,
+    _normalize[(triton.cdiv(B * L * H, rows),)](num, den, out, B * L * H, DV, float(eps), 1.0 / n_orders,
                                                 NORMALIZE=normalize, ROWS=rows,
                                                 BLOCK_DV=triton.next_power_of_2(DV), num_warps=4)
     return out.permute(0, 2, 1, 3)
