@@ -12,9 +12,9 @@ activations, plus autocast's bf16 weight copies on the amp path (the same for ev
     python benchmarks/inference.py                       # measure (CUDA), print the target table, write json+md+png
     python benchmarks/inference.py --report benchmarks/inference_results.json   # RESULTS.md + PNG from a json
     python benchmarks/inference.py --sweep               # kernel settings: chunk size × warps, RNN block shapes
-    python benchmarks/inference.py --profile 896         # torch.profiler per-kernel table of LION-D chunk at 896 px
+    python benchmarks/inference.py --profile 896         # torch.profiler per-kernel tables at 896 px
 Targets (best linear form of LION-D and of LION-S, both paths): 896 px ≤ 0.70× DeiT-S time, 1792 px ≤ 0.50×;
-activation memory ≤ DeiT-S at every resolution. A full run takes about 3 minutes on an H200.
+activation memory ≤ DeiT-S at every resolution. A full run takes about 1.5 minutes on an H200.
 """
 from __future__ import annotations
 
