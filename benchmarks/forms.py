@@ -1,7 +1,7 @@
 """Builds each LION variant at tiny size and runs one batch in the Attention, RNN and Chunk formats.
 
 Prints the max relative difference of RNN and Chunk against Attention, and the time of each.
-    python benchmarks/forms.py [--img-size 224] [--batch 2] [--chunk-size 32]
+    python benchmarks/forms.py [--img-size 224] [--batch 2] [--chunk-size N]
 """
 import argparse
 import time
@@ -19,7 +19,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--img-size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=2)
-    ap.add_argument("--chunk-size", type=int, default=32)
+    ap.add_argument("--chunk-size", type=int, default=None, help="default: automatic (32 in the torch forms)")
     ap.add_argument("--depth", type=int, default=2)
     args = ap.parse_args()
     torch.manual_seed(0)

@@ -1,25 +1,30 @@
-"""Inference benchmark: time and activation memory of DeiT-S (SDPA) and LION-S in each form and mask,
-over image resolutions, plus BERT-base LION-D/S (chunk, RNN) against softmax BERT (SDPA) over sequence length.
+"""Inference speed and activation memory of the linear LION forms against DeiT-S, as a user runs them.
 
-Everything runs side by side in one process, bf16 weights and inputs, torch.inference_mode. Time: CUDA events
-around one forward, median of several after warm-up. Memory: torch.cuda.max_memory_allocated during the forward
-minus what was allocated before it (weights and input), i.e. the activations.
+Two user paths, each with the library defaults (chunk_size None: the fused kernels pick the chunk):
+  amp   fp32 weights and input under torch.autocast(bfloat16)
+  bf16  bf16 weights and input
+Models: timm's ``deit_small_patch16_224`` (SDPA) and ``lion_small_patch16_224`` LION-D, LION-S, LION-D♮, LION-S♮
+(random weights), each built with ``img_size=R``, in the Chunk and RNN forms, at R = 224, 896, 1792 px, batch 8,
+torch.inference_mode. Time: median ms per forward (benchmarks.timing.median_ms, CUDA events). Memory: peak GiB
+allocated during one forward beyond what was allocated before it (benchmarks.timing.peak_activation_gib): the
+activations, plus autocast's bf16 weight copies on the amp path (the same for every model of one size).
 
-    python benchmarks/inference.py --out runs/inference.json            # measure (needs CUDA), then report
-    python benchmarks/inference.py --report runs/inference.json         # RESULTS.md section + PNG from a json
-Options: --resolutions 224 448 ... --batch 8 --masks Lit Decay Selective --forms Attention Chunk RNN
-         --chunk-size 128 --big-batch 64 --big-resolution 2496 --mlm-lengths 8192 32768 --budget-s 400
+    python benchmarks/inference.py                       # measure (CUDA), print the target table, write json+md+png
+    python benchmarks/inference.py --report benchmarks/inference_results.json   # RESULTS.md + PNG from a json
+    python benchmarks/inference.py --sweep               # kernel settings: chunk size × warps, RNN block shapes
+    python benchmarks/inference.py --profile 896         # torch.profiler per-kernel tables at 896 px
+Targets (best linear form of LION-D and of LION-S, both paths): 896 px ≤ 0.70× DeiT-S time, 1792 px ≤ 0.50×;
+activation memory ≤ DeiT-S at every resolution. A full run takes about 1.5 minutes on an H200.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,301 +32,143 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MASK_SHORT = {"Lit": "LION-Lit", "Decay": "LION-D", "Selective": "LION-S"}
+from benchmarks.timing import median_ms, peak_activation_gib  # noqa: E402
+
 BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
+LION = {"LION-D": ("Decay", "Normal"), "LION-S": ("Selective", "Normal"),
+        "LION-D♮": ("Decay", "S"), "LION-S♮": ("Selective", "S")}
+PATHS = ("amp", "bf16")
+TARGETS = {896: 0.70, 1792: 0.50}
 
 
-def measure(fn, budget_s: float = 0.75, max_reps: int = 10):
-    """(median ms, activation GiB) of fn() on the GPU; None values on OOM."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    try:
-        fn()  # warm-up: compilation, autotuning, cuBLAS handles
-        torch.cuda.synchronize()
-        base = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        first = start.elapsed_time(end)
-        mem = (torch.cuda.max_memory_allocated() - base) / 2**30
-        times = [first]
-        for _ in range(max(0, min(max_reps, int(budget_s * 1e3 / max(first, 1e-3))) - 1)):
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end))
-        return statistics.median(times), mem
-    except torch.OutOfMemoryError:
-        torch.cuda.empty_cache()
-        return None, None
+def _context(path):
+    if path == "amp":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
-def vision_models(masks, orders):
+def _build(model, res, path):
     import timm
 
-    import image_classification.models_lion  # noqa: F401  (registers lion_*)
+    import image_classification.models_lion  # noqa: F401  (registers lion_* in timm)
 
-    yield "DeiT-S", None, lambda res: timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
-    for mask in masks:
-        for order in orders:
-            if mask == "Lit" and order == "S":
-                continue
-            name = MASK_SHORT[mask] + ("♮" if order == "S" else "")
-            # built once at 224 px and run at every resolution (grid, curves follow the input)
-            yield name, mask, (lambda m, o: lambda res: timm.create_model(
-                "lion_small_patch16_224", mask_type=m, order=o, num_classes=1000))(mask, order)
+    if model == "DeiT-S":
+        m = timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
+    else:
+        mask, order = LION[model]
+        m = timm.create_model("lion_small_patch16_224", img_size=res, mask_type=mask, order=order, num_classes=1000)
+    return m.to("cuda", torch.float32 if path == "amp" else torch.bfloat16).eval()
 
 
-def run_vision(args, deadline, rows):
-    dev, dtype = "cuda", torch.bfloat16
-    for name, mask, build in vision_models(args.masks, args.orders):
-        model = None
+def measure(args):
+    rows = []
+    for path in args.paths:
         for res in args.resolutions:
-            if model is None or name == "DeiT-S":
-                model = build(res).to(dev, dtype).eval()
-            tokens = (res // 16) ** 2 + 1
-            x = torch.randn(args.batch, 3, res, res, device=dev, dtype=dtype)
-            for form in (["SDPA"] if mask is None else args.forms):
-                if time.time() > deadline:
-                    rows.append(dict(kind="vision", model=name, form=form, res=res, tokens=tokens, batch=args.batch,
-                                     ms=None, gib=None, note="skipped (time budget)"))
-                    continue
-                if mask is not None:
-                    model.set_format(form, args.chunk_size)
-                if mask is not None and form == "Attention" and tokens > args.max_attention_tokens:
-                    rows.append(dict(kind="vision", model=name, form=form, res=res, tokens=tokens, batch=args.batch,
-                                     ms=None, gib=None, note=f"skipped (> {args.max_attention_tokens} tokens)"))
-                    continue
-                with torch.inference_mode():
-                    ms, gib = measure(lambda: model(x))
-                rows.append(dict(kind="vision", model=name, form=form, res=res, tokens=tokens, batch=args.batch,
-                                 ms=ms, gib=gib, note="OOM" if ms is None else ""))
-                print(f"{name:10s} {form:9s} {res:5d}px {tokens:6d} tok  "
-                      + ("OOM" if ms is None else f"{ms:9.2f} ms {gib:7.3f} GiB"), flush=True)
+            x = torch.randn(args.batch, 3, res, res, device="cuda",
+                            dtype=torch.float32 if path == "amp" else torch.bfloat16)
+            for model in ["DeiT-S"] + args.models:
+                net = _build(model, res, path)
+                for form in (["SDPA"] if model == "DeiT-S" else args.forms):
+                    if form != "SDPA":
+                        net.set_format(form, None)
+
+                    def fwd(net=net, x=x):
+                        with torch.inference_mode(), _context(path):
+                            return net(x)
+                    try:
+                        ms = median_ms(fwd, warmup=2, reps=args.reps)
+                        gib = peak_activation_gib(fwd)
+                    except torch.OutOfMemoryError:
+                        ms = gib = None
+                    torch.cuda.empty_cache()
+                    rows.append(dict(path=path, model=model, form=form, res=res, tokens=(res // 16) ** 2 + 1,
+                                     batch=args.batch, ms=ms, gib=gib))
+                    print(f"{path:4s} {res:5d}px {model:8s} {form:5s} "
+                          + ("OOM" if ms is None else f"{ms:8.2f} ms {gib:7.3f} GiB"), flush=True)
+                del net
             del x
-        del model
-
-
-def run_big_batch(args, deadline, rows):
-    import timm
-
-    import image_classification.models_lion  # noqa: F401
-
-    res, batch = args.big_resolution, args.big_batch
-    tokens = (res // 16) ** 2 + 1
-    x = torch.randn(batch, 3, res, res, device="cuda", dtype=torch.bfloat16)
-    cases = [("DeiT-S", None, "SDPA")] + [(MASK_SHORT[m], m, f) for m in ("Decay", "Selective") for f in ("Chunk", "RNN")]
-    for name, mask, form in cases:
-        if time.time() > deadline:
-            rows.append(dict(kind="big", model=name, form=form, res=res, tokens=tokens, batch=batch, ms=None, gib=None,
-                             note="skipped (time budget)"))
-            continue
-        if mask is None:
-            model = timm.create_model("deit_small_patch16_224", img_size=res)
-        else:
-            model = timm.create_model("lion_small_patch16_224", mask_type=mask, format=form, chunk_size=args.chunk_size)
-        model = model.to("cuda", torch.bfloat16).eval()
-        with torch.inference_mode():
-            ms, gib = measure(lambda: model(x), budget_s=0.0)
-        rows.append(dict(kind="big", model=name, form=form, res=res, tokens=tokens, batch=batch, ms=ms, gib=gib,
-                         note="OOM" if ms is None else ""))
-        print(f"batch {batch} {res}px {name:8s} {form:6s} " + ("OOM" if ms is None else f"{ms:9.1f} ms {gib:7.2f} GiB"),
-              flush=True)
-        del model
-
-
-def run_mlm(args, deadline, rows):
-    try:
-        from mlm.src.bert_layers import LionBertConfig, LionBertModel
-    except Exception as exc:  # the MLM model is another package of this repo; report rather than fail
-        rows.append(dict(kind="mlm", model="BERT-base", form="-", tokens=0, batch=args.mlm_batch, ms=None, gib=None,
-                         note=f"mlm.src.bert_layers not importable: {exc!r}"[:200]))
-        print(f"MLM sweep skipped: {exc!r}")
-        return
-    cases = [("BERT (softmax)", "attention", "parallel")] + [
-        (f"LION-{a[-1].upper()}", a, f) for a in ("lion-d", "lion-s") for f in ("chunk", "rnn")]
-    for length in args.mlm_lengths:
-        ids = torch.randint(1000, 30000, (args.mlm_batch, length), device="cuda")
-        for name, arch, form in cases:
-            if time.time() > deadline:
-                rows.append(dict(kind="mlm", model=name, form=form, tokens=length, batch=args.mlm_batch, ms=None,
-                                 gib=None, note="skipped (time budget)"))
-                continue
-            cfg = LionBertConfig(arch_type=arch, form=form, chunk_size=args.chunk_size, max_position_embeddings=length,
-                                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-            model = LionBertModel(cfg, add_pooling_layer=False).to("cuda", torch.bfloat16).eval()
-            with torch.inference_mode():
-                ms, gib = measure(lambda: model(input_ids=ids), budget_s=0.5)
-            rows.append(dict(kind="mlm", model=name, form=form, tokens=length, batch=args.mlm_batch, ms=ms, gib=gib,
-                             note="OOM" if ms is None else ""))
-            print(f"MLM {length:6d} {name:15s} {form:8s} " + ("OOM" if ms is None else f"{ms:9.1f} ms {gib:7.2f} GiB"),
-                  flush=True)
-            del model
+    return rows
 
 
 def environment(args):
     import triton
 
-    from lion.attention import FUSED
-    from lion.ops.triton_inference import ops
-
     return dict(date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                 gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), dtype="bfloat16", batch=args.batch, chunk_size=args.chunk_size,
-                fused={k: f"{v.__module__}.{v.__name__}" for k, v in FUSED.items()},
-                chunk_config=dict(ops.CHUNK_CONFIG), rnn_config=dict(ops.RNN_CONFIG))
+                python=platform.python_version(), batch=args.batch,
+                command=f"python benchmarks/inference.py --resolutions {' '.join(map(str, args.resolutions))} "
+                        f"--batch {args.batch} --paths {' '.join(args.paths)} --reps {args.reps}")
 
 
-def check(args):
-    """GPU correctness at realistic shapes: the fused chunk/RNN sums against the attention form (fp32 torch), and
-    whole models in each form against the attention form. Prints relative errors; returns the largest."""
-    import timm
-
-    import image_classification.models_lion  # noqa: F401
-    import lion.ops.triton_inference  # noqa: F401  (registers FUSED['chunk'], FUSED['rnn'])
-    from lion import decay_log_gates, normalized_silu, selective_log_gates
-    from lion.attention import FUSED
-    from lion.ops import naive_sums
-
-    worst = 0.0
-    B, H, L, d = 2, 6, 3137, 64
-    for dtype in (torch.bfloat16, torch.float32):
-        q, k = (normalized_silu(torch.randn(B, H, L, d, device="cuda")).to(dtype) for _ in range(2))
-        v = torch.randn(B, H, L, d, device="cuda", dtype=dtype)
-        gates = {"Lit": None, "Decay": decay_log_gates(torch.randn(H, device="cuda"), L, B),
-                 "Selective": selective_log_gates(2 * torch.randn(B, L, H, device="cuda"))}
-        for mask, la in gates.items():
-            ref_n, ref_d = naive_sums(q.float(), k.float(), v.float(), la, 0.125, True)
-            for form in ("chunk", "rnn"):
-                n, dn = FUSED[form](q, k, v, la, 0.125, True, args.chunk_size)
-                en = ((n.float() - ref_n).norm() / ref_n.norm()).item()
-                ed = ((dn - ref_d).norm() / ref_d.norm()).item()
-                worst = max(worst, en, ed)
-                print(f"check op {str(dtype)[6:]:8s} {mask:9s} {form:5s} L={L}: rel.err num {en:.1e} den {ed:.1e}")
-    x = torch.randn(2, 3, 448, 448, device="cuda", dtype=torch.bfloat16)
-    for mask, order in (("Lit", "Normal"), ("Decay", "Normal"), ("Selective", "Normal"), ("Decay", "S"),
-                        ("Selective", "S")):
-        model = timm.create_model("lion_small_patch16_224", mask_type=mask, order=order).to("cuda", torch.bfloat16).eval()
-        with torch.inference_mode():
-            model.set_format("Attention")
-            ref = model(x).float()
-            for form in ("Chunk", "RNN"):
-                model.set_format(form, args.chunk_size)
-                err = ((model(x).float() - ref).norm() / ref.norm()).item()
-                print(f"check model {mask:9s} {order:6s} 448px {form:5s} vs Attention: rel.err logits {err:.1e}")
-    return worst
+# ------------------------------------------------------------------------------------------------- report
+def _get(rows):
+    return {(r["path"], r["model"], r["form"], r["res"]): r for r in rows}
 
 
-# ----------------------------------------------------------------------------------------------------- report
-def _cell(r, key):
-    if r is None:
-        return "–"
-    if r[key] is None:
-        return r["note"].split(" (")[0] or "–"
-    return f"{r[key]:.1f}" if key == "ms" else f"{r[key]:.2f}"
-
-
-def _targets(rows):
-    vis = {(r["model"], r["form"], r["res"]): r for r in rows if r["kind"] == "vision"}
-    lines = []
-
-    def best(model, res):
-        got = [vis.get((model, f, res)) for f in ("Chunk", "RNN")]
-        got = [r for r in got if r and r["ms"] is not None]
-        return min(got, key=lambda r: r["ms"]) if got else None
-
-    for res, bound in ((896, 0.7), (1792, 0.5)):
-        deit = vis.get(("DeiT-S", "SDPA", res))
-        for model in ("LION-D", "LION-S"):
-            b = best(model, res)
-            if deit and deit["ms"] and b:
-                ratio = b["ms"] / deit["ms"]
-                lines.append(f"- {model} at {res} px, best form ({b['form']}): {b['ms']:.1f} ms = {ratio:.2f}× DeiT-S "
-                             f"(target ≤ {bound}×): **{'met' if ratio <= bound else 'NOT met'}**")
-    ratios = []
-    for (model, form, res), r in vis.items():
-        deit = vis.get(("DeiT-S", "SDPA", res))
-        if model in ("LION-D", "LION-S") and form in ("Chunk", "RNN") and r["gib"] is not None and deit and deit["gib"]:
-            ratios.append((r["gib"] / deit["gib"], f"{model} {form} {res} px: {r['gib']:.3f} vs {deit['gib']:.3f} GiB"))
-    if ratios:
-        over = [x for x in ratios if x[0] > 1]
-        worst = max(ratios)
-        lines.append("- Activation memory of LION-D/S chunk and RNN ≤ DeiT-S at every resolution: **"
-                     + ("met" if not over else f"NOT met** at {len(over)} of {len(ratios)} points, up to "
-                        f"{worst[0]:.2f}× ({worst[1]})") + ("**" if not over else ""))
-    for model in ("LION-Lit", "LION-D", "LION-S"):
-        rnn, att = vis.get((model, "RNN", 224)), vis.get((model, "Attention", 224))
-        if rnn and att and rnn["ms"] and att["ms"]:
-            ratio = rnn["ms"] / att["ms"]
-            lines.append(f"- {model} RNN form at 224 px: {ratio:.2f}× the attention form (target ≤ 3×): "
-                         f"**{'met' if ratio <= 3 else 'NOT met'}**")
-    big = [r for r in rows if r["kind"] == "big" and r["model"] != "DeiT-S"]
-    if big:
-        ok = [f"{r['model']} {r['form']}" for r in big if r["ms"] is not None]
-        lines.append(f"- Batch {big[0]['batch']} at {big[0]['res']} px runs with the RNN or chunk form: "
-                     f"**{'met' if ok else 'NOT met'}** ({', '.join(ok) or 'none ran'})")
+def target_lines(rows):
+    """One line per (path, LION model, resolution): the best linear form's time and memory over DeiT-S's."""
+    get = _get(rows)
+    lines = ["| path | model | res | best form | ms | × DeiT-S time | × DeiT-S memory (chunk form) | target |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path in dict.fromkeys(r["path"] for r in rows):
+        for res in sorted({r["res"] for r in rows}):
+            deit = get.get((path, "DeiT-S", "SDPA", res))
+            for model in dict.fromkeys(r["model"] for r in rows if r["model"] != "DeiT-S"):
+                forms = [r for r in rows if (r["path"], r["model"], r["res"]) == (path, model, res) and r["ms"]]
+                if not deit or not deit["ms"] or not forms:
+                    continue
+                best = min(forms, key=lambda r: r["ms"])
+                t = best["ms"] / deit["ms"]
+                mem = max(r["gib"] / deit["gib"] for r in forms if r["form"] == "Chunk") if any(
+                    r["form"] == "Chunk" for r in forms) else float("nan")
+                bound = TARGETS.get(res)
+                missed = ([f"time > {bound:.2f}×"] if bound is not None and t > bound else []) + (
+                    ["memory > 1×"] if not mem <= 1.0 else [])
+                verdict = "–" if bound is None or "♮" in model else (
+                    "met" if not missed else "NOT met: " + ", ".join(missed))
+                lines.append(f"| {path} | {model} | {res} | {best['form']} | {best['ms']:.2f} | {t:.2f} | {mem:.4f} "
+                             f"| {verdict} |")
     return lines
 
 
 def markdown(env, rows):
-    vis = [r for r in rows if r["kind"] == "vision"]
-    res_list = sorted({r["res"] for r in vis})
-    keys = list(dict.fromkeys((r["model"], r["form"]) for r in vis))
-    get = {(r["model"], r["form"], r["res"]): r for r in vis}
-    tok = {r["res"]: r["tokens"] for r in vis}
+    res_list = sorted({r["res"] for r in rows})
+    tok = {r["res"]: r["tokens"] for r in rows}
+    get = _get(rows)
     out = [BEGIN, "## Inference: `benchmarks/inference.py`", "",
-           f"{env['date']} · {env['gpu']} · torch {env['torch']} · triton {env['triton']} · {env['dtype']} weights and "
-           f"inputs · batch {env['batch']} · chunk {env['chunk_size']} · fused kernels: "
-           + ", ".join(f"`{k}`" for k in env["fused"]) + f" · chunk kernel settings `{env.get('chunk_config')}`, "
-           f"RNN kernel `{env.get('rnn_config')}`", "",
-           "Time: median ms per forward (CUDA events). Memory: peak GiB allocated during the forward minus weights "
-           "and input. DeiT-S is timm's `deit_small_patch16_224` (SDPA); LION-S is `lion_small_patch16_224` "
-           "(random weights) built at 224 px and run at each resolution.", ""]
-    out += [f"- {note}" for note in env.get("notes", [])] + ([""] if env.get("notes") else [])
-    for key, title in (("ms", "Time (ms)"), ("gib", "Activation memory (GiB)")):
-        out.append(f"| {title} | " + " | ".join(f"{r} px ({tok[r]} tok)" for r in res_list) + " |")
+           f"{env['date']} · {env['gpu']} · torch {env['torch']} · triton {env['triton']} · batch {env['batch']} · "
+           f"`{env['command']}`", "",
+           "Paths: **amp** = fp32 weights and input under `torch.autocast(bfloat16)`; **bf16** = bf16 weights and "
+           "input. Library defaults (chunk size chosen by the fused kernel). Time: median ms per forward (CUDA "
+           "events). Memory: peak GiB allocated during the forward beyond what was allocated before it. DeiT-S is "
+           "timm's `deit_small_patch16_224` (SDPA); LION models are `lion_small_patch16_224` with random weights, "
+           "both built with `img_size` = the resolution.", ""]
+    for path in dict.fromkeys(r["path"] for r in rows):
+        keys = list(dict.fromkeys((r["model"], r["form"]) for r in rows if r["path"] == path))
+        out.append(f"| {path}: ms / GiB | " + " | ".join(f"{r} px ({tok[r]} tok)" for r in res_list) + " |")
         out.append("|---" * (len(res_list) + 1) + "|")
         for model, form in keys:
-            out.append(f"| {model} {form} | " + " | ".join(_cell(get.get((model, form, r)), key) for r in res_list) + " |")
+            cells = []
+            for res in res_list:
+                r = get.get((path, model, form, res))
+                cells.append("–" if r is None else ("OOM" if r["ms"] is None else f"{r['ms']:.2f} / {r['gib']:.3f}"))
+            out.append(f"| {model} {form} | " + " | ".join(cells) + " |")
         out.append("")
-    big = [r for r in rows if r["kind"] == "big"]
-    if big:
-        out += [f"Batch {big[0]['batch']} at {big[0]['res']} px ({big[0]['tokens']} tokens):", "",
-                "| model | form | ms | activation GiB |", "|---|---|---|---|"]
-        out += [f"| {r['model']} | {r['form']} | {_cell(r, 'ms')} | {_cell(r, 'gib')} |" for r in big]
-        out.append("")
-    mlm = [r for r in rows if r["kind"] == "mlm"]
-    if mlm:
-        if mlm[0]["tokens"] == 0:
-            out += [f"MLM sweep not run: {mlm[0]['note']}", ""]
-        else:
-            lengths = sorted({r["tokens"] for r in mlm})
-            mk = list(dict.fromkeys((r["model"], r["form"]) for r in mlm))
-            g = {(r["model"], r["form"], r["tokens"]): r for r in mlm}
-            out += [f"BERT-base encoder (`mlm.src.bert_layers.LionBertModel`, random weights), batch {mlm[0]['batch']}, "
-                    "ms / activation GiB:", "",
-                    "| model | form | " + " | ".join(f"{n} tok" for n in lengths) + " |",
-                    "|---|---" + "|---" * len(lengths) + "|"]
-            out += [f"| {m} | {f} | " + " | ".join(f"{_cell(g.get((m, f, n)), 'ms')} / {_cell(g.get((m, f, n)), 'gib')}"
-                                                    for n in lengths) + " |" for m, f in mk]
-            out.append("")
-    out += ["Targets (computed from the rows above):", ""] + _targets(rows)
+    out += ["Targets: best linear form ≤ 0.70× DeiT-S time at 896 px and ≤ 0.50× at 1792 px, chunk-form activation "
+            "memory ≤ DeiT-S (LION-D and LION-S; ♮ rows for information):", ""] + target_lines(rows)
+    out += [""] + [f"- {n}" for n in env.get("notes", [])]
     out += ["", "![inference time and memory vs tokens](inference.png)", END]
     return "\n".join(out) + "\n"
 
 
-def write_results(md_section, path):
-    """Replace our section of RESULTS.md (between the markers) or append it; other sections are kept."""
+def write_results(section, path):
+    """Replace the inference section of RESULTS.md (between the markers) or append it; the rest is kept."""
     path = Path(path)
     text = path.read_text() if path.exists() else "# Benchmark results\n\n"
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + md_section.rstrip("\n") + text[text.index(END) + len(END):]
+        text = text[:text.index(BEGIN)] + section.rstrip("\n") + text[text.index(END) + len(END):]
     else:
-        text = text.rstrip("\n") + "\n\n" + md_section
+        text = text.rstrip("\n") + "\n\n" + section
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -333,75 +180,138 @@ def plot(rows, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vis = [r for r in rows if r["kind"] == "vision" and r["ms"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for model, form in dict.fromkeys((r["model"], r["form"]) for r in vis):
-        pts = sorted((r["tokens"], r["ms"], r["gib"]) for r in vis if (r["model"], r["form"]) == (model, form))
-        style = dict(marker="o", lw=2.5, color="k") if model == "DeiT-S" else dict(
-            marker={"Attention": "s", "Chunk": "o", "RNN": "^"}[form],
-            ls={"Attention": ":", "Chunk": "-", "RNN": "--"}[form])
+    for (p, model, form) in dict.fromkeys((r["path"], r["model"], r["form"]) for r in rows):
+        pts = sorted((r["tokens"], r["ms"], r["gib"]) for r in rows
+                     if (r["path"], r["model"], r["form"]) == (p, model, form) and r["ms"] is not None)
+        style = dict(marker="o", lw=2.5, color="k" if p == "bf16" else "gray") if model == "DeiT-S" else dict(
+            marker={"Chunk": "o", "RNN": "^"}[form], ls="-" if p == "bf16" else "--")
         for ax, i in zip(axes, (1, 2)):
-            ax.plot([p[0] for p in pts], [max(p[i], 1e-3) for p in pts], label=f"{model} {form}", **style)
+            ax.plot([q[0] for q in pts], [q[i] for q in pts], label=f"{p} {model} {form}", **style)
     for ax, label in zip(axes, ("ms per batch", "activation GiB")):
         ax.set(xscale="log", yscale="log", xlabel="tokens per image", ylabel=label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
-    batch = vis[0]["batch"] if vis else "?"
-    fig.suptitle(f"ViT-S inference, batch {batch}, bf16 ({torch.cuda.get_device_name() if torch.cuda.is_available() else 'GPU'})")
+    axes[0].legend(fontsize=6, ncol=2)
+    fig.suptitle(f"ViT-S inference, batch {rows[0]['batch']}")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    tmp = Path(path).with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+
+
+# -------------------------------------------------------------------------------------- kernel settings
+def _graph_ms(fn, reps=20):
+    """GPU time of fn, launch overhead excluded: fn captured in a CUDA graph, median of replays."""
+    fn()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return median_ms(graph.replay, warmup=2, reps=reps)
+
+
+def sweep(args):
+    """Times the fused operators alone at ViT-S shapes (H = 6, d = 64, bf16, LION-S gates, strided q, k, v)."""
+    from lion import selective_log_gates
+    from lion.ops.triton.chunk import chunk_attention
+    from lion.ops.triton.recurrent import recurrent_attention
+
+    B, H, d = args.batch, 6, 64
+    for res in args.resolutions:
+        L = (res // 16) ** 2 + 1
+        qkv = torch.randn(B, L, 3, H, d, device="cuda", dtype=torch.bfloat16)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        log_a = selective_log_gates(torch.randn(B, L, H, device="cuda"))
+        with torch.inference_mode():
+            for chunk, warps in ((64, 4), (128, 8), (128, 4)):
+                ms = _graph_ms(lambda: chunk_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125,
+                                                       chunk_size=chunk, num_warps=warps))
+                print(f"sweep chunk L={L:6d} C={chunk:4d} warps={warps}: {ms * 1e3:8.1f} µs/layer (GPU time, "
+                      "CUDA graph)", flush=True)
+            if L > 4000:
+                continue
+            for block_t in (4, 8):
+                for block_dv in (16,):
+                    for warps in (1,):
+                        ms = median_ms(lambda: recurrent_attention(
+                            q, k, v, log_a, feature_map="normalized_silu", scale=0.125, block_t=block_t,
+                            block_dv=block_dv, num_warps=warps), warmup=1, reps=3)
+                        print(f"sweep rnn   L={L:6d} T={block_t:3d} dv={block_dv:3d} warps={warps}: {ms * 1e3:8.1f} "
+                              "µs/layer", flush=True)
+
+
+def profile(args, res):
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    for path in args.paths:
+        dtype = torch.float32 if path == "amp" else torch.bfloat16
+        x = torch.randn(args.batch, 3, res, res, device="cuda", dtype=dtype)
+        for model, form in (("DeiT-S", "SDPA"), ("LION-D", "Chunk"), ("LION-S", "Chunk"), ("LION-D", "RNN")):
+            net = _build(model, res, path)
+            if form != "SDPA":
+                net.set_format(form, None)
+            with torch.inference_mode(), _context(path):
+                net(x)
+                torch.cuda.synchronize()
+                with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+                    net(x)
+                    torch.cuda.synchronize()
+            print(f"--- profile {path} {model} {form} {res}px")
+            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+            del net
+
+
+def _write_json(data, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False))
+    os.replace(tmp, path)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="runs/inference.json", help="json of all measurements")
-    ap.add_argument("--report", metavar="JSON", help="no measuring: write RESULTS.md and the PNG from this json")
-    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"))
-    ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "inference.png"))
-    ap.add_argument("--resolutions", type=int, nargs="+", default=[224, 448, 896, 1344, 1792, 2496])
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "inference_results.json"),
+                    help="json of all measurements")
+    ap.add_argument("--report", metavar="JSON", help="no measuring: rewrite RESULTS.md and the PNG from this json")
+    ap.add_argument("--results-md", default=str(ROOT / "benchmarks" / "RESULTS.md"), help="'' to skip")
+    ap.add_argument("--plot", default=str(ROOT / "benchmarks" / "inference.png"), help="'' to skip")
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[224, 896, 1792])
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--masks", nargs="+", default=["Lit", "Decay", "Selective"], choices=list(MASK_SHORT))
-    ap.add_argument("--orders", nargs="+", default=["Normal"], choices=["Normal", "S"])
-    ap.add_argument("--forms", nargs="+", default=["Attention", "Chunk", "RNN"], choices=["Attention", "Chunk", "RNN"])
-    ap.add_argument("--chunk-size", type=int, default=128)
-    ap.add_argument("--max-attention-tokens", type=int, default=4000,
-                    help="skip the LION attention form (an L×L matrix per head) above this many tokens")
-    ap.add_argument("--big-batch", type=int, default=64, help="0 skips the big-batch run")
-    ap.add_argument("--big-resolution", type=int, default=2496)
-    ap.add_argument("--mlm-lengths", type=int, nargs="*", default=[8192, 32768])
-    ap.add_argument("--mlm-batch", type=int, default=1)
-    ap.add_argument("--check", action="store_true", help="first check the fused forms against the attention form")
-    ap.add_argument("--budget-s", type=float, default=420, help="skip what would start after this many seconds")
+    ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    ap.add_argument("--models", nargs="+", default=list(LION), choices=list(LION))
+    ap.add_argument("--forms", nargs="+", default=["Chunk", "RNN"], choices=["Chunk", "RNN"])
+    ap.add_argument("--reps", type=int, default=10, help="timed forwards per cell (median)")
+    ap.add_argument("--sweep", action="store_true", help="only time kernel settings of the fused operators")
+    ap.add_argument("--profile", type=int, metavar="RES", help="only print per-kernel profiles at this resolution")
+    ap.add_argument("--note", action="append", default=[],
+                    help="a line for the RESULTS.md section (stored in the json)")
     args = ap.parse_args()
-    for name in ("batch", "chunk_size", "big_resolution"):
-        if getattr(args, name) < 1:
-            ap.error(f"--{name.replace('_', '-')} must be ≥ 1")
+    if args.batch < 1 or any(r < 16 for r in args.resolutions):
+        ap.error("--batch must be ≥ 1 and every --resolutions value ≥ 16")
     if args.report:
         data = json.loads(Path(args.report).read_text())
     else:
         if not torch.cuda.is_available():
             ap.error("measuring needs a CUDA GPU; use --report JSON to write RESULTS.md from earlier measurements")
-        deadline = time.time() + args.budget_s
-        if args.check:
-            print(f"largest relative error of the fused sums: {check(args):.1e}", flush=True)
-        rows = []
-        data = dict(env=environment(args), rows=rows)
-        run_vision(args, deadline, rows)
-        if args.big_batch:
-            run_big_batch(args, deadline, rows)
-        if args.mlm_lengths:
-            run_mlm(args, deadline, rows)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(data, indent=1))
+        if args.sweep:
+            return sweep(args)
+        if args.profile:
+            return profile(args, args.profile)
+        data = dict(env=environment(args), rows=measure(args))
+        _write_json(data, Path(args.out))
+    if args.note:  # kept in the json, so that a later --report writes them again
+        data["env"]["notes"] = data["env"].get("notes", []) + args.note
+        if args.report:
+            _write_json(data, Path(args.report))
     section = markdown(data["env"], data["rows"])
-    print(section)
+    print("\n".join(target_lines(data["rows"])))
     if args.results_md:
         write_results(section, args.results_md)
     if args.plot:
         try:
             plot(data["rows"], args.plot)
         except ImportError as exc:
-            print(f"no plot ({exc}); install matplotlib or run where it is installed")
+            print(f"no plot ({exc})")
 
 
 if __name__ == "__main__":

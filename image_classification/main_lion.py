@@ -76,7 +76,8 @@ def get_args_parser():
     p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
     p.add_argument("--order", default="Normal", choices=ORDERS, help="'S': the ♮ variant (two snake orders)")
     p.add_argument("--format", default="Attention", choices=FORMATS, help="attention form used for training/eval")
-    p.add_argument("--chunk_size", default=32, type=int)
+    p.add_argument("--chunk_size", default=None, type=int,
+                   help="chunk of the Chunk format; default: automatic (the fused kernel's choice, 32 in torch)")
     p.add_argument("--pos_emb", action="store_true", help="learnable absolute position embedding")
     p.add_argument("--cls_tok", action="store_true", help="classify from the cls token (default: mean of tokens)")
 
@@ -207,7 +208,7 @@ def check_args(args):
         raise ArgumentError(f"--epochs must be ≥ 1, got {args.epochs}")
     if args.batch_size < 1:
         raise ArgumentError(f"--batch-size must be ≥ 1, got {args.batch_size}")
-    if args.chunk_size < 1:
+    if args.chunk_size is not None and args.chunk_size < 1:
         raise ArgumentError(f"--chunk_size must be ≥ 1, got {args.chunk_size}")
     if args.resume and not args.resume.startswith("https") and not os.path.isfile(args.resume):
         raise ArgumentError(f"--resume {args.resume!r}: no such checkpoint file")

@@ -21,7 +21,7 @@ from timm.models.vision_transformer import global_pool_nlc
 
 from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, lion_attention,
                   selective_log_gates)
-from lion.checks import check_chunk_size
+from lion.checks import KEEP, check_chunk_size
 
 ORDERS = ("Normal", "S")
 FORMATS = ("Attention", "RNN", "Chunk")
@@ -47,7 +47,7 @@ class LionAttention(nn.Module):
     """Multi-head LION attention. ``format`` and ``chunk_size`` may be changed at any time."""
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0,
-                 mask_type="Decay", order="Normal", format="Attention", chunk_size=32, backend=None):
+                 mask_type="Decay", order="Normal", format="Attention", chunk_size=None, backend=None):
         super().__init__()
         _check_choice("mask_type", mask_type, MASK_TYPES)
         _check_choice("order", order, ORDERS)
@@ -70,12 +70,12 @@ class LionAttention(nn.Module):
                 self.a2_i = gate()
         self.feature_map = "elu_plus_one" if mask_type == "Lit" else "normalized_silu"  # applied by lion_attention
 
-    def set_format(self, format, chunk_size=None):
+    def set_format(self, format, chunk_size=KEEP):
+        """chunk_size: an int, None (automatic: the fused kernels pick one), or KEEP (the current one)."""
         _check_choice("format", format, FORMATS)
         self.format = format
-        if chunk_size is not None:
-            check_chunk_size(chunk_size)
-            self.chunk_size = chunk_size
+        if chunk_size is not KEEP:
+            self.chunk_size = check_chunk_size(chunk_size)
 
     def __prepare_scriptable__(self):
         raise RuntimeError(
@@ -162,7 +162,7 @@ class LionVisionTransformer(nn.Module):
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
                  drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Attention",
-                 chunk_size=32, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
+                 chunk_size=None, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
                  dynamic_img_size: bool = True):
         super().__init__()
         _check_choice("mask_type", mask_type, MASK_TYPES)
@@ -228,7 +228,7 @@ class LionVisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True):
         self.grad_checkpointing = enable
 
-    def set_format(self, format, chunk_size=None):
+    def set_format(self, format, chunk_size=KEEP):
         """Switch every block to 'Attention', 'RNN' or 'Chunk' (parameters untouched; all forms are exact)."""
         for blk in self.blocks:
             blk.attn.set_format(format, chunk_size)

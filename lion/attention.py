@@ -27,8 +27,9 @@ logger = logging.getLogger(__name__)
 FORMS = ("attention", "rnn", "chunk")
 BACKENDS = ("auto", "torch", "triton")
 
-# Fused GPU kernels register here, per form: fn(q, k, v, log_a, scale, with_den, chunk_size) -> (num, den),
-# the same contract as the torch forms in lion.ops (differentiable where the kernel has a backward).
+# Fused GPU kernels register here, per form. 'attention': fn(q, k, v, log_a, scale, with_den, chunk_size) ->
+# (num, den), the contract of the torch forms in lion.ops. 'chunk' and 'rnn' (inference only): the whole operator,
+# fn(q, k, v, log_a, *, feature_map, scale, normalize, eps, key_padding_mask, orders, chunk_size) -> y.
 FUSED: dict = {}
 _default_backend = "auto"
 
@@ -68,7 +69,7 @@ def canonical_form(form: str) -> str:
 
 
 def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training, backend=None):
-    fused = None if (dropout_p > 0.0 and training) else _fused_kernel(form, q, backend)
+    fused = None if (dropout_p > 0.0 and training or form != "attention") else _fused_kernel(form, q, backend)
     if fused is not None:
         return fused(q, k, v, log_a, scale, with_den, chunk_size)
     if form == "attention":
@@ -90,7 +91,7 @@ def lion_attention(
     eps: float = 1e-6,
     key_padding_mask: Optional[torch.Tensor] = None,
     form: str = "attention",
-    chunk_size: int = 32,
+    chunk_size: Optional[int] = None,
     orders: Optional[Sequence[tuple[torch.Tensor, Optional[torch.Tensor]]]] = None,
     dropout_p: float = 0.0,
     training: bool = False,
@@ -103,11 +104,19 @@ def lion_attention(
 
     key_padding_mask: (B, L) bool, True for real tokens. Padded keys are dropped and their gates set to 1,
     so padded positions never influence real ones, whatever their content or place.
+    chunk_size: None lets the fused kernels pick one for the length (the torch chunk form then uses 32).
     Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
     backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'.
     """
     form = canonical_form(form)
     check_chunk_size(chunk_size)
+    if form != "attention" and not (dropout_p > 0.0 and training):  # fused inference kernels: the whole operator
+        fused = _fused_kernel(form, q, backend)
+        gates = [log_a] + [la for _, la in orders or ()]
+        if fused is not None and not (torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad for t in (q, k, v, *gates))):
+            return fused(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
+                         key_padding_mask=key_padding_mask, orders=orders, chunk_size=chunk_size)
     if feature_map is not None:
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
@@ -140,8 +149,8 @@ def lion_attention(
 
 def _register_fused_kernels() -> None:
     """Import the Triton packages, which fill FUSED (attention form: lion.ops.triton; chunk and RNN forms:
-    lion.ops.triton_inference). Without triton the torch forms serve every call."""
-    for name in ("lion.ops.triton", "lion.ops.triton_inference"):
+    lion.ops.triton.chunk, lion.ops.triton.recurrent). Without triton the torch forms serve every call."""
+    for name in ("lion.ops.triton", "lion.ops.triton.chunk", "lion.ops.triton.recurrent"):
         try:
             importlib.import_module(name)
         except ImportError as err:

@@ -1,5 +1,6 @@
-"""Runs the triton inference-kernel tests on the CPU under TRITON_INTERPRET=1 in a subprocess (the variable
-must be set before triton decorates the kernels, and must not leak into the other test files)."""
+"""Runs the fused chunk/RNN kernel tests (lion.ops.triton.chunk, .recurrent) on the CPU under TRITON_INTERPRET=1,
+in a subprocess (the variable must be set before triton decorates the kernels, and must not leak into the other
+test files)."""
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("triton")
+pytestmark = pytest.mark.triton
 KERNEL_TESTS = Path(__file__).with_name("test_triton_inference_kernels.py")
 
 

@@ -1,121 +1,136 @@
-"""The triton chunk and RNN inference kernels equal the attention form (lion.ops.naive_sums).
-
-Runs on CUDA when present, else only under TRITON_INTERPRET=1 (test_triton_inference.py starts it so, in a
-subprocess, so that the variable never leaks into other test files).
+"""The fused chunk and RNN inference kernels (lion.ops.triton.chunk / .recurrent) equal the attention form, at tiny
+shapes under TRITON_INTERPRET=1 (test_triton_inference.py starts this file so, in a subprocess, so that the variable
+never leaks into other test files; on a GPU, test_triton_inference_gpu.py covers real shapes). Reference:
+lion_attention's attention form in float64 on the CPU, on the same raw q, k, v.
 """
 import os
 
 import pytest
 import torch
 
-if not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"):
-    pytest.skip("needs CUDA or TRITON_INTERPRET=1 (run through tests/test_triton_inference.py)", allow_module_level=True)
+if os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("needs TRITON_INTERPRET=1 (run through tests/test_triton_inference.py)", allow_module_level=True)
 pytest.importorskip("triton")
 
-from conftest import rel_err_l2  # noqa: E402
-from lion import lion_attention, selective_log_gates  # noqa: E402
-from lion.ops import naive_sums  # noqa: E402
-from lion.ops.triton_inference import chunk_sums_triton, ops, recurrent_sums_triton  # noqa: E402
+from lion import decay_log_gates, lion_attention, selective_log_gates  # noqa: E402
+from lion.ops.triton.chunk import auto_chunk_size, chunk_attention  # noqa: E402
+from lion.ops.triton.recurrent import recurrent_attention  # noqa: E402
 
-DEVICE = "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda"
-
-
-def _chunk_sequential(*args):
-    """The other chunk algorithm (one program carries the state through the chunks), ops.CHUNK_CONFIG."""
-    old = ops.CHUNK_CONFIG["algorithm"]
-    ops.CHUNK_CONFIG["algorithm"] = "sequential"
-    try:
-        return chunk_sums_triton(*args)
-    finally:
-        ops.CHUNK_CONFIG["algorithm"] = old
+pytestmark = pytest.mark.triton
+DEVICE = "cpu"
+FNS = {"chunk": chunk_attention, "rnn": recurrent_attention}
+FEATURE = {"lit": "elu_plus_one", "decay": "normalized_silu", "selective": "normalized_silu"}
 
 
-FNS = {"chunk": chunk_sums_triton, "chunk_sequential": _chunk_sequential, "rnn": recurrent_sums_triton}
+def _gates(mask, B, H, L, g):
+    if mask == "lit":
+        return None
+    if mask == "decay":
+        return decay_log_gates(torch.randn(H, generator=g), L, B)
+    return selective_log_gates(3.0 * torch.randn(B, L, H, generator=g))
 
 
-def _inputs(B, H, L, d, mask, seed, dtype=torch.float32, strength=3.0):
+def _inputs(B, H, L, d, mask, seed, dtype=torch.float32, dv=None):
+    """q, k, v as strided views of one (B, L, 3, H, d) projection output, like the vision model's."""
     g = torch.Generator().manual_seed(seed)
-    q, k, v = (torch.rand(B, H, L, d, generator=g) for _ in range(3))
-    log_a = {"lit": None,
-             "decay": torch.nn.functional.logsigmoid(torch.randn(H, generator=g))[None, :, None].expand(B, H, L),
-             "selective": selective_log_gates(strength * torch.randn(B, L, H, generator=g))}[mask]
-    to = lambda t: None if t is None else t.to(DEVICE)  # noqa: E731
-    return to(q.to(dtype)), to(k.to(dtype)), to(v.to(dtype)), to(log_a)
+    dv = dv or d
+    qk = torch.randn(B, L, 2, H, d, generator=g)
+    v = torch.randn(B, L, H, dv, generator=g)
+    q, k = (t.to(DEVICE, dtype).permute(0, 2, 1, 3) for t in qk.unbind(2))
+    la = _gates(mask, B, H, L, g)
+    return q, k, v.to(DEVICE, dtype).permute(0, 2, 1, 3), None if la is None else la.to(DEVICE)
 
 
-def _reference(q, k, v, log_a, scale):
-    c = lambda t: None if t is None else t.double().cpu()  # noqa: E731
-    return naive_sums(c(q), c(k), c(v), c(log_a), scale, True)
+def _cpu64(t):
+    return None if t is None else t.detach().double().cpu()
 
 
-# (B, L, chunk): last chunk of length 1 (17 = 16 + 1, 33 = 32 + 1), an odd length, batch 1 and 3
-SHAPES = [(1, 17, 16), (3, 33, 32), (3, 29, 16)]
+def _reference(q, k, v, log_a=None, orders=None, key_padding_mask=None, **kw):
+    orders = None if orders is None else [(p.cpu(), _cpu64(la)) for p, la in orders]
+    kpm = None if key_padding_mask is None else key_padding_mask.cpu()
+    return lion_attention(_cpu64(q), _cpu64(k), _cpu64(v), _cpu64(log_a), form="attention", backend="torch",
+                          orders=orders, key_padding_mask=kpm, **kw)
+
+
+def _rel(x, ref):
+    return ((x.double().cpu() - ref).norm() / ref.norm()).item()
+
+
+# (B, L, chunk): last chunk of length 1 (17 = 16 + 1, 21 = 4·5 + 1), a chunk that is no power of two, an odd length,
+# batch 1 and 3, the automatic chunk size (None)
+SHAPES = [(1, 17, 16), (3, 21, 5), (2, 29, None), (1, 33, 32)]
 
 
 @pytest.mark.parametrize("form", list(FNS))
 @pytest.mark.parametrize("mask", ["lit", "decay", "selective"])
 @pytest.mark.parametrize("B,L,chunk", SHAPES)
-def test_kernel_matches_attention_form(form, mask, B, L, chunk):
+def test_matches_attention_form(form, mask, B, L, chunk):
     q, k, v, log_a = _inputs(B, 2, L, 8, mask, seed=L + B)
-    num, den = FNS[form](q, k, v, log_a, 0.7, True, chunk)
-    ref_num, ref_den = _reference(q, k, v, log_a, 0.7)
-    assert num.dtype == v.dtype and num.shape == v.shape and den.dtype == torch.float32
-    assert rel_err_l2(num, ref_num) < 1e-5 and rel_err_l2(den, ref_den) < 1e-5
+    kw = dict(feature_map=FEATURE[mask], scale=0.7, eps=1e-6)
+    y = FNS[form](q, k, v, log_a, chunk_size=chunk, **kw)
+    assert y.shape == v.shape and y.dtype == v.dtype
+    assert y.transpose(1, 2).is_contiguous()  # (B, L, H, dv) memory: the caller's reshape to (B, L, H·dv) is free
+    assert _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-5
 
 
 @pytest.mark.parametrize("form", list(FNS))
-def test_without_den_and_uneven_value_dim(form):
-    g = torch.Generator().manual_seed(1)
-    q, k = (torch.rand(2, 2, 20, 8, generator=g).to(DEVICE) for _ in range(2))
-    v = torch.randn(2, 2, 20, 70, generator=g).to(DEVICE)  # dv ≠ dk, two value blocks, signed values
-    log_a = selective_log_gates(torch.randn(2, 20, 2, generator=g)).to(DEVICE)
-    num, den = FNS[form](q, k, v, log_a, 1.0, False, 16)
-    assert den is None and rel_err_l2(num, _reference(q, k, v, log_a, 1.0)[0]) < 1e-5
+def test_unnormalised_padded_uneven_value_dim(form):
+    """MLM use: no feature map, no normaliser, padded keys; dv ≠ dk with two value blocks (dv = 70)."""
+    q, k, v, log_a = _inputs(2, 2, 20, 8, "selective", seed=1, dv=70)
+    keep = torch.ones(2, 20, dtype=torch.bool)
+    keep[1, 13:] = False
+    kw = dict(scale=1.0, normalize=False, key_padding_mask=keep.to(DEVICE))
+    y = FNS[form](q, k, v, log_a, chunk_size=16, **kw)
+    assert _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-5
 
 
-def test_strong_gates_stay_finite():
-    """log a down to −60 per token: every exponent is ≤ 0, so nothing overflows (docs/lion.md §1)."""
-    q, k, v, log_a = _inputs(1, 2, 40, 8, "selective", seed=5, strength=60.0)
-    ref_num, ref_den = _reference(q, k, v, log_a, 1.0)
-    for form, fn in FNS.items():
-        num, den = fn(q, k, v, log_a, 1.0, True, 16)
-        assert torch.isfinite(num).all() and torch.isfinite(den).all(), form
-        assert rel_err_l2(num, ref_num) < 1e-5 and rel_err_l2(den, ref_den) < 1e-5, form
-
-
-def test_bf16_inputs():
-    q, k, v, log_a = _inputs(2, 2, 33, 16, "selective", seed=3, dtype=torch.bfloat16)
-    ref_num, ref_den = _reference(q, k, v, log_a, 0.25)
-    for form, fn in FNS.items():
-        num, den = fn(q, k, v, log_a, 0.25, True, 16)
-        assert num.dtype == torch.bfloat16 and den.dtype == torch.float32
-        assert rel_err_l2(num, ref_num) < 1e-2 and rel_err_l2(den, ref_den) < 1e-2, form
-
-
-@pytest.mark.parametrize("form", ["chunk", "rnn"])
-def test_registered_through_lion_attention_with_padding_and_orders(form):
-    """backend='triton' dispatches to these kernels; padding and the ♮ orders (the caller's loop) still agree."""
-    B, H, L, d = 2, 2, 10, 8
-    q, k, v, _ = _inputs(B, H, L, d, "lit", seed=7)
+@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("n_orders", [2, 3])
+def test_orders_in_one_pass(form, n_orders):
+    """♮: each order reads the tokens through its permutation with its own gates; sums averaged, then normalised."""
+    B, H, L = 2, 2, 19
+    q, k, v, _ = _inputs(B, H, L, 8, "lit", seed=7 + n_orders)
     g = torch.Generator().manual_seed(8)
-    keep = torch.ones(B, L, dtype=torch.bool)
-    keep[1, 6:] = False
-    keep = keep.to(DEVICE)
-    log_a = selective_log_gates(torch.randn(B, L, H, generator=g)).to(DEVICE)
-    perms = [torch.arange(L), torch.randperm(L, generator=g)]
-    orders = [(p.to(DEVICE), selective_log_gates(torch.randn(B, L, H, generator=g)).to(DEVICE)) for p in perms]
-    for kwargs in (dict(log_a=log_a, key_padding_mask=keep), dict(orders=orders)):
-        ref = lion_attention(q, k, v, form="attention", backend="torch", **kwargs)
-        out = lion_attention(q, k, v, form=form, chunk_size=16, backend="triton", **kwargs)
-        assert rel_err_l2(out, ref.double().cpu()) < 1e-5
+    perms = [torch.arange(L)] + [torch.randperm(L, generator=g) for _ in range(n_orders - 1)]
+    orders = [(p.to(DEVICE), _gates("selective", B, H, L, g).to(DEVICE)) for p in perms]
+    kw = dict(feature_map="normalized_silu", scale=0.5)
+    y = FNS[form](q, k, v, orders=orders, chunk_size=8, **kw)
+    assert _rel(y, _reference(q, k, v, orders=orders, **kw)) < 1e-5
 
 
-def test_grad_falls_back_to_differentiable_torch_form():
+@pytest.mark.parametrize("form", list(FNS))
+def test_strong_gates_stay_finite(form):
+    """log a down to −60 per token: every exponent is ≤ 0, so nothing overflows (docs/lion.md §1)."""
+    q, k, v, _ = _inputs(1, 2, 40, 8, "lit", seed=5)
+    log_a = selective_log_gates(60.0 * torch.randn(1, 40, 2, generator=torch.Generator().manual_seed(5))).to(DEVICE)
+    kw = dict(feature_map="normalized_silu", scale=1.0)
+    y = FNS[form](q, k, v, log_a, chunk_size=16, **kw)
+    assert torch.isfinite(y).all() and _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-5
+
+
+@pytest.mark.parametrize("form", list(FNS))
+def test_bf16_inputs(form):
+    q, k, v, log_a = _inputs(2, 2, 33, 16, "selective", seed=3, dtype=torch.bfloat16)
+    kw = dict(feature_map="normalized_silu", scale=0.25)
+    y = FNS[form](q, k, v, log_a, **kw)
+    assert y.dtype == torch.bfloat16 and _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-2
+
+
+@pytest.mark.parametrize("form", list(FNS))
+def test_lion_attention_dispatch_and_grad_fallback(form):
+    """backend='triton' runs the fused operator; when autograd needs gradients the torch form runs instead."""
     q, k, v, log_a = _inputs(1, 2, 12, 8, "decay", seed=9)
-    q.requires_grad_(True)
-    for form, fn in FNS.items():
-        num, den = fn(q, k, v, log_a, 1.0, True, 16)
-        assert num.requires_grad, form
-        (num.sum() + den.sum()).backward()
-        assert q.grad is not None and torch.isfinite(q.grad).all()
-        q.grad = None
+    kw = dict(feature_map="normalized_silu", scale=1.0)
+    ref = _reference(q, k, v, log_a, **kw)
+    with torch.no_grad():
+        y = lion_attention(q, k, v, log_a, form=form, backend="triton", **kw)
+    assert y.transpose(1, 2).is_contiguous() and _rel(y, ref) < 1e-5
+    q = q.detach().requires_grad_(True)
+    y = lion_attention(q, k, v, log_a, form=form, backend="triton", **kw)
+    y.sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and _rel(y, ref) < 1e-5
+
+
+def test_auto_chunk_size_is_a_valid_size():
+    for length in (1, 197, 3137, 12545, 10**6):
+        assert 1 <= auto_chunk_size(length, 64, 64) <= 128

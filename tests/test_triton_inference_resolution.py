@@ -1,5 +1,5 @@
-"""LION vision models accept any square input resolution at inference: the patch grid and the ♮ curve orders
-follow the input, and the position embedding is interpolated when ``pos_emb``."""
+"""LION vision models at inference: any square input resolution (the patch grid and the ♮ curve orders follow the
+input, the position embedding is interpolated when ``pos_emb``), and the chunk-size settings."""
 import pytest
 import timm
 import torch
@@ -41,3 +41,24 @@ def test_non_square_grid_is_refused_for_curve_orders():
     model = _model(64, mask_type="Decay", order="S")
     with pytest.raises(ValueError, match="square"):
         model(torch.randn(1, 3, 64, 96))
+
+
+def test_chunk_size_defaults_to_automatic_and_set_format_keeps_it():
+    from lion.checks import KEEP
+
+    model = _model(64, mask_type="Decay")
+    assert all(blk.attn.chunk_size is None for blk in model.blocks)  # None: the fused kernels pick the chunk
+    model.set_format("Chunk", 7)
+    model.set_format("RNN")  # KEEP by default
+    assert model.blocks[0].attn.chunk_size == 7 and model.blocks[0].attn.format == "RNN"
+    model.set_format("Chunk", None)
+    assert model.blocks[0].attn.chunk_size is None
+    model.set_format("Chunk", KEEP)
+    assert model.blocks[0].attn.chunk_size is None
+    with pytest.raises(ValueError, match="chunk_size must be an integer ≥ 1 or None"):
+        model.set_format("Chunk", 0)
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        auto = model(x)
+        model.set_format("Attention")
+        torch.testing.assert_close(auto, model(x), rtol=1e-4, atol=1e-5)

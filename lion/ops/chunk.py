@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lion.checks import check_chunk_size
+from lion.checks import DEFAULT_CHUNK_SIZE, check_chunk_size
 from lion.masks import upcast
 
 
@@ -43,8 +43,9 @@ def _strict_causal(q, k, v, log_a, C: int):
     return torch.stack(out, dim=2).flatten(2, 3)[:, :, :L]
 
 
-def chunk_sums(q, k, v, log_a=None, scale: float = 1.0, chunk_size: int = 32, with_den: bool = True):
-    check_chunk_size(chunk_size)
+def chunk_sums(q, k, v, log_a=None, scale: float = 1.0, chunk_size=None, with_den: bool = True):
+    """chunk_size None: DEFAULT_CHUNK_SIZE (32)."""
+    chunk_size = check_chunk_size(chunk_size) or DEFAULT_CHUNK_SIZE
     dtype = v.dtype
     q, k, v = upcast(q) * scale, upcast(k), upcast(v)
     if with_den:

@@ -57,7 +57,7 @@ class LionBertConfig(PretrainedConfig):
     layer_norm_after: bool = False
     position_embedding_type: str | None = None
     form: str = "parallel"
-    chunk_size: int = 32
+    chunk_size: int | None = None  # None: automatic (the fused kernel's choice, 32 in torch)
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

@@ -18,7 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
-from lion.checks import check_chunk_size
+from lion.checks import KEEP, check_chunk_size
 from lion.ops.naive import naive_scores
 from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORMS, LionBertConfig, check_choice
 
@@ -235,12 +235,12 @@ class LionBertPreTrainedModel(PreTrainedModel):
         elif isinstance(module, LionBertLMPredictionHead):
             init.zeros_(module.bias)
 
-    def set_form(self, form: str, chunk_size: int | None = None) -> None:
+    def set_form(self, form: str, chunk_size=KEEP) -> None:
         """Switch how LION attention is evaluated ('parallel' | 'rnn' | 'chunk'); weights are unchanged."""
         form = str(form).lower()
         check_choice("form", form, FORMS)
         self.config.form = form
-        if chunk_size is not None:
+        if chunk_size is not KEEP:  # None: automatic
             self.config.chunk_size = check_chunk_size(chunk_size)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
