@@ -5,7 +5,7 @@ from transformers import PretrainedConfig
 
 from lion.checks import check_chunk_size
 
-ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s")
+ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s", "hydra")  # hydra: the baseline in mlm/src/hydra.py
 FORMS = ("parallel", "rnn", "chunk")
 # arch types that add absolute position embeddings (docs/lion.md §2: lion-d and lion-s encode position in their mask)
 ARCHS_WITH_POSITIONS = ("attention", "lion-lit")

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
 from lion.checks import check_chunk_size
 from mlm.src.bert_config import FORMS, LionBertConfig, check_choice
+from mlm.src.hydra import HydraLayer, HydraMixer
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
            "LionBertPreTrainedModel"]
@@ -142,7 +143,8 @@ class LionBertLayer(GradientCheckpointingLayer):
 class LionBertEncoder(nn.Module):
     def __init__(self, config: LionBertConfig):
         super().__init__()
-        self.layer = nn.ModuleList([LionBertLayer(config) for _ in range(config.num_hidden_layers)])
+        layer_cls = HydraLayer if config.arch_type == "hydra" else LionBertLayer
+        self.layer = nn.ModuleList([layer_cls(config) for _ in range(config.num_hidden_layers)])
 
     def forward(self, hidden_states, attention_mask, output_hidden_states=False):
         all_states = [hidden_states] if output_hidden_states else None
@@ -199,7 +201,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
     config: LionBertConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LionBertEmbeddings", "LionBertLayer"]
+    _no_split_modules = ["LionBertEmbeddings", "LionBertLayer", "HydraLayer"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -207,6 +209,8 @@ class LionBertPreTrainedModel(PreTrainedModel):
             init.normal_(module.ai, mean=0.0, std=1.0)  # published init: randn (docs/lion.md §2)
         elif isinstance(module, LionBertLMPredictionHead):
             init.zeros_(module.bias)
+        elif isinstance(module, HydraMixer):
+            module.init_ssm_parameters()
 
     def set_form(self, form: str, chunk_size: int | None = None) -> None:
         """Switch how LION attention is evaluated ('parallel' | 'rnn' | 'chunk'); weights are unchanged."""
