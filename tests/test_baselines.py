@@ -139,11 +139,31 @@ def test_hydra_bad_settings_fail_clearly():
         LionBertForMaskedLM(hydra_config(hydra_head_dim=48))
 
 
+@pytest.mark.parametrize("size,layers", [("base", 23), ("large", 45)])
+def test_hydra_yamls_validate_and_match_berts_parameter_count(size, layers):
+    """Hydra's recipe: no MLP, about twice BERT's depth for BERT's encoder size (built on the meta device)."""
+    from mlm.main import load_config
+    from mlm.src.config_validation import validate
+    from mlm.src.create_bert import build_config
+
+    cfg = load_config(os.path.join(REPO, "yamls", "pretrain", f"hydra-{size}.yaml"), ["data_local=/data"])
+    validate(cfg)
+    glue = load_config(os.path.join(REPO, "yamls", "finetune-glue", f"hydra-{size}.yaml"), [])
+    assert dict(glue.model.model_config) == {k: v for k, v in cfg.model.model_config.items() if k != "layer_norm_after"}
+    config = build_config(cfg.model.pretrained_model_name, cfg.model.model_config)
+    assert config.arch_type == "hydra" and config.num_hidden_layers == layers and config.hydra_d_state == 64
+    with torch.device("meta"):
+        hydra = LionBertForMaskedLM(config).bert.encoder
+        bert = LionBertForMaskedLM(build_config(cfg.model.pretrained_model_name, {})).bert.encoder
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert abs(count(hydra) / count(bert) - 1) < 0.05
+
+
 def test_hydra_pretraining_loss_falls_on_the_offline_corpus(tmp_path):
     """The demo pretraining yaml (Composer) with arch_type hydra, on Moby-Dick rows."""
     from mlm.main import build_trainer, load_config
 
-    lines = itertools.islice(read_text_lines(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz")), 150)
+    lines = itertools.islice(read_text_lines(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz")), 80)
     (tmp_path / "moby.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR)
     convert(local_documents([str(tmp_path / "moby.txt")], 0.1), str(tmp_path / "rows"), tokenizer, max_seq_len=32)
@@ -152,8 +172,8 @@ def test_hydra_pretraining_loss_falls_on_the_offline_corpus(tmp_path):
         "model.model_config.arch_type=hydra", "model.model_config.hidden_size=32",
         "model.model_config.num_hidden_layers=2", "+model.model_config.hydra_head_dim=16",
         "+model.model_config.hydra_d_state=16", "global_train_batch_size=16", "device_train_microbatch_size=16",
-        "max_duration=25ba", "eval_interval=25ba", "eval_subset_num_batches=1", "optimizer.lr=3.0e-3",
-        "save_interval=25ba", "console_log_interval=100ba"])
+        "max_duration=15ba", "eval_interval=15ba", "eval_subset_num_batches=1", "optimizer.lr=1.0e-2",
+        "save_interval=15ba", "console_log_interval=100ba"])
     trainer = build_trainer(cfg)
     losses = []
     from composer.core import Callback
