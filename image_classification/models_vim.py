@@ -9,8 +9,8 @@ the gate z) and out_proj, and their gated outputs are averaged. Classification r
 ``timm.create_model('vim_tiny_patch16_224', depth=2, img_size=32, patch_size=8, embed_dim=64)`` works.
 The selective scan is ``selective_scan`` below, in fp32: a parallel-in-time (Hillis–Steele) associative scan on the
 GPU, a token-by-token loop on the CPU; both exact and stable. There is no fused kernel: Vim's CUDA kernels (mamba-ssm)
-compile CUDA at install time, so this torch path is the one used on the GPU as well; it stores O(B·L·D·N·log L)
-activations for the backward pass.
+compile CUDA at install time, so this torch path is the one used on the GPU as well; there the scan states are
+recomputed in the backward pass (as Vim's kernel does) instead of being stored.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import DropPath, PatchEmbed, lecun_normal_, trunc_normal_
 from timm.models import register_model
+from torch.utils.checkpoint import checkpoint
 
 from lion.masks import upcast
 
@@ -61,9 +62,13 @@ def selective_scan(x, dt, A, B, C, D, scan: str = "auto"):
 class SelectiveSSM(nn.Module):
     """The per-direction part of a Mamba block: causal conv, x_proj → (dt, B, C), dt_proj, A, D."""
 
-    def __init__(self, d_inner, d_state, d_conv, dt_rank, dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4):
+    def __init__(self, d_inner, d_state, d_conv, dt_rank, dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4,
+                 scan="auto", recompute_scan=None):
         super().__init__()
+        if scan not in SCANS:
+            raise ValueError(f"scan must be one of {list(SCANS)}, got {scan!r}")
         self.d_state, self.dt_rank = d_state, dt_rank
+        self.scan, self.recompute_scan = scan, recompute_scan
         self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
         self.x_proj = nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, d_inner, bias=True)
@@ -82,20 +87,25 @@ class SelectiveSSM(nn.Module):
         x = F.silu(self.conv1d(x.transpose(1, 2))[..., :L].transpose(1, 2))
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.softplus(upcast(self.dt_proj(dt)))
-        y = selective_scan(x, dt, -torch.exp(upcast(self.A_log)), B, C, self.D)
+        args = (x, dt, -torch.exp(upcast(self.A_log)), B, C, self.D, self.scan)
+        recompute = x.is_cuda if self.recompute_scan is None else self.recompute_scan
+        if recompute and torch.is_grad_enabled():  # keep only the inputs; rebuild the (b, L, d, N) states backward
+            y = checkpoint(selective_scan, *args, use_reentrant=False)
+        else:
+            y = selective_scan(*args)
         return (y * F.silu(upcast(z))).to(x.dtype)
 
 
 class BiMamba(nn.Module):
     """Vim's bidirectional Mamba mixer (bimamba v2 with if_divide_out): (fwd + flip(bwd on flipped)) / 2."""
 
-    def __init__(self, d_model, d_state=16, d_conv=4, expand=2):
+    def __init__(self, d_model, d_state=16, d_conv=4, expand=2, **scan_kwargs):
         super().__init__()
         d_inner = expand * d_model
         dt_rank = math.ceil(d_model / 16)
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=False)
-        self.fwd = SelectiveSSM(d_inner, d_state, d_conv, dt_rank)
-        self.bwd = SelectiveSSM(d_inner, d_state, d_conv, dt_rank)
+        self.fwd = SelectiveSSM(d_inner, d_state, d_conv, dt_rank, **scan_kwargs)
+        self.bwd = SelectiveSSM(d_inner, d_state, d_conv, dt_rank, **scan_kwargs)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def forward(self, u):
@@ -107,10 +117,10 @@ class BiMamba(nn.Module):
 class VimBlock(nn.Module):
     """Add → RMSNorm → mixer; returns (mixer output, residual stream in fp32), as Vim's fused add-norm blocks."""
 
-    def __init__(self, dim, d_state, d_conv, expand, drop_path=0.0, eps=1e-5):
+    def __init__(self, dim, d_state, d_conv, expand, drop_path=0.0, eps=1e-5, **scan_kwargs):
         super().__init__()
         self.norm = nn.RMSNorm(dim, eps=eps)
-        self.mixer = BiMamba(dim, d_state, d_conv, expand)
+        self.mixer = BiMamba(dim, d_state, d_conv, expand, **scan_kwargs)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, hidden, residual=None):
@@ -121,11 +131,14 @@ class VimBlock(nn.Module):
 class VisionMamba(nn.Module):
     """Vim with a class token in the middle of the patch sequence and a learned absolute position embedding.
 
+    scan: 'auto' | 'parallel' | 'sequential' (see ``selective_scan``); recompute_scan: rebuild the scan states in
+    the backward pass instead of storing them (None: on CUDA only, where they would not fit at ImageNet sizes).
     ``num_heads`` is accepted (and unused) so that the studies can pass one set of ViT keyword arguments.
     """
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=192, depth=24,
-                 d_state=16, d_conv=4, expand=2, drop_rate=0.0, drop_path_rate=0.1, norm_eps=1e-5, num_heads=None):
+                 d_state=16, d_conv=4, expand=2, drop_rate=0.0, drop_path_rate=0.1, norm_eps=1e-5, num_heads=None,
+                 scan="auto", recompute_scan=None):
         super().__init__()
         for name, value in (("depth", depth), ("embed_dim", embed_dim), ("d_state", d_state), ("d_conv", d_conv),
                             ("expand", expand)):
@@ -141,8 +154,8 @@ class VisionMamba(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()  # Vim's schedule: block i gets dpr[i]
-        self.layers = nn.ModuleList([VimBlock(embed_dim, d_state, d_conv, expand, dpr[i], norm_eps)
-                                     for i in range(depth)])
+        self.layers = nn.ModuleList([VimBlock(embed_dim, d_state, d_conv, expand, dpr[i], norm_eps, scan=scan,
+                                              recompute_scan=recompute_scan) for i in range(depth)])
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0.0 else nn.Identity()
         self.norm_f = nn.RMSNorm(embed_dim, eps=norm_eps)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()

@@ -264,6 +264,18 @@ def test_vim_shapes_middle_class_token_and_gradients():
     assert 24e6 < sum(p.numel() for p in published.parameters()) < 28e6  # Vim-S: 26M
 
 
+def test_vim_scans_and_recomputation_give_the_same_gradients():
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    grads = []
+    for scan, recompute in (("sequential", False), ("parallel", True)):
+        torch.manual_seed(0)
+        model = tiny_vim(depth=1, scan=scan, recompute_scan=recompute).double()
+        model(x).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_vim_trains_on_fashion_mnist_and_state_dict_round_trips(tmp_path):
     torch.manual_seed(0)
     with np.load(FMNIST_MINI_NPZ) as npz:
@@ -292,3 +304,5 @@ def test_vim_refuses_pretrained_and_bad_sizes():
         timm.create_model("vim_tiny_patch16_224", pretrained=True)
     with pytest.raises(ValueError, match="d_state must be an integer"):
         tiny_vim(d_state=0)
+    with pytest.raises(ValueError, match="scan must be one of"):
+        tiny_vim(scan="cuda")

@@ -29,7 +29,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from lion.masks import log_mask, upcast
+from lion.masks import exclusive_cumsum, upcast
 from lion.ops.chunk import _strict_causal
 from lion.ops.recurrent import _scan
 
@@ -70,7 +70,8 @@ def ssd_scan(x, B, C, dt, A, form: str = "chunk", chunk_size: int = 32) -> torch
     if form == "parallel":
         L = v.shape[2]
         lower = torch.ones(L, L, dtype=torch.bool, device=v.device).tril()
-        decay = torch.where(lower, log_mask(log_g), float("-inf")).exp()
+        P = exclusive_cumsum(log_g)                                # lower triangle of lion.masks.log_mask
+        decay = (P[..., :, None] - P[..., None, :]).masked_fill(~lower, float("-inf")).exp()
         y = ((C @ B.transpose(1, 2))[:, None] * dt[:, :, None, :] * decay) @ v
     elif form == "chunk":
         y = _strict_causal(q, k, v, log_g, chunk_size) + (q * k).sum(-1, keepdim=True) * v
