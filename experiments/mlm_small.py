@@ -1,4 +1,4 @@
-"""Small-scale MLM study (issue 8): softmax BERT against LION-Lit, LION-D, LION-S, pretrained for the same number of
+"""Small-scale MLM study: softmax BERT and Hydra against LION-Lit, LION-D, LION-S, pretrained for the same number of
 steps on the offline corpus (mlm/data/corpus), then finetuned on the offline GLUE-format fixture (mlm/data/glue_fixture).
 
     python experiments/mlm_small.py                               # defaults below (CPU here: minutes per model)

@@ -1,4 +1,4 @@
-"""Small-scale vision study (issue 8): DeiT (softmax) against the five LION variants on the full Fashion-MNIST.
+"""Small-scale vision study: DeiT (softmax) and Vim against the five LION variants on the full Fashion-MNIST.
 
     python experiments/vision_fmnist.py                          # GPU, full 60k/10k, epochs fitted to --time-budget
     python experiments/vision_fmnist.py --epochs 10 --seeds 0 1  # fixed budget, two seeds

@@ -105,6 +105,9 @@ def test_hydra_padding_never_changes_real_tokens(form):
     other = ids.clone()
     other[1, 6:] = 7  # other content at the padded positions
     torch.testing.assert_close(model.bert(other, mask.long()).last_hidden_state[1, :6], out[1, :6])
+    left = torch.cat([other[1:, 6:], ids[1:, :6]], dim=1)  # the same 6 tokens, padded on the left
+    out_left = model.bert(left, mask[1:].flip(1).long()).last_hidden_state
+    torch.testing.assert_close(out_left[:, 5:], out[1:2, :6], rtol=1e-9, atol=1e-10)
 
 
 def test_hydra_gradients_reach_every_parameter_and_init():
