@@ -64,21 +64,20 @@ def ssd_scan(x, B, C, dt, A, form: str = "chunk", chunk_size: int = 32) -> torch
     dt = dt.transpose(1, 2)                                        # (b, H, L)
     log_a = dt * A.to(dtype)[None, :, None]                        # log a_t = dt_t A ≤ 0
     log_g = F.pad(log_a[..., 1:], (0, 1))                          # g_s = a_{s+1}: LION's key-side gate
-    H = v.shape[1]
-    q = C[:, None].expand(-1, H, -1, -1)
-    k = B[:, None] * dt[..., None]                                 # (b, H, L, N)
     if form == "parallel":
         L = v.shape[2]
         lower = torch.ones(L, L, dtype=torch.bool, device=v.device).tril()
         P = exclusive_cumsum(log_g)                                # lower triangle of lion.masks.log_mask
         decay = (P[..., :, None] - P[..., None, :]).masked_fill(~lower, float("-inf")).exp()
-        y = ((C @ B.transpose(1, 2))[:, None] * dt[:, :, None, :] * decay) @ v
-    elif form == "chunk":
-        y = _strict_causal(q, k, v, log_g, chunk_size) + (q * k).sum(-1, keepdim=True) * v
-    elif form == "rnn":
-        y = _scan(q, k, v, log_g.exp())
-    else:
+        return (((C @ B.transpose(1, 2))[:, None] * dt[:, :, None, :] * decay) @ v).permute(0, 2, 1, 3)
+    if form not in ("chunk", "rnn"):
         raise ValueError(f"form must be one of ['parallel', 'rnn', 'chunk'], got {form!r}")
+    q = C[:, None].expand(-1, v.shape[1], -1, -1)                 # (b, H, L, N): one C for all heads
+    k = B[:, None] * dt[..., None]                                 # (b, H, L, N)
+    if form == "chunk":
+        y = _strict_causal(q, k, v, log_g, chunk_size) + (q * k).sum(-1, keepdim=True) * v
+    else:
+        y = _scan(q, k, v, log_g.exp())
     return y.permute(0, 2, 1, 3)
 
 
