@@ -1,4 +1,4 @@
-"""Small-scale MLM study: softmax BERT against LION-Lit, LION-D, LION-S, pretrained for the same number of
+"""Small-scale MLM study: softmax BERT and Hydra against LION-Lit, LION-D, LION-S, pretrained for the same number of
 steps on the offline corpus (mlm/data/corpus), then finetuned on the offline GLUE-format fixture (mlm/data/glue_fixture).
 
     python experiments/mlm_small.py                               # defaults below (CPU here: minutes per model)
@@ -34,10 +34,10 @@ from mlm.src.glue.report import summarize as glue_summarize
 from mlm.src.glue.runner import train as glue_train
 
 REPO = Path(__file__).resolve().parents[1]
-ARCHS = {"BERT": "attention", "LION-Lit": "lion-lit", "LION-D": "lion-d", "LION-S": "lion-s"}
+ARCHS = {"BERT": "attention", "LION-Lit": "lion-lit", "LION-D": "lion-d", "LION-S": "lion-s", "Hydra": "hydra"}
 # docs/lion.md §5, C4 MLM large: MLM accuracy, GLUE average, training time relative to BERT.
 PAPER = {"BERT": (69.88, 82.95, 1.0), "LION-Lit": (67.11, 80.76, 0.95), "LION-D": (68.64, 81.34, 1.10),
-         "LION-S": (69.16, 81.58, 1.32)}
+         "LION-S": (69.16, 81.58, 1.32), "Hydra": (71.18, 81.77, 3.13)}
 GLUE_TASKS = ("rt_sentiment", "moby_sentence_order", "sotu_next_sentence", "moby_sentence_distance")
 
 

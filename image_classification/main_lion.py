@@ -35,6 +35,7 @@ from timm.utils import ModelEmaV3
 from lion import MASK_TYPES
 
 import image_classification.models_lion  # noqa: F401  (registers the lion_* models with timm)
+import image_classification.models_vim  # noqa: F401  (registers the vim_* baselines with timm)
 from image_classification import utils
 from image_classification.datasets import DATA_SETS, build_dataset, default_data_path
 from image_classification.engine import LossScaler, evaluate, train_one_epoch

@@ -9,7 +9,7 @@ from experiments import mlm_small, vision_fmnist
 def test_vision_smoke_trains_every_variant_and_resumes(tmp_path, capsys):
     results = vision_fmnist.main(["--smoke", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "vision_fmnist.json").read_text())
-    assert saved["runs"].keys() == results["runs"].keys() == {f"{v}/seed0" for v in vision_fmnist.VARIANTS}
+    assert saved["runs"].keys() == results["runs"].keys() == {f"{v}/seed0" for v in vision_fmnist.SMOKE_VARIANTS}
     rows = {row["variant"]: row for row in saved["table"]}
     assert rows["DeiT"]["time_ratio"] == pytest.approx(1.0)
     for variant, row in rows.items():
@@ -21,7 +21,7 @@ def test_vision_smoke_trains_every_variant_and_resumes(tmp_path, capsys):
     assert saved["runs"]["LION-S♮/seed0"]["params"] > saved["runs"]["LION-Lit/seed0"]["params"]
     capsys.readouterr()
     vision_fmnist.main(["--smoke", "--out", str(tmp_path)])  # resumable: nothing is trained again
-    assert capsys.readouterr().out.count("[skip]") == len(vision_fmnist.VARIANTS)
+    assert capsys.readouterr().out.count("[skip]") == len(vision_fmnist.SMOKE_VARIANTS)
 
 
 def test_vision_rejects_bad_epochs(tmp_path):

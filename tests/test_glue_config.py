@@ -38,7 +38,7 @@ def demo(tmp_path, **overrides):
 
 def test_one_yaml_per_architecture_and_size():
     names = {os.path.basename(p) for p in PRODUCTION}
-    assert names == {f'{a}-{s}.yaml' for a in ('bert', 'lion-lit', 'lion-d', 'lion-s') for s in ('base', 'large')}
+    assert names == {f'{a}-{s}.yaml' for a in ('bert', 'lion-lit', 'lion-d', 'lion-s', 'hydra') for s in ('base', 'large')}
 
 
 @pytest.mark.parametrize('path', PRODUCTION)

@@ -5,11 +5,12 @@ from transformers import PretrainedConfig
 
 from lion.checks import check_chunk_size
 
-ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s")
+ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s", "hydra")  # hydra: the baseline in mlm/src/hydra.py
 FORMS = ("parallel", "rnn", "chunk")
 POSITION_EMBEDDING_TYPES = ("absolute", "none")
 # the paper's choice when position_embedding_type is not given: lion-d and lion-s encode position in their mask
-DEFAULT_POSITION_EMBEDDING_TYPE = {"attention": "absolute", "lion-lit": "absolute", "lion-d": "none", "lion-s": "none"}
+DEFAULT_POSITION_EMBEDDING_TYPE = {"attention": "absolute", "lion-lit": "absolute", "lion-d": "none", "lion-s": "none",
+                                  "hydra": "none"}  # Hydra, as in its M2-BERT fork: no position embeddings
 # PyTorch's LayerNorm default: the published lion-lit ``attention.self.layer_norm`` does not use layer_norm_eps
 ATTENTION_LAYER_NORM_EPS = 1e-5
 # arch names in published configs and older yamls (docs/lion.md §3.4)

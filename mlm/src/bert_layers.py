@@ -21,6 +21,7 @@ from lion import decay_log_gates, lion_attention, selective_log_gates_eps
 from lion.checks import KEEP, check_chunk_size
 from lion.ops.naive import naive_scores
 from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORMS, LionBertConfig, check_choice
+from mlm.src.hydra import HydraLayer, HydraMixer
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
            "LionBertPreTrainedModel"]
@@ -163,7 +164,8 @@ class LionBertLayer(GradientCheckpointingLayer):
 class LionBertEncoder(nn.Module):
     def __init__(self, config: LionBertConfig):
         super().__init__()
-        self.layer = nn.ModuleList([LionBertLayer(config) for _ in range(config.num_hidden_layers)])
+        layer_cls = HydraLayer if config.arch_type == "hydra" else LionBertLayer
+        self.layer = nn.ModuleList([layer_cls(config) for _ in range(config.num_hidden_layers)])
 
     def forward(self, hidden_states, attention_mask, output_hidden_states=False, output_attentions=False):
         """Returns (last hidden state, all hidden states or None, all attention matrices or None), as HF BERT."""
@@ -225,7 +227,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
     config: LionBertConfig
     base_model_prefix = "bert"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["LionBertEmbeddings", "LionBertLayer"]
+    _no_split_modules = ["LionBertEmbeddings", "LionBertLayer", "HydraLayer"]
     accepts_loss_kwargs = False  # transformers.Trainer: only a forward taking num_items_in_batch may say True
 
     def _init_weights(self, module):
@@ -234,6 +236,8 @@ class LionBertPreTrainedModel(PreTrainedModel):
             init.normal_(module.ai, mean=0.0, std=1.0)  # published init: randn (docs/lion.md §2)
         elif isinstance(module, LionBertLMPredictionHead):
             init.zeros_(module.bias)
+        elif isinstance(module, HydraMixer):
+            module.init_ssm_parameters()
 
     def set_form(self, form: str, chunk_size=KEEP) -> None:
         """Switch how LION attention is evaluated ('parallel' | 'rnn' | 'chunk'); weights are unchanged."""
