@@ -7,6 +7,14 @@
     python image_classification/main_lion.py --eval --resume out/checkpoint.pth --format RNN
 
 ``--model-kwargs key=value ...`` goes to ``timm.create_model`` (e.g. ``patch_size=4 depth=4 embed_dim=96``).
+
+Faults: bad input (flags, data folders, checkpoints that are corrupt, of another kind or another model size) stops
+the run before any work with one ``main_lion.py: error: ...`` line and exit status 1. Checkpoint files and URLs
+are read without running code (``torch.load(weights_only=True)``; ``--trust-checkpoint`` opts in to full
+unpickling). Every epoch writes its log record, then ``best_checkpoint.pth``, then ``checkpoint.pth``, each
+atomically, so a crash loses at most the epoch in progress: ``--resume checkpoint.pth`` redoes it exactly.
+A NaN/inf loss stops the run naming the epoch and step (``--skip-nonfinite``: skip and count such steps).
+``--dist-timeout`` bounds the rendezvous and every collective, so a failed or hung process ends the others.
 """
 from __future__ import annotations
 
@@ -470,12 +478,11 @@ def main(args):
         torch.backends.cudnn.benchmark = True
 
     dataset_train, dataset_val, args.nb_classes = build_datasets(args)
+    model = create_lion_model(args, args.nb_classes)
     sampler_train, loader_train, loader_val = build_loaders(args, dataset_train, dataset_val)
     if not args.eval and len(loader_train) == 0:
         raise ArgumentError(f"--batch-size {args.batch_size} × {utils.get_world_size()} process(es) exceeds the "
                             f"{len(dataset_train)} training images of --data-path {args.data_path}: no full batch")
-
-    model = create_lion_model(args, args.nb_classes)
     if finetune is not None:
         load_finetune_weights(model, args.finetune, finetune)
     if resume is not None:
