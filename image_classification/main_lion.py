@@ -485,6 +485,7 @@ def main(args):
                             f"{len(dataset_train)} training images of --data-path {args.data_path}: no full batch")
     if finetune is not None:
         load_finetune_weights(model, args.finetune, finetune)
+        del finetune
     if resume is not None:
         model.load_state_dict(checked_model_state("--resume", args.resume, resume, model))
     if args.attn_only:
