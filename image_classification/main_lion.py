@@ -65,7 +65,7 @@ class ArgumentError(SystemExit):
 
 
 class TrainingStopped(ArgumentError):
-    """Training stopped on purpose (a non-finite loss); the message names the epoch and step."""
+    """Training stopped on purpose: a non-finite loss (the message names the epoch and step) or a lost process."""
 
 
 def get_args_parser():
@@ -342,7 +342,7 @@ def load_finetune_weights(model, path, checkpoint):
     except checkpoint_io.CheckpointError as err:
         raise ArgumentError(f"--finetune {path}: {err}") from None
     own = model.state_dict()
-    for key in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias"):
+    for key in _HEADS:
         if key in state and key in own and state[key].shape != own[key].shape:
             _logger.info("removing %s from the pretrained checkpoint (shape %s, model %s)", key,
                          tuple(state[key].shape), tuple(own[key].shape))
@@ -598,7 +598,7 @@ def cli(argv=None):
         if "RANK" not in os.environ or not _is_communication_error(err):
             raise
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise ArgumentError(f"rank {os.environ['RANK']}: lost contact with the other processes ({first}); another "
+        raise TrainingStopped(f"rank {os.environ['RANK']}: lost contact with the other processes ({first}); another "
                             f"process probably failed first (see its message). Collectives give up after "
                             f"--dist-timeout {args.dist_timeout:g} s") from None
     # Only after success: rank 0 hosts the store, so every rank finishes before any leaves. After a failure
