@@ -14,6 +14,7 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,7 +66,7 @@ def _find_idx(root, stem):
     for name in (stem, stem + ".gz"):
         if os.path.isfile(os.path.join(root, name)):
             return os.path.join(root, name)
-    raise FileNotFoundError(f"--data-path {root!r} has no {stem}[.gz] (FMNIST needs the Fashion-MNIST idx files, "
+    raise FileNotFoundError(f"no {stem}[.gz] in {root} (FMNIST needs the Fashion-MNIST idx files, "
                             f"e.g. from `apt-get install dataset-fashion-mnist` into {FMNIST_DEBIAN_DIR})")
 
 
@@ -159,22 +160,54 @@ class INatDataset(ImageFolder):
 
 # ---------------------------------------------------------------------------------------------- builders
 
+class DataError(ValueError):
+    """A data folder that cannot serve as the requested data set; the message says why in one line."""
+
+
+def image_folder(root, split, transform):
+    """``root/split/<class>/<image>``; every class folder must hold at least one image."""
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise DataError(f"no {split}/ folder (expected {path}/<class>/<image files>)")
+    try:
+        return datasets.ImageFolder(path, transform=transform)
+    except FileNotFoundError as err:
+        empty = re.match(r"Found no valid file for the classes (.*)\. Supported extensions are: (.*)", str(err))
+        if not empty:
+            raise DataError(f"{split}/: {err}") from None
+        classes = empty.group(1).split(", ")
+        more = f" (+{len(classes) - 3} more)" if len(classes) > 3 else ""
+        raise DataError(f"{split}/: class folder(s) {', '.join(classes[:3])}{more} hold no images "
+                        f"(allowed extensions: {empty.group(2)})") from None
+
+
+def check_same_classes(dataset_train, dataset_val):
+    """Folder data sets number their classes by sorted folder name: both splits must hold the same folders."""
+    train, val = getattr(dataset_train, "classes", None), getattr(dataset_val, "classes", None)
+    if train is None or val is None or list(train) == list(val):
+        return
+    only = lambda a, b: ", ".join(sorted(set(a) - set(b))[:3]) or "none"  # noqa: E731
+    raise DataError(f"train/ and val/ must hold the same class folders: train/ has {len(train)} ({only(train, val)} "
+                    f"not in val/), val/ has {len(val)} ({only(val, train)} not in train/)")
+
 def build_dataset(is_train, args):
     """DeiT's ``build_dataset``: returns ``(dataset, nb_classes)``."""
     transform = build_transform(is_train, args)
     split, root = ("train" if is_train else "val"), args.data_path
     if args.data_set == "FMNIST_MINI":
-        dataset = datasets.ImageFolder(os.path.join(materialise_fmnist_mini(root), split), transform=transform)
-        return dataset, 10
+        return image_folder(materialise_fmnist_mini(root), split, transform), 10
     if args.data_set == "FMNIST":
         images, labels = read_fashion_mnist(root, train=is_train)
         return ArrayImageDataset(images, labels, transform), 10
     if args.data_set == "IMNET":
-        dataset = datasets.ImageFolder(os.path.join(root, split), transform=transform)
+        dataset = image_folder(root, split, transform)
         return dataset, len(dataset.classes)
     if args.data_set in ("CIFAR", "CIFAR10"):
         cls, n = (datasets.CIFAR100, 100) if args.data_set == "CIFAR" else (datasets.CIFAR10, 10)
-        return cls(root, train=is_train, transform=transform, download=args.download), n
+        try:
+            return cls(root, train=is_train, transform=transform, download=args.download), n
+        except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. ..."
+            raise DataError(f"{err} (--download fetches it)") from None
     if args.data_set in ("INAT", "INAT19"):
         dataset = INatDataset(root, train=is_train, year=2018 if args.data_set == "INAT" else 2019,
                               category=args.inat_category, transform=transform)

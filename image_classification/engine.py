@@ -1,16 +1,17 @@
 """Train and evaluation loops (DeiT's ``engine.py``): autocast (bf16 on CUDA, fp32 on CPU), loss scaling,
-gradient clipping, Mixup/CutMix, EMA and distillation through the criterion."""
+gradient clipping, Mixup/CutMix, EMA and distillation through the criterion; a non-finite loss is never
+trained on (it stops the run, or the step is skipped)."""
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import torch
 import torch.nn.functional as F
 from timm.utils import NativeScaler, accuracy
 
-from image_classification.utils import MetricLogger, SmoothedValue
+from image_classification.utils import (MetricLogger, SmoothedValue, is_dist_avail_and_initialized, kill_self,
+                                        planted_fault)
 
 _logger = logging.getLogger(__name__)
 
@@ -27,15 +28,33 @@ def autocast(device, amp_dtype):
     return torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None)
 
 
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or infinite loss; raised before that step changes the weights."""
+
+
+def _all_finite(loss):
+    """Whether the loss is finite on every process (all of them then skip or stop together)."""
+    value = loss.detach().float().reshape(1)
+    if is_dist_avail_and_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return bool(torch.isfinite(value).item())
+
+
 def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler, amp_dtype=None,
                     max_norm=None, model_ema=None, mixup_fn=None, set_training_mode=True, bce_loss=False,
-                    num_classes=None, print_freq=10):
-    """One epoch; returns the global averages of the meters (loss, lr) and the throughput in images/s."""
+                    num_classes=None, print_freq=10, skip_nonfinite=False):
+    """One epoch; returns the global averages of the meters (loss, lr), the throughput in images/s and
+    ``skipped_steps``. A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step, or with
+    ``skip_nonfinite`` the step is skipped (no update, no EMA) and counted."""
     model.train(set_training_mode)
     metric_logger = MetricLogger()
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
-    start, images_seen = time.time(), 0
-    for samples, targets in metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]"):
+    start, images_seen, skipped, n = time.time(), 0, 0, len(data_loader)
+    for step, (samples, targets) in enumerate(metric_logger.log_every(data_loader, print_freq, f"Epoch: [{epoch}]")):
+        fault = planted_fault("step", epoch * n + step)
+        if fault == "kill":
+            kill_self()
         samples, targets = samples.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
@@ -46,10 +65,19 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, los
         with autocast(device, amp_dtype):
             outputs = model(samples)
             loss = criterion(samples, outputs, targets)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at epoch {epoch}; stopping training")
+        if fault == "nan":
+            loss = loss * float("nan")
         optimizer.zero_grad()
+        if not _all_finite(loss):
+            where = f"epoch {epoch}, step {step} of {n}"
+            if not skip_nonfinite:
+                raise NonFiniteLossError(f"non-finite loss ({loss.item()}) at {where}; stopped before this step "
+                                         "changed the weights (--skip-nonfinite skips such steps instead)")
+            skipped += 1
+            _logger.warning("non-finite loss (%s) at %s: step skipped (%d skipped this epoch)", loss.item(), where,
+                            skipped)
+            continue
+        loss_value = loss.item()
         loss_scaler(loss, optimizer, clip_grad=max_norm, parameters=model.parameters(),
                     create_graph=getattr(optimizer, "is_second_order", False))
         if device.type == "cuda":
@@ -62,6 +90,7 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, los
     _logger.info("Averaged stats: %s", metric_logger)
     stats = {k: meter.global_avg for k, meter in metric_logger.meters.items()}
     stats["images_per_s"] = images_seen / max(time.time() - start, 1e-9)  # this process
+    stats["skipped_steps"] = skipped
     return stats
 
 

@@ -7,6 +7,14 @@
     python image_classification/main_lion.py --eval --resume out/checkpoint.pth --format RNN
 
 ``--model-kwargs key=value ...`` goes to ``timm.create_model`` (e.g. ``patch_size=4 depth=4 embed_dim=96``).
+
+Faults: bad input (flags, data folders, checkpoints that are corrupt, of another kind or another model size) stops
+the run before any work with one ``main_lion.py: error: ...`` line and exit status 1. Checkpoint files and URLs
+are read without running code (``torch.load(weights_only=True)``; ``--trust-checkpoint`` opts in to full
+unpickling). Every epoch writes its log record, then ``best_checkpoint.pth``, then ``checkpoint.pth``, each
+atomically, so a crash loses at most the epoch in progress: ``--resume checkpoint.pth`` redoes it exactly.
+A NaN/inf loss stops the run naming the epoch and step (``--skip-nonfinite``: skip and count such steps).
+``--dist-timeout`` bounds the rendezvous and every collective, so a failed or hung process ends the others.
 """
 from __future__ import annotations
 
@@ -14,7 +22,9 @@ import argparse
 import datetime
 import json
 import logging
+import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -36,9 +46,10 @@ from lion import MASK_TYPES
 
 import image_classification.models_lion  # noqa: F401  (registers the lion_* models with timm)
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baselines with timm)
+from image_classification import checkpoint as checkpoint_io
 from image_classification import utils
-from image_classification.datasets import DATA_SETS, build_dataset, default_data_path
-from image_classification.engine import LossScaler, evaluate, train_one_epoch
+from image_classification.datasets import DATA_SETS, DataError, build_dataset, check_same_classes, default_data_path
+from image_classification.engine import LossScaler, NonFiniteLossError, evaluate, train_one_epoch
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FORMATS, ORDERS
 from image_classification.samplers import RASampler
@@ -47,10 +58,15 @@ _logger = logging.getLogger("main_lion")
 
 
 class ArgumentError(SystemExit):
-    """Bad command-line input, raised before any training; the message names the flag and the allowed values."""
+    """Bad command-line input, raised before any training; the message names the flag and the allowed values.
+    A ``SystemExit``: Python prints the one line (no traceback) and exits with status 1."""
 
     def __init__(self, message):
         super().__init__(f"main_lion.py: error: {message}")
+
+
+class TrainingStopped(ArgumentError):
+    """Training stopped on purpose: a non-finite loss (the message names the epoch and step) or a lost process."""
 
 
 def get_args_parser():
@@ -72,6 +88,11 @@ def get_args_parser():
     p.set_defaults(model_ema=True)
     p.add_argument("--model-ema-decay", type=float, default=0.99996)
     p.add_argument("--model-ema-force-cpu", action="store_true")
+    p.add_argument("--compile", action="store_true",
+                   help="regional torch.compile: compile each transformer block in place (model.blocks[i].compile();"
+                        " quick to compile, checkpoints keep their keys); the first steps are slower")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend for --compile (e.g. inductor, aot_eager, eager)")
 
     # LION (docs/lion.md §1)
     p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
@@ -87,6 +108,8 @@ def get_args_parser():
     p.add_argument("--opt-eps", default=1e-8, type=float)
     p.add_argument("--opt-betas", default=None, type=float, nargs="+")
     p.add_argument("--clip-grad", type=float, default=None, help="gradient norm clipping (default: none)")
+    p.add_argument("--skip-nonfinite", action="store_true",
+                   help="skip (log and count) steps whose loss is NaN/inf; default: stop the run at such a step")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--sched", default="cosine", type=str)
@@ -148,6 +171,9 @@ def get_args_parser():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", default=0, type=int)
     p.add_argument("--resume", default="", help="resume from this checkpoint (with --eval: evaluate it)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="unpickle --resume/--finetune/--teacher-path files fully, which can run code stored in "
+                        "them; default: tensors, containers and argparse.Namespace only")
     p.add_argument("--start_epoch", default=0, type=int, metavar="N")
     p.add_argument("--eval", action="store_true", help="evaluation only")
     p.add_argument("--eval-crop-ratio", default=0.875, type=float)
@@ -161,6 +187,9 @@ def get_args_parser():
     # distributed
     p.add_argument("--world_size", default=1, type=int, help="set by the launcher (WORLD_SIZE)")
     p.add_argument("--dist_url", default="env://", help="process-group init method")
+    p.add_argument("--dist-timeout", default=1800, type=float, metavar="SECONDS",
+                   help="the rendezvous and every collective fail after this long, so a process that died or "
+                        "hangs ends the others with a message instead of a hang")
     return p
 
 
@@ -192,8 +221,47 @@ def parse_model_kwargs(items):
     return kwargs
 
 
+SCHEDULES = ("cosine", "tanh", "step", "constant", "multistep", "plateau", "poly", "rsqrt")
+# flag: (test, allowed values) for the numeric flags
+_NUMBER_RULES = {
+    "--batch-size": (lambda v: v >= 1, "≥ 1"), "--input-size": (lambda v: v >= 1, "≥ 1"),
+    "--lr": (lambda v: v > 0, "> 0"), "--min-lr": (lambda v: v >= 0, "≥ 0"), "--warmup-lr": (lambda v: v >= 0, "≥ 0"),
+    "--weight-decay": (lambda v: v >= 0, "≥ 0"), "--opt-eps": (lambda v: v > 0, "> 0"),
+    "--clip-grad": (lambda v: v is None or v > 0, "> 0 (or not given)"),
+    "--warmup-epochs": (lambda v: v >= 0, "≥ 0"), "--start_epoch": (lambda v: v >= 0, "≥ 0"),
+    "--drop": (lambda v: 0 <= v < 1, "in [0, 1)"), "--drop-path": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "--smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"), "--model-ema-decay": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "--mixup": (lambda v: v >= 0, "≥ 0"), "--cutmix": (lambda v: v >= 0, "≥ 0"),
+    "--mixup-prob": (lambda v: 0 <= v <= 1, "in [0, 1]"), "--mixup-switch-prob": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "--reprob": (lambda v: 0 <= v <= 1, "in [0, 1]"), "--color-jitter": (lambda v: v >= 0, "≥ 0"),
+    "--eval-crop-ratio": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "--distillation-alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"), "--distillation-tau": (lambda v: v > 0, "> 0"),
+    "--num_workers": (lambda v: v >= 0, "≥ 0"), "--print-freq": (lambda v: v >= 1, "≥ 1"),
+    "--dist-timeout": (lambda v: v > 0, "> 0 seconds"),
+}
+
+
+def _check_numbers(args):
+    for flag, (ok, allowed) in _NUMBER_RULES.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None and (isinstance(value, float) and not math.isfinite(value) or not ok(value)):
+            raise ArgumentError(f"{flag} must be {allowed}, got {value}")
+
+
 def check_args(args):
     """Fail before any data or model work on inputs that cannot run."""
+    _check_numbers(args)
+    if args.opt.lower().split("_")[-1] not in timm.optim.list_optimizers():
+        raise ArgumentError(f"--opt {args.opt!r} is not a timm optimizer; e.g. adamw, sgd, lamb, lion "
+                            "(timm.optim.list_optimizers() lists all)")
+    if args.sched not in SCHEDULES:
+        raise ArgumentError(f"--sched must be one of {', '.join(SCHEDULES)}, got {args.sched!r}")
+    if args.compile:
+        import torch._dynamo  # noqa: F401  (only when asked: a slow import)
+        backends = torch._dynamo.list_backends(exclude_tags=())
+        if args.compile_backend not in backends:
+            raise ArgumentError(f"--compile-backend {args.compile_backend!r} is not a torch.compile backend; "
+                                "e.g. inductor, aot_eager, eager")
     if args.data_path is None:
         args.data_path = default_data_path(args.data_set)
         if args.data_path is None:
@@ -207,14 +275,11 @@ def check_args(args):
         raise ArgumentError(f"--model {args.model!r} is not a timm model; LION models: {lion}")
     if not args.eval and args.epochs < 1:
         raise ArgumentError(f"--epochs must be ≥ 1, got {args.epochs}")
-    if args.batch_size < 1:
-        raise ArgumentError(f"--batch-size must be ≥ 1, got {args.batch_size}")
     if args.chunk_size is not None and args.chunk_size < 1:
         raise ArgumentError(f"--chunk_size must be ≥ 1, got {args.chunk_size}")
-    if args.resume and not args.resume.startswith("https") and not os.path.isfile(args.resume):
-        raise ArgumentError(f"--resume {args.resume!r}: no such checkpoint file")
-    if args.finetune and not args.finetune.startswith("https") and not os.path.isfile(args.finetune):
-        raise ArgumentError(f"--finetune {args.finetune!r}: no such checkpoint file")
+    for flag, path in (("--resume", args.resume), ("--finetune", args.finetune), ("--teacher-path", args.teacher_path)):
+        if path and not path.startswith("https") and not os.path.isfile(path):
+            raise ArgumentError(f"{flag} {path!r}: no such checkpoint file")
     if args.distillation_type != "none":
         if args.finetune and not args.eval:
             raise ArgumentError("--finetune together with --distillation-type soft|hard is not supported")
@@ -230,11 +295,23 @@ def check_args(args):
 
 # ---------------------------------------------------------------------------------------------- building blocks
 
-def load_checkpoint(path):
-    """A checkpoint file or https URL given on the command line (trusted: DeiT's hold an argparse.Namespace)."""
-    if path.startswith("https"):
-        return torch.hub.load_state_dict_from_url(path, map_location="cpu", check_hash=True)
-    return torch.load(path, map_location="cpu", weights_only=False)
+def load_checkpoint(flag, path, trust=False):
+    """A checkpoint file or https URL given on the command line, read without running code unless ``trust``
+    (``--trust-checkpoint``); a file that cannot be used stops the run naming ``flag``, the file and why."""
+    try:
+        return checkpoint_io.load(path, trust)
+    except checkpoint_io.CheckpointError as err:
+        raise ArgumentError(f"{flag} {path}: {err}") from None
+
+
+def checked_model_state(flag, path, checkpoint, model, may_miss=()):
+    """The checkpoint's model state dict, after checking that it fits ``model`` (keys and shapes)."""
+    try:
+        state = checkpoint_io.model_state(checkpoint)
+        checkpoint_io.check_fits(state, model, checkpoint, may_miss)
+    except checkpoint_io.CheckpointError as err:
+        raise ArgumentError(f"{flag} {path}: {err}") from None
+    return state
 
 
 def create_lion_model(args, nb_classes):
@@ -250,13 +327,24 @@ def create_lion_model(args, nb_classes):
         raise ArgumentError(f"--model {args.model} with {kwargs}: {e}") from None
 
 
-def load_finetune_weights(model, path):
+_HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
+
+
+def _is_lion_gate(key):
+    """``blocks.3.attn.a_i`` (LION-D), ``blocks.3.attn.a2_i.weight`` (LION-S, ♮ order) ..."""
+    return re.search(r"\.attn\.a2?_i(\.|$)", key) is not None
+
+
+def load_finetune_weights(model, path, checkpoint):
     """Load a checkpoint for fine-tuning: drop a head of another size, resample the position embedding to the
-    new patch grid (curve orders are rebuilt from the grid at every forward, so nothing else changes)."""
-    checkpoint = load_checkpoint(path)
-    state = checkpoint.get("model", checkpoint)
+    new patch grid (curve orders are rebuilt from the grid at every forward, so nothing else changes). LION gates
+    a (ViT/DeiT) checkpoint lacks keep their initialisation; any other difference stops the run."""
+    try:
+        state = dict(checkpoint_io.model_state(checkpoint))
+    except checkpoint_io.CheckpointError as err:
+        raise ArgumentError(f"--finetune {path}: {err}") from None
     own = model.state_dict()
-    for key in ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias"):
+    for key in _HEADS:
         if key in state and key in own and state[key].shape != own[key].shape:
             _logger.info("removing %s from the pretrained checkpoint (shape %s, model %s)", key,
                          tuple(state[key].shape), tuple(own[key].shape))
@@ -267,6 +355,10 @@ def load_finetune_weights(model, path):
         new_grid = list(model.patch_embed.grid_size)
         state["pos_embed"] = resample_abs_pos_embed(old, new_grid, [old_grid, old_grid], num_prefix_tokens=1)
         _logger.info("position embedding resampled from %dx%d to %dx%d", old_grid, old_grid, *new_grid)
+    try:
+        checkpoint_io.check_fits(state, model, checkpoint, may_miss=(_is_lion_gate, lambda k: k in _HEADS))
+    except checkpoint_io.CheckpointError as err:
+        raise ArgumentError(f"--finetune {path}: {err}") from None
     result = model.load_state_dict(state, strict=False)
     _logger.info("fine-tuning from %s: %s", path, result)
 
@@ -277,11 +369,21 @@ def freeze_all_but_attention(model):
         param.requires_grad = ".attn." in name or name.startswith(("head.", "pos_embed"))
 
 
-def build_teacher(args, nb_classes, device):
+def build_teacher(args, nb_classes, device, checkpoint):
     teacher = timm.create_model(args.teacher_model, pretrained=False, num_classes=nb_classes)
-    checkpoint = load_checkpoint(args.teacher_path)
-    teacher.load_state_dict(checkpoint.get("model", checkpoint))
+    teacher.load_state_dict(checked_model_state("--teacher-path", args.teacher_path, checkpoint, teacher))
     return teacher.to(device).eval()
+
+
+def compile_blocks(model, backend):
+    """Regional compilation: each transformer block is compiled in place (``nn.Module.compile``), so one small
+    graph is built once for all blocks and the state-dict keys stay those of the eager model."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None:
+        raise ArgumentError(f"--compile: model {type(model).__name__} has no .blocks to compile one by one")
+    for block in blocks:
+        block.compile(backend=backend)
+    _logger.info("compiled %d blocks in place (backend %s)", len(blocks), backend)
 
 
 def build_loaders(args, dataset_train, dataset_val):
@@ -330,9 +432,44 @@ def epoch_seed(args, epoch):
 
 # ---------------------------------------------------------------------------------------------- main
 
+def build_datasets(args):
+    try:
+        dataset_train, nb_classes = build_dataset(is_train=True, args=args)
+        dataset_val, _ = build_dataset(is_train=False, args=args)
+        check_same_classes(dataset_train, dataset_val)
+    except (DataError, FileNotFoundError) as err:
+        raise ArgumentError(f"--data-path {args.data_path} (--data-set {args.data_set}): {err}") from None
+    return dataset_train, dataset_val, nb_classes
+
+
+def resume_training_state(args, checkpoint, optimizer, lr_scheduler, model_ema, loss_scaler):
+    """Optimizer, schedule, EMA and scaler of a ``--resume`` checkpoint; returns the best accuracy so far."""
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
+        if model_ema is not None and checkpoint.get("model_ema") is not None:
+            checkpoint_io.check_fits(checkpoint["model_ema"], model_ema.module, checkpoint)
+            model_ema.module.load_state_dict(checkpoint["model_ema"])
+        if "scaler" in checkpoint:
+            loss_scaler.load_state_dict(checkpoint["scaler"])
+    except (checkpoint_io.CheckpointError, ValueError, KeyError, TypeError) as err:
+        raise ArgumentError(f"--resume {args.resume}: its training state does not fit this run ({err}); "
+                            "saved with another --opt or model?") from None
+    args.start_epoch = checkpoint["epoch"] + 1
+    if args.start_epoch >= args.epochs:
+        raise ArgumentError(f"--resume {args.resume} has finished epoch {checkpoint['epoch']} of --epochs "
+                            f"{args.epochs}: nothing left to train (raise --epochs, or add --eval)")
+    return checkpoint.get("max_accuracy", 0.0)
+
+
 def main(args):
     """Run training or evaluation; returns ``{"model", "test_stats", "max_accuracy"}`` (the unwrapped model)."""
     check_args(args)
+    # checkpoint files are read (and refused) before any other work; their fit is checked once the model exists
+    resume, finetune, teacher_checkpoint = (
+        load_checkpoint(flag, path, args.trust_checkpoint) if path else None
+        for flag, path in (("--resume", args.resume), ("--finetune", args.finetune),
+                           ("--teacher-path", args.teacher_path if args.distillation_type != "none" else "")))
     utils.init_distributed_mode(args)
     if utils.is_main_process():
         _logger.info("%s", json.dumps({k: v for k, v in vars(args).items()}, default=str))
@@ -342,19 +479,27 @@ def main(args):
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    dataset_train, args.nb_classes = build_dataset(is_train=True, args=args)
-    dataset_val, _ = build_dataset(is_train=False, args=args)
-    sampler_train, loader_train, loader_val = build_loaders(args, dataset_train, dataset_val)
-
+    dataset_train, dataset_val, args.nb_classes = build_datasets(args)
     model = create_lion_model(args, args.nb_classes)
-    if args.finetune:
-        load_finetune_weights(model, args.finetune)
+    sampler_train, loader_train, loader_val = build_loaders(args, dataset_train, dataset_val)
+    if not args.eval and len(loader_train) == 0:
+        raise ArgumentError(f"--batch-size {args.batch_size} × {utils.get_world_size()} process(es) exceeds the "
+                            f"{len(dataset_train)} training images of --data-path {args.data_path}: no full batch")
+    if finetune is not None:
+        load_finetune_weights(model, args.finetune, finetune)
+        del finetune
+    if resume is not None:
+        model.load_state_dict(checked_model_state("--resume", args.resume, resume, model))
     if args.attn_only:
         freeze_all_but_attention(model)
+    if hasattr(model, "set_format"):  # --format applies to a loaded checkpoint as well
+        model.set_format(args.format, args.chunk_size)
     model.to(device)
     model_ema = None
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
+    if args.compile:
+        compile_blocks(model, args.compile_backend)
     model_without_ddp = model
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda"
@@ -375,27 +520,22 @@ def main(args):
         mixup_fn = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, cutmix_minmax=args.cutmix_minmax,
                          prob=args.mixup_prob, switch_prob=args.mixup_switch_prob, mode=args.mixup_mode,
                          label_smoothing=args.smoothing, num_classes=args.nb_classes)
-    teacher = build_teacher(args, args.nb_classes, device) if args.distillation_type != "none" else None
+    teacher = build_teacher(args, args.nb_classes, device, teacher_checkpoint) \
+        if teacher_checkpoint is not None else None
     criterion = build_criterion(args, mixup_active, teacher)
 
     output_dir = Path(args.output_dir) if args.output_dir else None
     if output_dir and utils.is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
 
-    if args.resume:
-        checkpoint = load_checkpoint(args.resume)
-        model_without_ddp.load_state_dict(checkpoint["model"])
-        if not args.eval and all(k in checkpoint for k in ("optimizer", "lr_scheduler", "epoch")):
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            lr_scheduler.load_state_dict(checkpoint["lr_scheduler"])
-            args.start_epoch = checkpoint["epoch"] + 1
-            if model_ema is not None and checkpoint.get("model_ema") is not None:
-                model_ema.module.load_state_dict(checkpoint["model_ema"])
-            if "scaler" in checkpoint:
-                loss_scaler.load_state_dict(checkpoint["scaler"])
+    max_accuracy = 0.0
+    if resume is not None:
+        if not args.eval and all(k in resume for k in ("optimizer", "lr_scheduler", "epoch")):
+            max_accuracy = resume_training_state(args, resume, optimizer, lr_scheduler, model_ema, loss_scaler)
+            if output_dir:  # records of epochs the resumed run redoes
+                utils.drop_json_lines_from_epoch(output_dir / "log.txt", args.start_epoch)
         _logger.info("resumed from %s (next epoch %d)", args.resume, args.start_epoch)
-    if hasattr(model_without_ddp, "set_format"):  # --format applies to a loaded checkpoint as well
-        model_without_ddp.set_format(args.format, args.chunk_size)
+        del resume
 
     if args.eval:
         test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq)
@@ -404,48 +544,70 @@ def main(args):
         return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": test_stats["acc1"]}
 
     _logger.info("Start training for %d epochs", args.epochs)
-    start_time, max_accuracy, test_stats = time.time(), 0.0, None
+    start_time, test_stats = time.time(), None
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_everything(epoch_seed(args, epoch))
         if hasattr(sampler_train, "set_epoch"):
             sampler_train.set_epoch(epoch)
         lr_scheduler.step(epoch)  # lr of this epoch (timm schedulers are indexed by epoch)
-        train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, loss_scaler,
-                                      amp_dtype, args.clip_grad, model_ema, mixup_fn, args.train_mode,
-                                      args.bce_loss, args.nb_classes, args.print_freq)
-        checkpoint = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
-                      "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
-                      "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
-                      "scaler": loss_scaler.state_dict(), "args": vars(args)}
-        if output_dir:
-            utils.save_on_master(checkpoint, output_dir / "checkpoint.pth")
+        try:
+            train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, loss_scaler,
+                                          amp_dtype, args.clip_grad, model_ema, mixup_fn, args.train_mode,
+                                          args.bce_loss, args.nb_classes, args.print_freq, args.skip_nonfinite)
+        except NonFiniteLossError as err:
+            last = f"; the last checkpoint ({output_dir / 'checkpoint.pth'}) is untouched" \
+                if output_dir and (output_dir / "checkpoint.pth").exists() else ""
+            raise TrainingStopped(f"{err}{last}") from None
         test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq)
         print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}%")
-        if test_stats["acc1"] > max_accuracy:
-            max_accuracy = test_stats["acc1"]
-            if output_dir:
-                utils.save_on_master(checkpoint, output_dir / "best_checkpoint.pth")
+        is_best = test_stats["acc1"] > max_accuracy
+        max_accuracy = max(max_accuracy, test_stats["acc1"])
         print(f"Max accuracy: {max_accuracy:.2f}%")
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
                      **{f"test_{k}": v for k, v in test_stats.items()},
                      "epoch": epoch, "n_parameters": n_parameters}
         if output_dir:
+            # Order for crash safety: the log record, the best checkpoint, then the latest. A crash in between
+            # leaves the previous latest checkpoint; resuming from it redoes this epoch and its record.
+            checkpoint = {"model": model_without_ddp.state_dict(), "optimizer": optimizer.state_dict(),
+                          "lr_scheduler": lr_scheduler.state_dict(), "epoch": epoch,
+                          "model_ema": model_ema.module.state_dict() if model_ema is not None else None,
+                          "scaler": loss_scaler.state_dict(), "max_accuracy": max_accuracy, "args": vars(args)}
             utils.append_json_line_on_master(output_dir / "log.txt", log_stats)
+            if is_best:
+                utils.save_on_master(checkpoint, output_dir / "best_checkpoint.pth")
+            utils.save_on_master(checkpoint, output_dir / "checkpoint.pth")
     print(f"Training time {datetime.timedelta(seconds=int(time.time() - start_time))}")
     return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": max_accuracy}
 
 
+def _is_communication_error(err):
+    """A failed or timed-out collective / rendezvous (gloo and NCCL raise RuntimeError with their name)."""
+    return isinstance(err, torch.distributed.DistError) or (
+        isinstance(err, RuntimeError) and re.search(r"gloo|nccl|c10d|timed out|connection", str(err), re.I))
+
+
 def cli(argv=None):
+    """Command-line entry point. Expected failures (bad input, a non-finite loss, a lost process) end with one
+    ``main_lion.py: error: ...`` line and exit status 1; anything else is a bug and keeps its traceback."""
     parser = argparse.ArgumentParser("LION training and evaluation script", parents=[get_args_parser()])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING,
                         format="%(message)s", stream=sys.stdout)
     try:
         main(args)
-    finally:
-        if utils.is_dist_avail_and_initialized():
-            torch.distributed.barrier()  # rank 0 hosts the store: let every rank finish before any leaves
-            torch.distributed.destroy_process_group()
+    except Exception as err:
+        if "RANK" not in os.environ or not _is_communication_error(err):
+            raise
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        raise TrainingStopped(f"rank {os.environ['RANK']}: lost contact with the other processes ({first}); another "
+                            f"process probably failed first (see its message). Collectives give up after "
+                            f"--dist-timeout {args.dist_timeout:g} s") from None
+    # Only after success: rank 0 hosts the store, so every rank finishes before any leaves. After a failure
+    # the process just exits; the others notice (closed connection or --dist-timeout) and stop.
+    if utils.is_dist_avail_and_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,14 +1,17 @@
-"""Distributed set-up, progress logging (DeiT's MetricLogger), seeding and atomic checkpoint/log writing."""
+"""Distributed set-up, progress logging (DeiT's MetricLogger), seeding, atomic checkpoint/log writing and the
+test-only fault injection (``LION_FAULT``)."""
 from __future__ import annotations
 
 import datetime
-import io
+import glob
 import json
 import logging
 import os
 import random
+import signal
 import time
 from collections import defaultdict, deque
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -49,10 +52,12 @@ def init_distributed_mode(args):
     if use_cuda:
         torch.cuda.set_device(args.gpu)
         args.device = f"cuda:{args.gpu}"
-    _logger.info("distributed init (rank %d of %d, %s): %s", args.rank, args.world_size, args.dist_backend,
-                 args.dist_url)
+    timeout = datetime.timedelta(seconds=getattr(args, "dist_timeout", 1800))
+    _logger.info("distributed init (rank %d of %d, %s, timeout %s): %s", args.rank, args.world_size,
+                 args.dist_backend, timeout, args.dist_url)
+    # The timeout bounds the rendezvous and every collective: a rank that died or hangs ends the others.
     dist.init_process_group(backend=args.dist_backend, init_method=args.dist_url, world_size=args.world_size,
-                            rank=args.rank)
+                            rank=args.rank, timeout=timeout)
     dist.barrier()
 
 
@@ -64,32 +69,100 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+# ---------------------------------------------------------------------------------------------- fault injection
+
+FAULT_ENV = "LION_FAULT"
+
+
+def planted_fault(event, index):
+    """Test-only fault injection (tests/test_faults_vision.py); off unless ``LION_FAULT`` is set.
+
+    ``LION_FAULT=<fault>@<event>:<index>`` plants one fault: ``kill@checkpoint.pth:2`` SIGKILLs this process in
+    its 2nd save of ``checkpoint.pth`` (temporary file written, not yet renamed), ``kill@step:7`` before training
+    step 7 and ``nan@step:7`` makes the loss of step 7 NaN (steps counted from 0 over the whole run). Returns the
+    fault (``'kill'``, ``'nan'``) planted at ``event``/``index``, else None.
+    """
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return None
+    fault, _, where = spec.partition("@")
+    at_event, _, at_index = where.partition(":")
+    return fault if at_event == event and at_index == str(index) else None
+
+
+def kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 # ---------------------------------------------------------------------------------------------- atomic writes
 
-def _atomic_write_bytes(path, data, mode="wb"):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, mode) as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+_saves = defaultdict(int)  # checkpoint saves of this process per file name (for LION_FAULT)
+
+
+# Every file is written as: ``write(file)`` into a temporary sibling, fsync, rename over ``path``, fsync the
+# folder. A reader, or a run resumed after a crash, sees the old file or the new one, never a part.
+
+def _write_temporary(path, write):
+    """The temporary sibling of ``path`` holding ``write``'s output, on disk; stale ones (a killed writer's)
+    are removed first."""
+    path = Path(path)
+    for stale in path.parent.glob(f"{glob.escape(path.name)}.tmp*"):
+        stale.unlink(missing_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _rename_into_place(tmp, path):
     os.replace(tmp, path)
+    fd = os.open(Path(path).parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_on_master(obj, path):
-    """``torch.save`` on rank 0 only, through a temporary file renamed into place."""
+    """``torch.save`` on rank 0 only, atomically (temporary file, fsync, rename)."""
     if not is_main_process():
         return
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    _atomic_write_bytes(path, buffer.getvalue())
+    name = Path(path).name
+    _saves[name] += 1
+    tmp = _write_temporary(path, lambda f: torch.save(obj, f))
+    if planted_fault(name, _saves[name]) == "kill":
+        kill_self()
+    _rename_into_place(tmp, path)
+
+
+def _read_lines(path):
+    return open(path, "rb").read().splitlines(keepends=True) if os.path.exists(path) else []
 
 
 def append_json_line_on_master(path, record):
     """Append one JSON line to ``path`` on rank 0; the whole file is rewritten atomically."""
     if not is_main_process():
         return
-    old = open(path, "rb").read() if os.path.exists(path) else b""
-    _atomic_write_bytes(path, old + (json.dumps(record) + "\n").encode())
+    data = b"".join(_read_lines(path)) + (json.dumps(record) + "\n").encode()
+    _rename_into_place(_write_temporary(path, lambda f: f.write(data)), path)
+
+
+def drop_json_lines_from_epoch(path, epoch):
+    """On resume (rank 0): drop the log records of ``epoch`` and later, the work a crash lost, which the resumed
+    run redoes and logs again."""
+    if not is_main_process() or not os.path.exists(path):
+        return
+    lines = _read_lines(path)
+    kept = [line for line in lines if json.loads(line).get("epoch", -1) < epoch]
+    if len(kept) != len(lines):
+        _logger.info("%s: dropping %d record(s) of epoch %d and later", path, len(lines) - len(kept), epoch)
+        _rename_into_place(_write_temporary(path, lambda f: f.write(b"".join(kept))), path)
 
 
 # ---------------------------------------------------------------------------------------------- progress
