@@ -12,10 +12,10 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
-from mlm.src.builders import NonFiniteLossError  # noqa: E402
-from mlm.src.config_validation import ConfigError, load_config  # noqa: E402
-from mlm.src.glue.report import summarize, to_markdown, write_report  # noqa: E402
-from mlm.src.glue.runner import train  # noqa: E402
+from mlm.src.builders import NonFiniteLossError
+from mlm.src.config_validation import ConfigError, load_config
+from mlm.src.glue.report import summarize, to_markdown, write_report
+from mlm.src.glue.runner import train
 
 
 def main(argv):

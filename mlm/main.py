@@ -17,24 +17,24 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):  # `python mlm/main.py` / `composer mlm/main.py`: import the repository's mlm package
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-from composer import Callback, Trainer  # noqa: E402
-from composer.utils import dist, reproducibility  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from omegaconf import OmegaConf as om  # noqa: E402
+import torch
+from composer import Callback, Trainer
+from composer.utils import dist, reproducibility
+from omegaconf import DictConfig
+from omegaconf import OmegaConf as om
 
-from mlm.src.builders import (  # noqa: E402
+from mlm.src.builders import (
     NonFiniteLossError,
     build_optimizer,
     build_scheduler,
     extra_trainer_kwargs,
     use_atomic_checkpoint_writes,
 )
-from mlm.src.composer_checkpoint import check_resumable, newest_complete_checkpoint  # noqa: E402
-from mlm.src.config_validation import ConfigError, Source, check_vocab, load_config, validate  # noqa: E402
-from mlm.src.convert_dataset import convert, is_complete, local_documents  # noqa: E402
-from mlm.src.create_bert import create_bert_mlm  # noqa: E402
-from mlm.src.text_data import build_mlm_dataloader  # noqa: E402
+from mlm.src.composer_checkpoint import check_resumable, newest_complete_checkpoint, remove_partial_checkpoints
+from mlm.src.config_validation import ConfigError, Source, check_vocab, load_config, validate
+from mlm.src.convert_dataset import convert, is_complete, local_documents
+from mlm.src.create_bert import build_config, create_bert_mlm, load_tokenizer
+from mlm.src.text_data import build_mlm_dataloader
 
 log = logging.getLogger("mlm.main")
 DEFAULT_DIST_TIMEOUT = 300.0
@@ -67,17 +67,21 @@ def prepare_demo_data(cfg: DictConfig, tokenizer, source: Source) -> None:
 
 
 def build_model(cfg: DictConfig, source: Source):
+    model_config = om.to_container(cfg.model.model_config, resolve=True)
     try:
+        vocab_size = build_config(cfg.model.pretrained_model_name, model_config).vocab_size
+        check_vocab(load_tokenizer(cfg.tokenizer_name), vocab_size, source.where("tokenizer_name"))
         model = create_bert_mlm(pretrained_model_name=cfg.model.pretrained_model_name,
-                                model_config=om.to_container(cfg.model.model_config, resolve=True),
+                                model_config=model_config,
                                 tokenizer_name=cfg.tokenizer_name,
                                 pretrained_checkpoint=cfg.model.get("pretrained_checkpoint"),
                                 gradient_checkpointing=cfg.model.get("gradient_checkpointing", False))
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as err:
         raise source.error("model", f"cannot be built: {str(err).splitlines()[0]}") from None
     except OSError as err:  # a tokenizer directory or name transformers cannot open
         raise source.error("tokenizer_name", f"cannot be loaded: {str(err).splitlines()[0]}") from None
-    check_vocab(model.tokenizer, model.model.config.vocab_size, source.where("tokenizer_name"))
     return model
 
 
@@ -88,6 +92,8 @@ def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
     removal of the old link and the new one) falls back to the newest checkpoint file."""
     allow_unsafe = bool(cfg.get("allow_unsafe_checkpoints", False))
     load_path = cfg.get("load_path")
+    if cfg.get("save_folder") and dist.get_local_rank() == 0:
+        remove_partial_checkpoints(cfg.save_folder)
     if cfg.get("autoresume", False):
         latest = os.path.join(cfg.save_folder, "latest-rank{rank}.pt".format(rank=dist.get_global_rank()))
         if os.path.exists(latest):
@@ -110,7 +116,11 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
     device = "gpu" if on_gpu else "cpu"
     dist_timeout = float(cfg.get("dist_timeout", DEFAULT_DIST_TIMEOUT))
     if dist.get_world_size() > 1 and not dist.is_initialized():
-        dist.initialize_dist(device, dist_timeout)
+        try:
+            dist.initialize_dist(device, dist_timeout)
+        except (RuntimeError, TimeoutError) as err:  # torch's DistStoreError is a RuntimeError
+            raise source.error("dist_timeout", f"({dist_timeout:g} s) passed before all {dist.get_world_size()} "
+                                               f"ranks joined: {str(err).splitlines()[0][:160]}") from None
     reproducibility.seed_all(cfg.get("seed", 17))
     train_batch = device_batch_size(cfg.global_train_batch_size, "global_train_batch_size", source)
     model = build_model(cfg, source)
@@ -146,7 +156,7 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
         log_to_console=cfg.get("log_to_console", True),
         console_log_interval=cfg.get("console_log_interval", "1ba"),
         precision=extra["precision"],
-        callbacks=extra["callbacks"] + list(extra_callbacks),
+        callbacks=list(extra_callbacks) + extra["callbacks"],
         loggers=extra["loggers"],
         compile_config=extra["compile_config"],
         device=device,

@@ -29,6 +29,7 @@ SCHEDULER_CLASSES = {"linear_decay_with_warmup": LinearWithWarmupScheduler,
                      "cosine_with_warmup": CosineAnnealingWithWarmupScheduler,
                      "constant_with_warmup": ConstantWithWarmupScheduler}
 GPU_ONLY_CALLBACKS = ("memory_monitor",)
+PARTIAL_PREFIX = ".partial-"  # a checkpoint being written: ``.partial-<pid>-<name>``, renamed to ``<name>`` when done
 
 
 def build_optimizer(name: str, params, lr: float, weight_decay: float = 0.0, betas: Sequence[float] = (0.9, 0.98),
@@ -98,9 +99,8 @@ class NonFiniteLossGuard(Callback):
             return
         step = int(state.timestamp.batch) + 1
         if self.action == "stop":
-            raise NonFiniteLossError(f"non-finite loss at step {step} (batch {step} of this run); stopped before "
-                                     "updating the weights; the last saved checkpoint is intact "
-                                     "(nonfinite_loss: skip would skip such steps)")
+            raise NonFiniteLossError(f"non-finite loss at step {step}: stopped before updating the weights; the last "
+                                     "saved checkpoint is intact (nonfinite_loss: skip skips such steps instead)")
         if not self.bad_batch:
             log.warning("non-finite loss at step %d: skipping its optimizer update", step)
             self.skipped.append(step)
@@ -129,7 +129,7 @@ def _write_checkpoint_atomically(state_dict: dict, filename: str) -> None:
     """Composer writes checkpoint files in place; a crash mid-write left a truncated file under the final name.
     Write a hidden sibling (same extension, so Composer picks the same format), flush it to disk, then rename."""
     folder, name = os.path.split(os.path.abspath(filename))
-    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{name}")
+    tmp = os.path.join(folder, f"{PARTIAL_PREFIX}{os.getpid()}-{name}")
     try:
         _original_write(state_dict, tmp)
         with open(tmp, "rb") as f:

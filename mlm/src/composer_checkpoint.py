@@ -95,6 +95,25 @@ def check_resumable(model: torch.nn.Module, path: str, field: str, allow_unsafe:
                           "the run that wrote it")
 
 
+def remove_partial_checkpoints(folder: str) -> None:
+    """Delete half-written files of killed runs (``.partial-<pid>-*``, see builders.use_atomic_checkpoint_writes)."""
+    for path in glob.glob(os.path.join(folder, ".partial-*")):
+        pid = os.path.basename(path).split("-")[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            log.info("removing %s, left by a run killed while saving", path)
+            os.remove(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def newest_complete_checkpoint(folder: str) -> Optional[str]:
     """The checkpoint of the highest batch in ``folder`` (our writes are atomic: every such file is complete)."""
     found = [(int(m.group(2)), p) for p in glob.glob(os.path.join(folder, "ep*-ba*-rank0.pt"))

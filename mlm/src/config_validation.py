@@ -204,7 +204,7 @@ class Source:
 
     def where(self, path: str) -> str:
         for key, arg in self.overrides.items():
-            if path == key or path.startswith(key + ".") or key.startswith(path + "."):
+            if path == key or path.startswith(key + "."):
                 return f"{self.yaml_path}: command-line override '{arg}'"
         return self.yaml_path
 

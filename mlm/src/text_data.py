@@ -5,6 +5,7 @@ Masking is HF's ``DataCollatorForLanguageModeling``: ``mlm_probability`` of the 
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
 from typing import Any, Mapping, Optional
@@ -21,7 +22,7 @@ from mlm.src.convert_dataset import MARKER, SPLITS, is_complete
 log = logging.getLogger(__name__)
 
 
-def load_split(data_local: str, split: str, field: str = "dataset"):
+def load_split(data_local: str, split: str, field: str = "train_loader"):
     """One split of a finished conversion; anything else (missing, unfinished, empty) is a ConfigError."""
     if split not in SPLITS:
         raise ConfigError(f"{field}.dataset.split must be one of {list(SPLITS)}, got {split!r}")
@@ -29,8 +30,17 @@ def load_split(data_local: str, split: str, field: str = "dataset"):
         raise ConfigError(
             f"{field}.dataset.data_local: {data_local!r} is not a finished conversion (no {MARKER}); run "
             "`python -m mlm.src.convert_dataset --out_root <data_local> ...` (see the README)")
-    dataset = load_from_disk(os.path.join(data_local, split)).with_format("torch")
-    if len(dataset) == 0:
+    path = os.path.join(data_local, split)
+    if not os.path.isdir(path):
+        raise ConfigError(f"{field}.dataset.data_local: {data_local} has no {split} split; convert the data again")
+    dataset = None
+    if glob.glob(os.path.join(path, "*.arrow")):  # datasets cannot even open a saved split of no rows
+        try:
+            dataset = load_from_disk(path).with_format("torch")
+        except (OSError, ValueError) as err:
+            raise ConfigError(f"{field}.dataset.data_local: the {split} split of {data_local} cannot be read "
+                              f"({str(err).splitlines()[0][:160]}); convert the data again") from None
+    if dataset is None or len(dataset) == 0:
         raise ConfigError(f"{field}.dataset.data_local: the {split} split of {data_local} has no rows; convert "
                           "more text or use a smaller max_seq_len")
     return dataset

@@ -12,7 +12,7 @@ from composer.utils import reproducibility
 
 from mlm.src.builders import build_optimizer, build_scheduler, extra_trainer_kwargs, use_atomic_checkpoint_writes
 from mlm.src.config_validation import ConfigError, check_vocab
-from mlm.src.create_bert import create_bert_classification
+from mlm.src.create_bert import build_config, create_bert_classification, load_tokenizer
 from mlm.src.glue.checkpoint import load_encoder, model_weights, read_checkpoint
 from mlm.src.glue.data import build_dataloader, tokenized_split
 from mlm.src.glue.metrics import build_metric, metric_class_name
@@ -29,16 +29,20 @@ def build_model(job: dict):
     """The Composer model of a job, its encoder loaded from ``job['load_path']`` (head freshly initialised)."""
     task, model_cfg = get_task(job["task"]), job["model"]
     try:
+        pretrained_name = model_cfg.get("pretrained_model_name", "bert-base-uncased")
+        config = build_config(pretrained_name, model_cfg.get("model_config"))
+        check_vocab(load_tokenizer(job["tokenizer_name"]), config.vocab_size, "tokenizer_name")
         model = create_bert_classification(
             num_labels=task.num_labels,
-            pretrained_model_name=model_cfg.get("pretrained_model_name", "bert-base-uncased"),
+            pretrained_model_name=pretrained_name,
             model_config=model_cfg.get("model_config"), tokenizer_name=job["tokenizer_name"],
             custom_eval_metrics=[build_metric(m, task.num_labels) for m in task.metrics])
+    except ConfigError:
+        raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"model: cannot be built: {str(e).splitlines()[0]}") from None
     except OSError as e:
         raise ConfigError(f"tokenizer_name: cannot be loaded: {str(e).splitlines()[0]}") from None
-    check_vocab(model.tokenizer, model.model.config.vocab_size, "tokenizer_name")
     if job["load_path"]:
         unsafe = bool(job.get("allow_unsafe_checkpoints", False))
         field = "starting_checkpoint_load_path"
@@ -76,7 +80,7 @@ def run_job(job: dict, device: Any = None, extra_callbacks: Optional[Sequence[Ca
         precision=extra["precision"], compile_config=extra["compile_config"], run_name=job["job_name"],
         save_folder=job["save_folder"] if keep > 0 else None, save_num_checkpoints_to_keep=max(keep, -1),
         save_overwrite=True, save_latest_filename=None,
-        callbacks=extra["callbacks"] + list(extra_callbacks or []), loggers=extra["loggers"],
+        callbacks=list(extra_callbacks or []) + extra["callbacks"], loggers=extra["loggers"],
         progress_bar=True, log_to_console=False, python_log_level=None)
     trainer.fit()
     metrics = {label: {name: float(m.compute()) for name, m in ms.items()}
