@@ -68,10 +68,11 @@ class Recorder(Callback):
     def __init__(self):
         self.losses, self.weights = {}, {}
 
-    def after_train_batch(self, state, logger):
-        step = int(state.timestamp.batch) + 1
-        self.losses[step] = float(state.loss)
-        self.weights[step] = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
+    def after_train_batch(self, state, logger):  # before the optimizer step; the timestamp counts finished steps
+        self.losses[int(state.timestamp.batch) + 1] = float(state.loss)
+
+    def batch_end(self, state, logger):  # after the optimizer step
+        self.weights[int(state.timestamp.batch)] = {k: v.detach().clone() for k, v in state.model.state_dict().items()}
 
 
 @pytest.fixture(scope="module")
@@ -390,8 +391,9 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_last_checkpoint(tmp_
                        "saved checkpoint is intact (nonfinite_loss: skip skips such steps instead)")
     assert sorted(n for n in os.listdir(folder) if n.startswith("ep")) == ["ep0-ba2-rank0.pt", "ep0-ba4-rank0.pt"]
     weights = read_checkpoint(str(folder / "ep0-ba4-rank0.pt"), "load_path")["state"]["model"]
-    expected = reference["weights"][4]
-    assert all(torch.equal(weights[k], expected[k]) for k in expected)
+    expected = reference["weights"][4]  # the uninterrupted run after step 4
+    diffs = {k: float((weights[k] - expected[k]).abs().max()) for k in expected}
+    assert max(diffs.values()) <= 1e-6, diffs
 
 
 def test_nonfinite_loss_skip_leaves_the_weights_of_that_step_unchanged(tmp_path, corpus):
