@@ -28,6 +28,7 @@ import tempfile
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from datasets import Dataset
+from datasets.exceptions import DatasetGenerationError
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +118,13 @@ def convert(sources: dict[str, Callable[[], Iterable[str]]], out_root: str, toke
     try:
         summary = {"max_seq_len": max_seq_len, "concat": concat, "splits": {}, **(metadata or {})}
         for split, docs in sources.items():
-            if next(iter(docs()), None) is None:  # datasets cannot build a table of no rows
-                raise ValueError(f"the {split} split has no rows: its source holds no document (non-empty line)")
-            texts = Dataset.from_generator(_rows, gen_kwargs={"docs": docs}, cache_dir=cache)
+            try:
+                texts = Dataset.from_generator(_rows, gen_kwargs={"docs": docs}, cache_dir=cache)
+            except DatasetGenerationError:
+                if next(iter(docs()), None) is None:  # datasets cannot build a table of no rows
+                    raise ValueError(f"the {split} split has no rows: its source holds no document "
+                                     "(non-empty line)") from None
+                raise
             rows = tokenize_documents(texts, tokenizer, max_seq_len, concat, map_batch_size, num_proc)
             if len(rows) == 0:
                 raise ValueError(f"the {split} split has no rows: its {len(texts)} documents give no "
