@@ -49,7 +49,7 @@ def read_checkpoint(path: str, field: str, allow_unsafe: bool = False) -> dict:
                           "you trust")
     try:
         with torch.serialization.safe_globals(COMPOSER_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:
         raise ConfigError(f"{field}: {path} is not a readable torch checkpoint (truncated or corrupt?): "
                           f"{_first_line(err)}") from None

@@ -24,6 +24,7 @@ PRECISIONS = ("fp32", "amp_fp16", "amp_bf16")  # Composer's precisions (amp_fp8 
 NONFINITE_ACTIONS = ("stop", "skip")
 SPLITS = ("train", "val")
 NUMBER = (int, float)
+_MISSING_VALUE = object()
 
 
 class ConfigError(ValueError):
@@ -43,10 +44,10 @@ class Field:
 
 @dataclass(frozen=True)
 class Named:
-    """A mapping ``{name: {kwarg: value}}`` whose names come from ``registry`` (name -> class) and whose kwargs must
-    be parameters of that class's constructor (``callbacks``, ``loggers``)."""
+    """A mapping ``{name: {kwarg: value}}`` whose names come from ``registry()`` (name -> class) and whose kwargs
+    must be parameters of that class's constructor (``callbacks``, ``loggers``)."""
 
-    registry: Mapping[str, Callable]
+    registry: Callable[[], Mapping[str, Callable]]
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,8 @@ MODEL_CONFIG = AnyKeys(model_config_fields)
 SCHEDULER = {"name": Field((str,), SCHEDULERS, required=True), "t_warmup": TIME, "alpha_f": Field(NUMBER)}
 COMMON = {  # fields both entry points share, built by mlm/src/builders.py
     "precision": Field((str,), PRECISIONS),
-    "callbacks": "callbacks",
-    "loggers": "loggers",
+    "callbacks": Named(callback_registry),
+    "loggers": Named(logger_registry),
     "compile_config": AnyKeys(compile_kwargs),
     "nonfinite_loss": Field((str,), NONFINITE_ACTIONS),
     "allow_unsafe_checkpoints": Field((bool,)),
@@ -251,9 +252,6 @@ def _value(node: DictConfig, key: str, path: str, source: Source):
         raise source.error(path, f"could not be resolved: {_first_line(err)}") from None
 
 
-_MISSING_VALUE = object()
-
-
 def check_keys(node: DictConfig, allowed, path: str, source: Source) -> None:
     for key in node.keys():
         if key not in allowed:
@@ -286,20 +284,19 @@ def check_node(node: Any, schema: Any, path: str, source: Source) -> None:
         return
     if not isinstance(node, DictConfig):
         raise source.error(path, f"must be a mapping, got {node!r}")
-    if schema in ("callbacks", "loggers"):
-        schema = Named(callback_registry() if schema == "callbacks" else logger_registry())
     if isinstance(schema, AnyKeys):
         check_keys(node, schema.allowed(), path, source)
         return
     if isinstance(schema, Named):
-        check_keys(node, schema.registry, path, source)
+        registry = schema.registry()
+        check_keys(node, registry, path, source)
         for name in node.keys():
             kwargs = _value(node, name, f"{path}.{name}", source)
             if kwargs is None:
                 continue
             if not isinstance(kwargs, DictConfig):
                 raise source.error(f"{path}.{name}", f"must be a mapping of keyword arguments, got {kwargs!r}")
-            params = set(inspect.signature(schema.registry[name]).parameters) - {"self", "args", "kwargs"}
+            params = set(inspect.signature(registry[name]).parameters) - {"self", "args", "kwargs"}
             check_keys(kwargs, params, f"{path}.{name}", source)
         return
     if isinstance(schema, Entries):
