@@ -434,8 +434,9 @@ def test_compile_config_reaches_composer_and_trains_a_step(tmp_path, corpus):
 
 
 def test_ruff_keeps_mlm_clean():
-    ruff = shutil.which("ruff") or os.path.join(os.path.dirname(sys.executable), "ruff")
-    if not os.path.isfile(ruff):
+    ruff = os.path.join(os.path.dirname(sys.executable), "ruff")  # the venv's (requirements.txt pins it)
+    ruff = ruff if os.path.isfile(ruff) else shutil.which("ruff")
+    if ruff is None:
         pytest.skip("ruff is not installed")
     proc = subprocess.run([ruff, "check", "mlm"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
