@@ -2,6 +2,7 @@
 
 Each case asserts the exit code (or the one error), the one-line message, and that nothing was lost or half-written.
 """
+import argparse
 import itertools
 import os
 import pickle
@@ -216,6 +217,14 @@ def test_pretraining_refuses_bad_checkpoints_before_training(tmp_path, corpus, r
     assert message.startswith(f"error: {DEMO}: command-line override 'load_path={tmp_path / name}': load_path: ")
     assert expected in message, message
     assert not os.path.exists(marker) and not (tmp_path / "ckpt").exists()
+
+
+def test_unpickling_is_a_deliberate_opt_in(tmp_path):
+    path = str(tmp_path / "with-namespace.pt")
+    torch.save({"state": {"model": {"model.bert.x": torch.ones(2)}}, "args": argparse.Namespace(lr=1)}, path)
+    with pytest.raises(ConfigError, match=r"\(argparse.Namespace\), which can run code; not loaded"):
+        read_checkpoint(path, "load_path")
+    assert read_checkpoint(path, "load_path", allow_unsafe=True)["args"].lr == 1
 
 
 def test_checkpoint_of_another_model_size(tmp_path, corpus, reference):
