@@ -9,9 +9,10 @@ from composer import Trainer
 from composer.utils import reproducibility
 from omegaconf import OmegaConf
 
+from mlm.src.config_validation import ConfigError
 from mlm.src.create_bert import create_bert_mlm
 from mlm.src.glue.config import job_configs, task_order, validate
-from mlm.src.glue.runner import GlueConfigError, train
+from mlm.src.glue.runner import train
 
 PRODUCTION = sorted(glob.glob('yamls/finetune-glue/*-base.yaml') + glob.glob('yamls/finetune-glue/*-large.yaml'))
 TINY = dict(arch_type='lion-d', hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -73,14 +74,15 @@ def test_demo_yaml_matches_the_pretraining_demo():
 
 
 @pytest.mark.parametrize('override, message', [
-    ({'tasks': {'mnlii': {}}}, r"tasks: unknown task 'mnlii'; allowed: \[.*'mnli'"),
+    ({'tasks': {'mnlii': {}}}, r"field 'tasks.mnlii' is unknown; did you mean 'mnli'\? allowed: .*, mnli, "),
     ({'tasks': {'rt_sentiment': {'trainer_kwargs': {'learning_rate': 1}}}},
-     r"tasks.rt_sentiment.trainer_kwargs: unknown field\(s\) \['learning_rate'\]"),
-    ({'model': {'model_config': {'arch_type': 'lion'}}}, r"arch_type must be one of \['attention', 'lion-lit'"),
-    ({'tasks': {'rt_sentiment': {'trainer_kwargs': {'optim_name': 'sgd'}}}}, 'optim_name must be one of'),
+     r"field 'tasks.rt_sentiment.trainer_kwargs.learning_rate' is unknown; allowed: batch_size, "),
+    ({'model': {'model_config': {'arch_type': 'lion'}}},
+     r"field 'model.model_config.arch_type' must be one of \['attention', 'lion-lit'"),
+    ({'tasks': {'rt_sentiment': {'trainer_kwargs': {'optim_name': 'sgd'}}}}, "optim_name' must be one of"),
     ({'tasks': {'moby_sentence_order': {'trainer_kwargs': {'save_num_checkpoints_to_keep': 0}}}},
      'sotu_next_sentence starts from the moby_sentence_order checkpoint'),
-    ({'precision': 'fp8'}, 'precision must be one of'),
+    ({'precision': 'fp8'}, "field 'precision' must be one of"),
 ])
 def test_bad_fields_fail_with_one_clear_message(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
@@ -88,7 +90,7 @@ def test_bad_fields_fail_with_one_clear_message(tmp_path, override, message):
 
 
 def test_missing_checkpoint_fails_before_training(tmp_path):
-    with pytest.raises(GlueConfigError, match='checkpoint file .*nowhere.pt not found'):
+    with pytest.raises(ConfigError, match='checkpoint file .*nowhere.pt not found'):
         train(demo(tmp_path, starting_checkpoint_load_path=str(tmp_path / 'nowhere.pt')))
     assert not os.path.exists(tmp_path / 'ft')
 
@@ -96,11 +98,11 @@ def test_missing_checkpoint_fails_before_training(tmp_path):
 def test_arch_type_mismatch_fails_before_training(tmp_path, lion_d_checkpoint):
     cfg = demo(tmp_path, starting_checkpoint_load_path=lion_d_checkpoint)
     cfg.model.model_config.arch_type = 'lion-s'
-    with pytest.raises(GlueConfigError, match="arch_type is 'lion-s' but checkpoint .* with arch_type 'lion-d'"):
+    with pytest.raises(ConfigError, match="arch_type is 'lion-s' but checkpoint .* with arch_type 'lion-d'"):
         train(cfg)
     cfg.model.model_config.arch_type = 'lion-d'
     cfg.model.model_config.hidden_size = 64  # right arch, wrong size: caught by the trial load
-    with pytest.raises(GlueConfigError, match='does not fit the model'):
+    with pytest.raises(ConfigError, match='is a model of another size'):
         train(cfg)
     assert not os.path.exists(tmp_path / 'ft')
 
@@ -111,5 +113,6 @@ def test_cli_prints_one_line_and_exits_nonzero(tmp_path, lion_d_checkpoint):
                           f'save_finetune_checkpoint_prefix={tmp_path}/ft'], capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith('glue.py: model.model_config.arch_type is \'lion-lit\' but checkpoint'), out.stderr[-2000:]
+    assert last.startswith('glue.py: yamls/finetune-glue/demo.yaml: model.model_config.arch_type is \'lion-lit\' but '
+                           'checkpoint'), out.stderr[-2000:]
     assert 'Traceback' not in out.stderr and not os.path.exists(tmp_path / 'ft')

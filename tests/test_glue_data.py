@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer
 
+from mlm.src.config_validation import ConfigError
 from mlm.src.glue.data import build_dataloader, read_glue_tsv, tokenized_split
 from mlm.src.glue.tasks import FIXTURE_TASKS, get_task
 
@@ -56,9 +57,9 @@ def test_original_glue_tsv_layouts_give_hf_columns_and_labels(glue_dir, task):
 
 def test_bad_labels_and_missing_files_fail_clearly(glue_dir):
     Path(glue_dir, 'RTE/dev.tsv').write_text('index\tsentence1\tsentence2\tlabel\n0\ta\tb\tmaybe\n')
-    with pytest.raises(ValueError, match=r"labels \['maybe'\] are not among"):
+    with pytest.raises(ConfigError, match=r"labels \['maybe'\] of column 'label' are outside task rte"):
         read_glue_tsv(get_task('rte'), 'validation', glue_dir)
-    with pytest.raises(FileNotFoundError, match='data.data_dir: .*CoLA/train.tsv not found'):
+    with pytest.raises(ConfigError, match='data.data_dir: .*CoLA/train.tsv not found'):
         read_glue_tsv(get_task('cola'), 'train', glue_dir)
 
 

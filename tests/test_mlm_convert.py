@@ -8,6 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import BertTokenizerFast
 
+from mlm.src.config_validation import ConfigError
 from mlm.src.convert_dataset import MARKER, convert, is_complete, local_documents, read_text_lines
 from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR
 from mlm.src.text_data import build_mlm_dataloader, load_split
@@ -74,12 +75,12 @@ def test_interrupted_conversion_leaves_nothing_that_looks_finished(tmp_path, tex
     with pytest.raises(KeyboardInterrupt):
         convert(local_documents(files, 0.25), str(out), tokenizer, max_seq_len=32)
     assert not out.exists() and os.listdir(tmp_path / "data") == []
-    with pytest.raises(FileNotFoundError, match="not a finished conversion"):
+    with pytest.raises(ConfigError, match="not a finished conversion"):
         load_split(str(out), "train")
     # a directory killed half-way (train written, no marker) is refused too, and never silently overwritten
     monkeypatch.setattr(Dataset, "save_to_disk", real_save)
     (out / "train").mkdir(parents=True)
-    with pytest.raises(FileNotFoundError, match="not a finished conversion"):
+    with pytest.raises(ConfigError, match="not a finished conversion"):
         load_split(str(out), "train")
     with pytest.raises(FileExistsError, match="unfinished"):
         convert(local_documents(files, 0.25), str(out), tokenizer, max_seq_len=32)

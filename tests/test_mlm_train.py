@@ -10,9 +10,10 @@ import torch
 from composer.core import Callback
 from transformers import BertTokenizerFast
 
-from mlm.main import build_trainer, cli, load_config
+from mlm.main import build_trainer, cli
 from mlm.src.bert_layers import LionBertForMaskedLM
 from mlm.src.config_validation import ConfigError, validate
+from mlm.src.config_validation import load_config as load_with_source
 from mlm.src.convert_dataset import convert, local_documents, read_text_lines
 from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR, build_config
 
@@ -35,6 +36,10 @@ def corpus(tmp_path_factory):
     tokenizer = BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR)
     convert(local_documents([str(src)], 0.1), str(root / "rows32"), tokenizer, max_seq_len=32)
     return str(root / "rows32")
+
+
+def load_config(path, overrides):
+    return load_with_source(path, overrides)[0]
 
 
 class LossRecorder(Callback):
@@ -108,7 +113,7 @@ def test_bad_or_missing_fields_fail_with_one_clear_message(capsys):
     assert "optimizer.name" in str(err.value) and "decoupled_adamw" in str(err.value)
     cfg = load_config(DEMO, [])
     del cfg.scheduler["t_warmup"]
-    with pytest.raises(ConfigError, match="'scheduler.t_warmup' is missing"):
+    with pytest.raises(ConfigError, match="field 'scheduler.t_warmup' is required"):
         validate(cfg)
     for override, field in [("model.model_config.arch_type=nova", "model.model_config.arch_type"),
                             ("global_train_batch_size=0", "global_train_batch_size"),
@@ -144,16 +149,20 @@ def test_pretrain_yamls_build_the_named_model_with_the_paper_recipe(arch, size):
 
 
 def test_optimizer_and_scheduler_names_build_the_composer_objects():
-    from composer.optim import (ConstantWithWarmupScheduler, CosineAnnealingWithWarmupScheduler, DecoupledAdamW,
-                                LinearWithWarmupScheduler)
+    from composer.optim import (
+        ConstantWithWarmupScheduler,
+        CosineAnnealingWithWarmupScheduler,
+        DecoupledAdamW,
+        LinearWithWarmupScheduler,
+    )
     from omegaconf import OmegaConf
 
-    from mlm.main import build_optimizer, build_scheduler
+    from mlm.src.builders import build_optimizer, build_scheduler
 
     params = torch.nn.Linear(2, 2)
-    opt = build_optimizer(OmegaConf.create({"name": "decoupled_adamw", "lr": 1e-3, "betas": [0.9, 0.98]}), params)
+    opt = build_optimizer("decoupled_adamw", params.parameters(), 1e-3, betas=[0.9, 0.98])
     assert isinstance(opt, DecoupledAdamW) and opt.defaults["betas"] == (0.9, 0.98)
-    opt = build_optimizer(OmegaConf.create({"name": "adamw", "lr": 1e-3, "weight_decay": 0.1}), params)
+    opt = build_optimizer("adamw", params.parameters(), 1e-3, weight_decay=0.1)
     assert type(opt) is torch.optim.AdamW and opt.defaults["weight_decay"] == 0.1
     for name, cls in [("linear_decay_with_warmup", LinearWithWarmupScheduler),
                       ("cosine_with_warmup", CosineAnnealingWithWarmupScheduler),

@@ -3,8 +3,8 @@
 A published checkpoint (config.json + state dict of the authors' ``bert_layers.py``, docs/lion.md §2) differs from
 ours in ways that are mapped here, each one logged:
 - config: ``model_type: bert``, legacy ``arch_type`` names (``linear_attention``, ``nova``, ``nova-inputdep``,
-  docs/lion.md §3.4), M2-BERT-only fields, and ``position_embedding_type`` (``absolute`` adds positions for every arch type; any
-  other value, e.g. the ``relative_key_query`` of the published lion-d / lion-s yamls, adds none);
+  docs/lion.md §3.4), M2-BERT-only fields, and ``position_embedding_type`` (``absolute`` adds positions for every
+  arch type; any other value, e.g. the ``relative_key_query`` of the published lion-d / lion-s yamls, adds none);
 - state dict: the saved buffer ``bert.embeddings.position_ids``, a position table that exists but is unused when
   positions are off, a Composer ``model.`` prefix and an M2-BERT fused ``Wqkv``.
 Everything else must match: the state dict then loads strictly.

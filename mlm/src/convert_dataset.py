@@ -21,11 +21,14 @@ import gzip
 import json
 import logging
 import os
+import re
 import shutil
+import sys
 import tempfile
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from datasets import Dataset
+from datasets.exceptions import DatasetGenerationError
 
 log = logging.getLogger(__name__)
 
@@ -108,14 +111,24 @@ def convert(sources: dict[str, Callable[[], Iterable[str]]], out_root: str, toke
             raise FileExistsError(f"--out_root {out_root} already exists ({state}); pass --overwrite or remove it")
     parent = os.path.dirname(out_root)
     os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_root)}.tmp-", dir=parent)
+    remove_stale_temporaries(out_root)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out_root)}.tmp-{os.getpid()}-", dir=parent)
     os.chmod(tmp, 0o755)
     cache = os.path.join(tmp, "cache")  # arrow scratch files of this run only; removed before publishing
     try:
         summary = {"max_seq_len": max_seq_len, "concat": concat, "splits": {}, **(metadata or {})}
         for split, docs in sources.items():
-            texts = Dataset.from_generator(_rows, gen_kwargs={"docs": docs}, cache_dir=cache)
+            try:
+                texts = Dataset.from_generator(_rows, gen_kwargs={"docs": docs}, cache_dir=cache)
+            except DatasetGenerationError:
+                if next(iter(docs()), None) is None:  # datasets cannot build a table of no rows
+                    raise ValueError(f"the {split} split has no rows: its source holds no document "
+                                     "(non-empty line)") from None
+                raise
             rows = tokenize_documents(texts, tokenizer, max_seq_len, concat, map_batch_size, num_proc)
+            if len(rows) == 0:
+                raise ValueError(f"the {split} split has no rows: its {len(texts)} documents give no "
+                                 f"{max_seq_len}-token row; give more text or a smaller --max_seq_len")
             rows.save_to_disk(os.path.join(tmp, split))
             summary["splits"][split] = {"documents": len(texts), "rows": len(rows), "tokens": len(rows) * max_seq_len}
             log.info("%s: %d documents -> %d rows of %d tokens", split, len(texts), len(rows), max_seq_len)
@@ -128,6 +141,26 @@ def convert(sources: dict[str, Callable[[], Iterable[str]]], out_root: str, toke
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return summary
+
+
+def remove_stale_temporaries(out_root: str) -> None:
+    """Remove the temporary directories of killed conversions into ``out_root`` (their process is gone)."""
+    pattern = re.compile(rf"^\.{re.escape(os.path.basename(out_root))}\.tmp-(\d+)-")
+    for name in os.listdir(os.path.dirname(out_root)):
+        match = pattern.match(name)
+        if match and not _process_alive(int(match.group(1))):
+            log.info("removing %s, left by an interrupted conversion", name)
+            shutil.rmtree(os.path.join(os.path.dirname(out_root), name), ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _rows(docs):
@@ -154,20 +187,27 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> None:
+    """Converts; a bad argument or input ends with one line and exit code 1 (no traceback)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    except OSError as err:
+        sys.exit(f"error: --tokenizer {args.tokenizer!r} cannot be loaded: {str(err).splitlines()[0]}")
     if args.local_files:
         files = sorted({f for pattern in args.local_files for f in glob.glob(pattern)})
         if not files:
-            raise SystemExit(f"--local_files matched no file: {args.local_files}")
+            sys.exit(f"error: --local_files matched no file: {args.local_files}")
         sources, meta = local_documents(files, args.val_fraction), {"source": files}
     else:
         sources, meta = c4_documents(args.max_samples, args.max_val_samples), {"source": "allenai/c4 en"}
-    summary = convert(sources, args.out_root, tokenizer, args.max_seq_len, args.concat, args.map_batch_size,
-                      args.num_proc, args.overwrite, {**meta, "tokenizer": args.tokenizer})
+    try:
+        summary = convert(sources, args.out_root, tokenizer, args.max_seq_len, args.concat, args.map_batch_size,
+                          args.num_proc, args.overwrite, {**meta, "tokenizer": args.tokenizer})
+    except (ValueError, FileExistsError) as err:  # bad arguments, empty or undecodable text
+        sys.exit(f"error: {str(err).splitlines()[0]}")
     log.info("wrote %s: %s", args.out_root, json.dumps(summary["splits"]))
 
 

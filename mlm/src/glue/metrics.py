@@ -14,7 +14,7 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
 class GlueAccuracy(MulticlassAccuracy):
     def __init__(self, num_classes: int):
-        super().__init__(num_classes=num_classes, average='micro')
+        super().__init__(num_classes=num_classes, average="micro")
 
 
 class GlueF1(BinaryF1Score):
@@ -38,9 +38,9 @@ class GluePearson(PearsonCorrCoef):
         super().update(preds.reshape(-1).float(), target.reshape(-1).float())
 
 
-METRICS = {'accuracy': GlueAccuracy, 'f1': GlueF1, 'matthews': GlueMatthews, 'spearman': GlueSpearman,
-           'pearson': GluePearson}
-NEEDS_NUM_CLASSES = {'accuracy', 'matthews'}
+METRICS = {"accuracy": GlueAccuracy, "f1": GlueF1, "matthews": GlueMatthews, "spearman": GlueSpearman,
+           "pearson": GluePearson}
+NEEDS_NUM_CLASSES = {"accuracy", "matthews"}
 
 
 def build_metric(name: str, num_labels: int):

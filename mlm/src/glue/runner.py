@@ -17,17 +17,15 @@ from composer.core import Callback
 from composer.devices import DeviceGPU
 from omegaconf import DictConfig
 
-from .checkpoint import check_arch_type, fetch_checkpoint, read_checkpoint
-from .config import job_configs, task_order, validate
-from .jobs import build_model, run_job
-from .tasks import get_task
+from mlm.src.config_validation import Source
+from mlm.src.glue.checkpoint import check_arch_type, fetch_checkpoint, read_checkpoint
+from mlm.src.glue.config import job_configs, task_order, validate
+from mlm.src.glue.data import read_glue_tsv
+from mlm.src.glue.jobs import build_model, run_job
+from mlm.src.glue.tasks import get_task
 
 log = logging.getLogger(__name__)
 _WORKER_GPU = None
-
-
-class GlueConfigError(ValueError):
-    """A bad yaml field, missing checkpoint or arch_type mismatch, found before any training."""
 
 
 def _init_worker(gpu_queue) -> None:
@@ -44,9 +42,9 @@ def run_jobs(jobs: list[dict], parallel: bool, extra_callbacks: Optional[Sequenc
     num_gpus = torch.cuda.device_count()
     if not (parallel and num_gpus > 1 and len(jobs) > 1):
         if parallel:
-            log.info('parallel: true but %d GPU(s): running %d jobs serially', num_gpus, len(jobs))
+            log.info("parallel: true but %d GPU(s): running %d jobs serially", num_gpus, len(jobs))
         return [run_job(job, extra_callbacks=extra_callbacks) for job in jobs]
-    ctx = mp.get_context('spawn')
+    ctx = mp.get_context("spawn")
     with ctx.Manager() as manager:
         gpu_queue = manager.Queue()
         for gpu in range(num_gpus):
@@ -56,45 +54,52 @@ def run_jobs(jobs: list[dict], parallel: bool, extra_callbacks: Optional[Sequenc
             return list(pool.map(_run_on_worker_gpu, jobs))
 
 
-def preflight(cfg: DictConfig) -> str:
-    """Everything that can fail before training: the yaml, the checkpoint file, its arch_type, and loading its
-    weights into the configured model. Returns the local checkpoint path."""
-    validate(cfg)
-    path = fetch_checkpoint(cfg.get('starting_checkpoint_load_path'),
-                            cfg.get('local_pretrain_checkpoint_folder', './local-bert-checkpoints'))
-    check_arch_type(read_checkpoint(path), path, cfg.model.model_config.arch_type)
+def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
+    """Everything that can fail before training: the yaml, the checkpoint file (safe to read, a Composer BERT), its
+    arch_type, loading its weights into the configured model, and local GLUE files (columns, labels). Raises
+    ConfigError; returns the local checkpoint path."""
+    validate(cfg, source)
+    path = fetch_checkpoint(cfg.get("starting_checkpoint_load_path"),
+                            cfg.get("local_pretrain_checkpoint_folder", "./local-bert-checkpoints"))
+    state = read_checkpoint(path, bool(cfg.get("allow_unsafe_checkpoints", False)))
+    check_arch_type(state, path, cfg.model.model_config.arch_type)
+    del state
     first = job_configs(cfg, [next(iter(cfg.tasks))])[0]
-    build_model({**first, 'load_path': path})  # raises if the weights do not fit model_config
+    build_model({**first, "load_path": path})  # raises if the weights do not fit model_config
+    data_dir = (cfg.get("data") or {}).get("data_dir")
+    if data_dir:
+        for name in cfg.tasks:
+            task = get_task(name)
+            for split in ("train", *task.eval_splits.values()):
+                read_glue_tsv(task, split, data_dir)
     return path
 
 
-def train(cfg: DictConfig, extra_callbacks: Optional[Sequence[Callback]] = None) -> list[dict]:
+def train(cfg: DictConfig, extra_callbacks: Optional[Sequence[Callback]] = None,
+          source: Optional[Source] = None) -> list[dict]:
     """All jobs of ``cfg``; a list of run_job results, round 1 then round 2 (each with its ``load_path``)."""
     start = time.time()
-    try:
-        pretrained = preflight(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        raise GlueConfigError(str(e)) from e
+    pretrained = preflight(cfg, source)
     first_round, second_round = task_order(cfg)
     results = []
     jobs = job_configs(cfg, first_round)
     for job in jobs:
-        job['load_path'] = pretrained
-    results += _with_load_paths(run_jobs(jobs, cfg.get('parallel', False), extra_callbacks), jobs)
+        job["load_path"] = pretrained
+    results += _with_load_paths(run_jobs(jobs, cfg.get("parallel", False), extra_callbacks), jobs)
 
     if second_round:
         source_checkpoints = {}
         for r in results:
-            source_checkpoints.setdefault(r['task'], r['checkpoint'])  # first seed of each source task
+            source_checkpoints.setdefault(r["task"], r["checkpoint"])  # first seed of each source task
         jobs = job_configs(cfg, second_round)
         for job in jobs:
-            source = get_task(job['task']).init_from
-            job['load_path'] = source_checkpoints[source]
-            log.info('%s starts from the %s checkpoint %s', job['job_name'], source, job['load_path'])
-        results += _with_load_paths(run_jobs(jobs, cfg.get('parallel', False), extra_callbacks), jobs)
-    log.info('finetuning finished in %.1f s', time.time() - start)
+            source = get_task(job["task"]).init_from
+            job["load_path"] = source_checkpoints[source]
+            log.info("%s starts from the %s checkpoint %s", job["job_name"], source, job["load_path"])
+        results += _with_load_paths(run_jobs(jobs, cfg.get("parallel", False), extra_callbacks), jobs)
+    log.info("finetuning finished in %.1f s", time.time() - start)
     return results
 
 
 def _with_load_paths(results: list[dict], jobs: list[dict]) -> list[dict]:
-    return [{**r, 'load_path': job['load_path']} for r, job in zip(results, jobs)]
+    return [{**r, "load_path": job["load_path"]} for r, job in zip(results, jobs)]
