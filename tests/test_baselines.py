@@ -149,9 +149,9 @@ def test_hydra_yamls_validate_and_match_berts_parameter_count(size, layers):
     from mlm.src.config_validation import validate
     from mlm.src.create_bert import build_config
 
-    cfg = load_config(os.path.join(REPO, "yamls", "pretrain", f"hydra-{size}.yaml"), ["data_local=/data"])
-    validate(cfg)
-    glue = load_config(os.path.join(REPO, "yamls", "finetune-glue", f"hydra-{size}.yaml"), [])
+    cfg, source = load_config(os.path.join(REPO, "yamls", "pretrain", f"hydra-{size}.yaml"), ["data_local=/data"])
+    validate(cfg, source)
+    glue, _ = load_config(os.path.join(REPO, "yamls", "finetune-glue", f"hydra-{size}.yaml"), [])
     assert dict(glue.model.model_config) == {k: v for k, v in cfg.model.model_config.items() if k != "layer_norm_after"}
     config = build_config(cfg.model.pretrained_model_name, cfg.model.model_config)
     assert config.arch_type == "hydra" and config.num_hidden_layers == layers and config.hydra_d_state == 64
@@ -170,14 +170,14 @@ def test_hydra_pretraining_loss_falls_on_the_offline_corpus(tmp_path):
     (tmp_path / "moby.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     tokenizer = BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR)
     convert(local_documents([str(tmp_path / "moby.txt")], 0.1), str(tmp_path / "rows"), tokenizer, max_seq_len=32)
-    cfg = load_config(os.path.join(REPO, "yamls", "pretrain", "demo.yaml"), [
+    cfg, source = load_config(os.path.join(REPO, "yamls", "pretrain", "demo.yaml"), [
         f"data_local={tmp_path / 'rows'}", f"save_folder={tmp_path / 'ckpt'}", "max_seq_len=32",
         "model.model_config.arch_type=hydra", "model.model_config.hidden_size=32",
-        "model.model_config.num_hidden_layers=2", "+model.model_config.hydra_head_dim=16",
-        "+model.model_config.hydra_d_state=16", "global_train_batch_size=16", "device_train_microbatch_size=16",
+        "model.model_config.num_hidden_layers=2", "model.model_config.hydra_head_dim=16",
+        "model.model_config.hydra_d_state=16", "global_train_batch_size=16", "device_train_microbatch_size=16",
         "max_duration=15ba", "eval_interval=15ba", "eval_subset_num_batches=1", "optimizer.lr=1.0e-2",
         "save_interval=15ba", "console_log_interval=100ba"])
-    trainer = build_trainer(cfg)
+    trainer = build_trainer(cfg, source)
     losses = []
     from composer.core import Callback
 

@@ -95,10 +95,12 @@ TIME = Field((str, int), test=is_time, wants="a Composer time such as '300ba', '
 
 
 def model_config_fields() -> set:
-    """The fields a ``model_config`` may set: LionBertConfig's own plus the HF task fields."""
+    """The fields a ``model_config`` may set: LionBertConfig's own, the Hydra mixer's and the HF task fields."""
+    from mlm.src.hydra import HYDRA_DEFAULTS
+
     own = {k for cls in LionBertConfig.__mro__ if cls.__module__.startswith("mlm.")
            for k in getattr(cls, "__annotations__", {})}
-    return own | {"num_labels", "id2label", "label2id", "problem_type"}
+    return own | set(HYDRA_DEFAULTS) | {"num_labels", "id2label", "label2id", "problem_type"}
 
 
 def compile_kwargs() -> set:
