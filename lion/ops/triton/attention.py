@@ -298,22 +298,126 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
             tl.store(DC + BHL + bh * L + offs_b, cup2 - rup2, mask=in_b)
 
 
+# ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
+@triton.jit
+def _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE: tl.constexpr,
+               HAS_KEEP: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr):
+    """S = Σ_j φ(k_j) v_jᵀ (BLOCK_D × BLOCK_DV) and z = Σ_j φ(k_j), fp32."""
+    dt = v_ptr.dtype.element_ty
+    S = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
+    z = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+        k = _phi(_load_rows(k_ptr, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
+        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
+                    other=0.0).to(dt)
+        S += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
+        z += tl.sum(k, axis=0)
+    return S, z
+
+
+@triton.jit
+def _lit_fwd_kernel(Q, K, V, KEEP, Y, DEN, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl,
+                    H, L, D, DV, scale, eps, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dt = V.dtype.element_ty
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ptr, y_ptr = Q + b * sqb + h * sqh, Y + b * syb + h * syh
+    S, z = _lit_state(K + b * skb + h * skh, V + b * svb + h * svh, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV,
+                      FEATURE, HAS_KEEP, PREC, BLOCK, BLOCK_D, BLOCK_DV)
+    S = (S * scale).to(dt)
+    z = z * scale
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        q = _phi(_load_rows(q_ptr, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE)
+        den = tl.sum(q * z[None, :], axis=1)
+        y = tl.dot(q.to(dt), S, input_precision=PREC) / (den + eps)[:, None]
+        tl.store(DEN + bh * L + offs, den, mask=in_r)
+        tl.store(y_ptr + offs[:, None] * syl + offs_dv[None, :], y.to(Y.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
+                    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl, sdyb, sdyh, sdyl,
+                    sgb, sgh, sgl, sgvb, sgvh, sgvl, H, L, D, DV, scale, eps,
+                    FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """y_i = φq_i S / (φq_i·z + eps) with S, z scaled: dφq_i = (dy_i/D_i) Sᵀ − (δ_i/D_i) z,
+    dS = Σ_i φq_iᵀ dy_i/D_i, dz = −Σ_i φq_i δ_i/D_i, then dφk_j = scale(v_j dSᵀ + dz), dv_j = scale φk_j dS."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dt = V.dtype.element_ty
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ptr, k_ptr, v_ptr = Q + b * sqb + h * sqh, K + b * skb + h * skh, V + b * svb + h * svh
+    y_ptr, dy_ptr, den_ptr = Y + b * syb + h * syh, DY + b * sdyb + h * sdyh, DEN + bh * L
+    S, z = _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE, HAS_KEEP, PREC,
+                      BLOCK, BLOCK_D, BLOCK_DV)
+    S_t = tl.trans((S * scale).to(dt))
+    z = z * scale
+    dS = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
+    dz = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        q_raw = _load_rows(q_ptr, offs, in_r, sql, offs_d, D)
+        q = _phi(q_raw, in_r, offs_d, D, FEATURE)
+        dyn, dlt = _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_r, sdyl, syl, offs_dv, DV, eps, True)
+        dq = tl.dot(dyn.to(dt), S_t, input_precision=PREC) - dlt[:, None] * z[None, :]
+        dS += tl.dot(tl.trans(q.to(dt)), dyn.to(dt), input_precision=PREC)
+        dz -= tl.sum(q * dlt[:, None], axis=0)
+        dq = _phi_bwd(q_raw, dq, in_r, offs_d, D, FEATURE)
+        tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_d[None, :] < D))
+    dS_t = tl.trans((dS * scale).to(dt))
+    dS = (dS * scale).to(dt)
+    dz = dz * scale
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+        k_raw = _load_rows(k_ptr, offs, in_r, skl, offs_d, D)
+        k = _phi(k_raw, kk, offs_d, D, FEATURE)
+        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
+                    other=0.0).to(dt)
+        dk = tl.dot(v, dS_t, input_precision=PREC) + dz[None, :]
+        dv = tl.dot(k.to(dt), dS, input_precision=PREC)
+        dk = _phi_bwd(k_raw, dk, kk, offs_d, D, FEATURE)
+        tl.store(DK + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_d[None, :] < D))
+        tl.store(DVV + b * sgvb + h * sgvh + offs[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
+
+
 # ------------------------------------------------------------------------------------------------ launch configs
 def _fwd_configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in [(64, 64, 4, 2), (64, 32, 4, 2), (128, 64, 8, 2), (64, 64, 4, 3), (32, 64, 4, 2),
-                                  (128, 32, 8, 2), (64, 64, 8, 2)]]
+            for bm, bn, w, st in [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)]]
 
 
 def _bwd_configs():
     return [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)
-            for bl, w, st in [(64, 4, 2), (64, 8, 2), (32, 4, 2), (64, 4, 1), (32, 2, 2), (128, 8, 2)]]
+            for bl, w, st in [(64, 4, 2), (32, 4, 2), (64, 8, 2)]]
 
 
 _KEY = ["L", "D", "DV", "NORD", "NATURAL", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
 _fwd = Launcher(_fwd_kernel, _fwd_configs(), _KEY,
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
 _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
+_LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st) for bl, w, st in [(64, 8, 2), (32, 4, 2), (64, 4, 2)]]
+_LIT_KEY = ["L", "D", "DV", "FEATURE", "HAS_KEEP", "PREC"]
+_lit_fwd = Launcher(_lit_fwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
+_lit_bwd = Launcher(_lit_bwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
 
 
 # ------------------------------------------------------------------------------------------------ custom ops
@@ -417,6 +521,68 @@ def _backward(ctx, dy, dden):
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("lion::lit_kv_fwd", mutates_args=())
+def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], scale: float,
+               eps: float, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lit normalised through the d×dv state: y = φ(Q)(φ(K)ᵀV)·scale / (φ(Q)·Σφ(K)·scale + eps); (y, den)."""
+    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    y = _token_major(B, H, L, DV, q, v.dtype)
+    den = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
+                BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
+    _lit_fwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, *q.stride()[:3], *k.stride()[:3],
+             *v.stride()[:3], *y.stride()[:3], H, L, D, DV, scale, eps, **meta)
+    return y, den
+
+
+@lit_kv_fwd.register_fake
+def _(q, k, v, keep, scale, eps, feature):
+    B, H, L, _ = q.shape
+    return _token_major(B, H, L, v.shape[-1], q, v.dtype), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("lion::lit_kv_bwd", mutates_args=())
+def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], y: torch.Tensor,
+               den: torch.Tensor, dy: torch.Tensor, scale: float, eps: float, feature: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    dq, dk = _token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype)
+    dv = _token_major(B, H, L, DV, q, v.dtype)
+    meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
+                BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
+    _lit_bwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, dy, dq, dk, dv,
+             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3],
+             *dk.stride()[:3], *dv.stride()[:3], H, L, D, DV, scale, eps, **meta)
+    return dq, dk, dv
+
+
+@lit_kv_bwd.register_fake
+def _(q, k, v, keep, y, den, dy, scale, eps, feature):
+    B, H, L, D = q.shape
+    return (_token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype),
+            _token_major(B, H, L, v.shape[-1], q, v.dtype))
+
+
+def _lit_setup_context(ctx, inputs, output):
+    q, k, v, keep, scale, eps, feature = inputs
+    ctx.save_for_backward(q, k, v, keep, *output)
+    ctx.args = (scale, eps, feature)
+
+
+def _lit_backward(ctx, dy, dden):
+    q, k, v, keep, y, den = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(y)
+    return (*lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args), None, None, None, None)
+
+
+lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 def _compute_dtype(q, k, v) -> torch.dtype:
     """Under autocast the autocast dtype (as autocast's matmuls would use); else the promoted input dtype."""
@@ -459,19 +625,6 @@ def _gate_inputs(log_a, orders, key_padding_mask, device_type):
         return torch.stack(Ps), torch.stack(Cs), torch.stack(Rs).to(torch.int32)
 
 
-def _lit_kv(q, k, v, scale, eps, keep):
-    """Lit, normalised, no dropout: y = φ(Q)(φ(K)ᵀV) / (φ(Q)·Σφ(K) + eps), O(L·d·dv) instead of O(L²·d)."""
-    from lion.feature_maps import elu_plus_one
-    q, k = elu_plus_one(q), elu_plus_one(k)
-    if keep is not None:
-        k = k * keep[:, None, :, None].to(k.dtype)
-    kv = torch.matmul(k.transpose(-1, -2), v) * scale
-    num = torch.matmul(q, kv)
-    with torch.autocast(device_type=q.device.type, enabled=False):
-        den = torch.einsum("bhld,bhd->bhl", q.float(), k.float().sum(-2)) * scale
-    return (num.float() / (den[..., None] + eps)).to(v.dtype)
-
-
 def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
                     normalize: bool = True, eps: float = 1e-6, key_padding_mask: Optional[torch.Tensor] = None,
                     orders: Optional[Sequence] = None, dropout_p: float = 0.0, lit_kv: Optional[bool] = None
@@ -479,8 +632,8 @@ def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     """The attention form of ``lion.lion_attention`` in one fused kernel per direction of the graph; same
     arguments (``dropout_p`` > 0 means training). q, k, v may be strided views (last dim contiguous).
 
-    ``lit_kv`` (Lit, normalised, no dropout): True forces the KᵀV path, False the L×L kernel; None picks KᵀV
-    when L ≥ head dim."""
+    ``lit_kv`` (M = 1, normalised, no dropout): True forces the KᵀV path (one program per head, O(L·d·dv)),
+    False the L×L kernel; None picks KᵀV when L ≥ head dim."""
     if not (q.is_cuda or INTERPRET):
         raise ValueError("backend='triton' (the fused attention form) needs CUDA tensors, or TRITON_INTERPRET=1 set "
                          f"before triton is imported; got tensors on {q.device}. Use backend='torch' or 'auto' on CPU.")
@@ -490,10 +643,9 @@ def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     P, C, R = _gate_inputs(log_a, orders, key_padding_mask, q.device.type)
     L, D = q.shape[-2], q.shape[-1]
-    if (P is None and normalize and dropout_p == 0.0 and feature_map == "elu_plus_one"
-            and (lit_kv if lit_kv is not None else L >= D)):
-        return _lit_kv(q, k, v, scale, eps, key_padding_mask)
     keep = None if key_padding_mask is None else key_padding_mask.to(torch.bool).contiguous()
+    if P is None and normalize and dropout_p == 0.0 and (lit_kv if lit_kv is not None else L >= D):
+        return lit_kv_fwd(q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])[0]
     seed = None
     if dropout_p > 0.0:
         if not 0.0 < dropout_p < 1.0:
