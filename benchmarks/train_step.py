@@ -74,6 +74,22 @@ def bench_model(build, batch, loss_fn, args) -> float:
         torch.cuda.empty_cache()
 
 
+def profile_step(size: str, variant: str, args, top: int = 25) -> str:
+    """torch.profiler per-kernel table (CUDA time) of one training step of a ViT LION variant after warm-up."""
+    mask_type, order = VARIANTS[variant]
+    model = timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type, order=order).cuda()
+    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (args.batch,), device="cuda")
+    step = train_step_fn(model, (x, y), lambda m, b: F.cross_entropy(m(b[0]).float(), b[1]), args.compile)
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70)
+
+
 def vit_rows(size: str, args, out: dict) -> dict:
     x = torch.randn(args.batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (args.batch,), device="cuda")
@@ -242,12 +258,17 @@ def main():
                     help="attention dropout of the MLM rows (baseline and LION alike)")
     ap.add_argument("--op-lengths", type=int, nargs="+", default=[197, 128])
     ap.add_argument("--no-op", action="store_true", help="skip the op-level timing")
+    ap.add_argument("--profile", default="", choices=["", *VARIANTS],
+                    help="only print the per-kernel profile of one step of this ViT variant (first --sizes)")
     ap.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append to ('' = none)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.profile:
+        print(profile_step(args.sizes[0], args.profile, args), flush=True)
+        return
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
                "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends}
     try:
