@@ -126,12 +126,54 @@ def _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_rows, sdyl, syl, offs_
 
 # ----------------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _fwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN,
-                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl,
+def _load_feat(ptr, bh, L, offs, in_rows, offs_d, D):
+    """Rows of a prepared (B, H, L, D) contiguous tensor (φ(q)·scale, φ(k) or dy/D), in its stored dtype."""
+    base = (bh * L).to(tl.int64)
+    return tl.load(ptr + (base + offs)[:, None] * D + offs_d[None, :], mask=in_rows[:, None] & (offs_d[None, :] < D),
+                   other=0.0)
+
+
+@triton.jit
+def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
+                 sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl,
+                 H, L, D, DV, scale, eps,
+                 FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, WITH_Q: tl.constexpr, WITH_DY: tl.constexpr,
+                 NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Once per token, so that the L×L loops only load: φ(k)·keep → KF; φ(q)·scale → QF (WITH_Q);
+    dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    in_r = offs < L
+    row = (bh * L).to(tl.int64) + offs
+    out_d = in_r[:, None] & (offs_d[None, :] < D)
+    kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+    k = _phi(_load_rows(K + b * skb + h * skh, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
+    tl.store(KF + row[:, None] * D + offs_d[None, :], k.to(KF.dtype.element_ty), mask=out_d)
+    if WITH_Q:
+        q = _phi(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE) * scale
+        tl.store(QF + row[:, None] * D + offs_d[None, :], q.to(QF.dtype.element_ty), mask=out_d)
+    if WITH_DY:
+        dyn, dlt = _dy_rows(DY, Y, DEN, DY + b * sdyb + h * sdyh, Y + b * syb + h * syh, DEN + bh * L, offs, in_r,
+                            sdyl, syl, offs_dv, DV, eps, NORMALIZE)
+        tl.store(DYN + row[:, None] * DV + offs_dv[None, :], dyn.to(DYN.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
+        if NORMALIZE:
+            tl.store(DLT + row, dlt, mask=in_r)
+
+
+@triton.jit
+def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
+                sqb, sqh, sql, svb, svh, svl, syb, syh, syl,
                 H, L, D, DV, scale, eps, dropout_p, inv_keep,
                 NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
-                HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     BHL = tl.num_programs(1) * L
@@ -144,7 +186,7 @@ def _fwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN,
     in_m = offs_m < L
     q = _phi(_load_rows(Q + b * sqb + h * sqh, offs_m, in_m, sql, offs_d, D), in_m, offs_d, D, FEATURE)
     q = (q * scale).to(dt)
-    k_ptr, v_ptr = K + b * skb + h * skh, V + b * svb + h * svh
+    v_ptr = V + b * svb + h * svh
     if DROPOUT:
         seed = tl.load(SEED) + bh
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
@@ -152,8 +194,7 @@ def _fwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN,
     for start_n in range(0, L, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         in_n = offs_n < L
-        kk = _key_keep(KEEP, b, L, offs_n, in_n, HAS_KEEP)
-        k = _phi(_load_rows(k_ptr, offs_n, in_n, skl, offs_d, D), kk, offs_d, D, FEATURE).to(dt)
+        k = _load_feat(KF, bh, L, offs_n, in_n, offs_d, D)
         v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
                     mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
         a = tl.dot(q, tl.trans(k), input_precision=PREC)
@@ -172,17 +213,15 @@ def _fwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN,
              mask=in_m[:, None] & (offs_dv[None, :] < DV))
 
 
-
-
 @triton.jit
-def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
-                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl, sdyb, sdyh, sdyl,
-                sgb, sgh, sgl, sgvb, sgvh, sgvl,
-                H, L, D, DV, scale, eps, dropout_p, inv_keep,
+def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQ, DK, DVV, DP, DC,
+                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
+                H, L, D, DV, scale, dropout_p, inv_keep,
                 NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
                 HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """dq, dk (in the layout sg*), dv (sgv*) and dP, dC (NORD, B, H, L) of the BLOCK tokens of program 0."""
+    """dq, dk (layout sg*), dv (sgv*) and dP, dC (NORD, B, H, L) of the BLOCK tokens of program 0. The loops load
+    the prepared φ(q)·scale, φ(k), dy/D and δ/D (_prep_kernel); raw q, k serve only the φ backward at the end."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     BHL = tl.num_programs(1) * L
@@ -193,16 +232,13 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     in_b = offs_b < L
-    q_ptr, k_ptr, v_ptr = Q + b * sqb + h * sqh, K + b * skb + h * skh, V + b * svb + h * svh
-    y_ptr, dy_ptr, den_ptr = Y + b * syb + h * syh, DY + b * sdyb + h * sdyh, DEN + bh * L
+    v_ptr = V + b * svb + h * svh
     w = 0.5 if NORD == 2 else 1.0
     if DROPOUT:
         seed = tl.load(SEED) + bh
 
     # ---- the block as keys: dk, dv and the column sums of G
-    kk_b = _key_keep(KEEP, b, L, offs_b, in_b, HAS_KEEP)
-    k_raw = _load_rows(k_ptr, offs_b, in_b, skl, offs_d, D)
-    k_b = _phi(k_raw, kk_b, offs_d, D, FEATURE).to(dt)
+    k_b = _load_feat(KF, bh, L, offs_b, in_b, offs_d, D)
     v_b = tl.load(v_ptr + offs_b[:, None] * svl + offs_dv[None, :],
                   mask=in_b[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
     dk = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
@@ -214,9 +250,8 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
     for start_m in range(0, L, BLOCK):
         offs_m = start_m + tl.arange(0, BLOCK)
         in_m = offs_m < L
-        q = (_phi(_load_rows(q_ptr, offs_m, in_m, sql, offs_d, D), in_m, offs_d, D, FEATURE) * scale).to(dt)
-        dyn, dlt = _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs_m, in_m, sdyl, syl, offs_dv, DV, eps, NORMALIZE)
-        dyn = dyn.to(dt)
+        q = _load_feat(QF, bh, L, offs_m, in_m, offs_d, D)
+        dyn = _load_feat(DYN, bh, L, offs_m, in_m, offs_dv, DV)
         s = tl.dot(q, tl.trans(k_b), input_precision=PREC)
         dpv = tl.dot(dyn, tl.trans(v_b), input_precision=PREC)
         a = s
@@ -231,7 +266,7 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
         dv += tl.dot(tl.trans(a_drop.to(dt)), dyn, input_precision=PREC)
         da = dpv
         if NORMALIZE:
-            da = dpv - dlt[:, None]
+            da = dpv - tl.load(DLT + bh * L + offs_m, mask=in_m, other=0.0)[:, None]
         da = tl.where(in_m[:, None] & in_b[None, :], da, 0.0)
         ds = da
         if NORD > 0:
@@ -244,17 +279,18 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
                 clo2 += lo
                 cup2 += up
         dk += tl.dot(tl.trans(ds.to(dt)), q, input_precision=PREC)
-    dk = _phi_bwd(k_raw, dk, kk_b, offs_d, D, FEATURE)
+    kk_b = _key_keep(KEEP, b, L, offs_b, in_b, HAS_KEEP)
+    dk = _phi_bwd(_load_rows(K + b * skb + h * skh, offs_b, in_b, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
     tl.store(DK + b * sgb + h * sgh + offs_b[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
              mask=in_b[:, None] & (offs_d[None, :] < D))
     tl.store(DVV + b * sgvb + h * sgvh + offs_b[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
              mask=in_b[:, None] & (offs_dv[None, :] < DV))
 
     # ---- the block as queries: dq and the row sums of G
-    q_raw = _load_rows(q_ptr, offs_b, in_b, sql, offs_d, D)
-    q_b = (_phi(q_raw, in_b, offs_d, D, FEATURE) * scale).to(dt)
-    dyn, dlt = _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs_b, in_b, sdyl, syl, offs_dv, DV, eps, NORMALIZE)
-    dyn = dyn.to(dt)
+    q_b = _load_feat(QF, bh, L, offs_b, in_b, offs_d, D)
+    dyn = _load_feat(DYN, bh, L, offs_b, in_b, offs_dv, DV)
+    if NORMALIZE:
+        dlt = tl.load(DLT + bh * L + offs_b, mask=in_b, other=0.0)
     dq = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
     rlo = tl.zeros((BLOCK,), dtype=tl.float32)
     rup = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -263,8 +299,7 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
     for start_n in range(0, L, BLOCK):
         offs_n = start_n + tl.arange(0, BLOCK)
         in_n = offs_n < L
-        kk = _key_keep(KEEP, b, L, offs_n, in_n, HAS_KEEP)
-        k = _phi(_load_rows(k_ptr, offs_n, in_n, skl, offs_d, D), kk, offs_d, D, FEATURE).to(dt)
+        k = _load_feat(KF, bh, L, offs_n, in_n, offs_d, D)
         v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
                     mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
         dpv = tl.dot(dyn, tl.trans(v), input_precision=PREC)
@@ -287,6 +322,7 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, Y, DEN, DY, DQ, DK, DVV, DP, DC,
                 rlo2 += lo
                 rup2 += up
         dq += tl.dot(ds.to(dt), k, input_precision=PREC)
+    q_raw = _load_rows(Q + b * sqb + h * sqh, offs_b, in_b, sql, offs_d, D)
     dq = _phi_bwd(q_raw, dq * scale, in_b, offs_d, D, FEATURE)
     tl.store(DQ + b * sgb + h * sgh + offs_b[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=in_b[:, None] & (offs_d[None, :] < D))
@@ -400,21 +436,24 @@ def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
 
 
 # ------------------------------------------------------------------------------------------------ launch configs
+# Register reports (ptxas -v, sm_90, d = 64): every listed config compiles without spills for all flag
+# combinations; the backward at BLOCK 64 with 4 warps spills (1.8 KB for D, 3.7 KB for ♮), so it is not listed.
+# The first entry of each list is the one used without autotuning (LION_TRITON_AUTOTUNE=0, tests).
 def _fwd_configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in [(64, 64, 4, 2), (128, 64, 8, 2), (64, 32, 4, 2)]]
+            for bm, bn, w, st in [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)]]
 
 
 def _bwd_configs():
     return [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)
-            for bl, w, st in [(64, 4, 2), (32, 4, 2), (64, 8, 2)]]
+            for bl, w, st in [(32, 8, 2), (32, 8, 1), (16, 4, 2), (32, 4, 2)]]
 
 
 _KEY = ["L", "D", "DV", "NORD", "NATURAL", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
-_fwd = Launcher(_fwd_kernel, _fwd_configs(), _KEY,
+_fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
 _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
-_LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st) for bl, w, st in [(64, 8, 2), (32, 4, 2), (64, 4, 2)]]
+_LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st) for bl, w, st in [(32, 8, 2), (64, 8, 2), (32, 4, 2)]]
 _LIT_KEY = ["L", "D", "DV", "FEATURE", "HAS_KEEP", "PREC"]
 _lit_fwd = Launcher(_lit_fwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
 _lit_bwd = Launcher(_lit_bwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
@@ -443,6 +482,27 @@ def _ptrs(q, P, C, R, keep, seed, den):
             q if seed is None else seed, q if den is None else den)
 
 
+def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None, eps=0.0, normalize=True,
+             dtype=None):
+    """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel)."""
+    B, H, L, D = q.shape
+    dt = dtype or q.dtype
+    kf = torch.empty(B, H, L, D, device=q.device, dtype=dt)
+    qf = torch.empty_like(kf) if with_q else kf
+    with_dy = dy is not None
+    DV = dy.shape[-1] if with_dy else D
+    dyn = torch.empty(B, H, L, DV, device=q.device, dtype=dt) if with_dy else kf
+    dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
+    y, dy, den = (q if t is None else t for t in (y, dy, den))
+    block = 16 if INTERPRET else 32  # 64 rows with 4 warps spill (ptxas -v, sm_90)
+    _prep_kernel[(triton.cdiv(L, block), B * H)](
+        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, *q.stride()[:3], *k.stride()[:3],
+        *y.stride()[:3], *dy.stride()[:3], H, L, D, DV, scale, eps, FEATURE=feature, HAS_KEEP=keep is not None,
+        WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize, BLOCK=block, BLOCK_D=block_size(D),
+        BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4)
+    return qf, kf, dyn, dlt
+
+
 @torch.library.custom_op("lion::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
                   C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
@@ -457,9 +517,11 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
     y = _token_major(B, H, L, DV, q, v.dtype)
     den = torch.empty((B, H, L) if normalize else (0,), device=q.device, dtype=torch.float32)
     meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
-    Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, None)
+    del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
+    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype)
+    Pp, Cp, Rp, _, Sp, _ = _ptrs(q, P, C, R, keep, seed, None)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
-    _fwd(grid, q, k, v, Pp, Cp, Rp, Kp, Sp, y, den, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
+    _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return y, den
 
@@ -485,11 +547,12 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
     g_shape = P.shape if P is not None else (0,)
     dP, dC = (torch.empty(g_shape, device=q.device, dtype=torch.float32) for _ in range(2))
     meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
-    Pp, Cp, Rp, Kp, Sp, Dp = _ptrs(q, P, C, R, keep, seed, den)
+    qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype)
+    Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, den)
     grid = lambda m: (triton.cdiv(L, m["BLOCK"]), B * H)  # noqa: E731
-    _bwd(grid, q, k, v, Pp, Cp, Rp, Kp, Sp, y, Dp, dy, dq, dk, dv, dP, dC,
-         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3],
-         *dk.stride()[:3], *dv.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
+    _bwd(grid, q, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dq, dk, dv, dP, dC,
+         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+         H, L, D, DV, scale, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return dq, dk, dv, dP, dC
 
 
