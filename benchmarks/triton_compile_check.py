@@ -67,14 +67,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--regs", action="store_true", help="print ptxas' register and spill report of every variant")
     args = ap.parse_args()
-    n = 0
+    n, failed = 0, []
     for name, kernel, consts, warps in variants():
-        compiled = compile_kernel(kernel, consts, warps)
+        flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
+        try:
+            compiled = compile_kernel(kernel, consts, warps)
+        except Exception as err:  # report every failing variant, not only the first
+            failed.append(f"{name} warps={warps} {flags}: {type(err).__name__}")
+            continue
         n += 1
         if args.regs:
-            flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
             print(f"{name} warps={warps} {flags}: {ptxas_report(compiled)}")
-    print(f"compiled {n} kernel variants for sm_90")
+    print(f"compiled {n} kernel variants for sm_90" + (f"; {len(failed)} failed:\n" + "\n".join(failed) if failed else ""))
+    raise SystemExit(1 if failed else 0)
 
 
 if __name__ == "__main__":
