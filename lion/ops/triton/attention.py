@@ -437,7 +437,7 @@ def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
 
 # ------------------------------------------------------------------------------------------------ launch configs
 # Register reports (benchmarks/triton_compile_check.py --regs: ptxas -v, sm_90, d = 64): the listed forward
-# configs never spill; the backward at BLOCK 32 with 8 warps spills at most 8 bytes (♮ only), while BLOCK 64
+# configs never spill; the backward at BLOCK 32 with 8 warps spills at most 32 bytes, while BLOCK 64
 # with 4 warps spilled 1.8 KB (D) to 3.7 KB (♮) and BLOCK 32 with 4 warps up to 136 bytes, so those are not listed.
 # The first entry of each list is the one used without autotuning (LION_TRITON_AUTOTUNE=0, tests).
 def _fwd_configs():
