@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean
+.PHONY: install test test-triton demo clean
 
 install: $(STAMP)
 
@@ -14,7 +14,13 @@ $(STAMP): requirements.txt pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not triton" tests
+	$(MAKE) test-triton
+
+# Fused Triton kernels on the CPU (TRITON_INTERPRET=1 must be set before triton is imported); on a GPU machine
+# `pytest -m triton` runs the same tests plus the model-shape cases on CUDA.
+test-triton: install
+	TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m triton -W ignore::DeprecationWarning tests
 
 # Vision demo: a small LION-D trained on the embedded Fashion-MNIST subset (3000 train / 1000 val images), on CPU.
 VISION_DEMO_FLAGS := --model lion_tiny_patch16_224 --model-kwargs patch_size=7 depth=4 embed_dim=96 num_heads=3 \

@@ -24,17 +24,19 @@ def sweep(tokens: int, H: int, D: int, lengths, json_path: str = "") -> dict:
     import triton.testing
 
     import lion
-    from lion.ops.triton import attention_sums
+    from lion.ops.triton.attention import fused_attention
     out = {"tokens": tokens, "heads": H, "dim": D, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "ms": {name: {} for name in STYLE}}
     for L in lengths:
         B = max(1, tokens // L)
-        q, k, v = (torch.rand(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+        q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
         grad = torch.randn_like(q)
+        kw = dict(scale=D ** -0.5)  # raw q, k: the fused op applies φ in-kernel, as the models call it
         fns = {"SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-               "LION-Lit": lambda: attention_sums(q, k, v, None, D ** -0.5, True)[0],
-               "LION-D": lambda: attention_sums(q, k, v, lion.decay_log_gates(a, L, B), D ** -0.5, True)[0],
-               "LION-S": lambda: attention_sums(q, k, v, F.logsigmoid(z), D ** -0.5, True)[0]}
+               "LION-Lit": lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **kw),
+               "LION-D": lambda: fused_attention(q, k, v, lion.decay_log_gates(a, L, B), feature_map="normalized_silu",
+                                                 **kw),
+               "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw)}
         a = torch.randn(H, device="cuda", requires_grad=True)
         z = torch.randn(B, H, L, device="cuda", requires_grad=True)
         for name, fn in fns.items():

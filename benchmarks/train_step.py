@@ -1,13 +1,14 @@
 """Full training step (forward, backward, AdamW) of LION against softmax (SDPA) baselines, side by side.
 
-ViT-S/B: the five LION variants (Lit, D, S, D♮, S♮) against timm's deit_{small,base}_patch16_224; BERT-base MLM
-(lion-lit, lion-d, lion-s) against our softmax BERT (arch_type 'attention'), when mlm.src.bert_layers imports.
-bf16 autocast, random data, median of the timed steps after warm-up. Also times the attention op alone at ViT-B
-shapes (fused LION kernels vs SDPA) and the bf16 matmul rate of the same GPU, and appends a section with the
-ratio table to a results file.
+The user's path: timm.create_model('lion_{small,base}_patch16_224', mask_type=..., order=...) for the five LION
+variants (Lit, D, S, D♮, S♮) against timm's deit_{small,base}_patch16_224; BERT-base MLM (LionBertForMaskedLM,
+lion-lit, lion-d, lion-s) against our softmax BERT (arch_type 'attention', SDPA), each with attention dropout 0.1
+and 0. fp32 weights under bf16 autocast, fused AdamW, random data, median of the timed steps after warm-up;
+eager or --compile (regional: every block .compile()d, baselines too). Also times the attention op alone
+(fused LION vs SDPA, B=128 H=12 d=64, L=197 and 128) with its TFLOP/s and the bf16 matmul rate of the same run.
 
-    python benchmarks/train_step.py [--sizes small base] [--batch 128] [--backend auto] [--compile]
-                                    [--results benchmarks/RESULTS.md] [--json out.json]
+    python benchmarks/train_step.py [--sizes small base] [--variants Lit D S] [--compile] [--no-mlm] [--no-op]
+                                    [--mlm-dropout 0.1 0.0] [--results benchmarks/RESULTS.md] [--json out.json]
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ import datetime
 import gc
 import json
 import signal
-import statistics
 import sys
 import traceback
 
@@ -26,28 +26,18 @@ import torch.nn.functional as F
 
 import image_classification.models_lion  # noqa: F401  (registers lion_* in timm)
 import lion
+from benchmarks.timing import median_ms
 
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
 MLM_ARCHS = {"Lit": "lion-lit", "D": "lion-d", "S": "lion-s"}
 TARGETS = {"Lit": 0.90, "D": 1.00, "S": 1.10, "D♮": 1.15, "S♮": 1.25}
 MLM_TARGETS = {"Lit": 0.95, "D": 1.00, "S": 1.10}
+OP_TARGETS = {"LION-Lit": 0.80, "LION-D": 1.00, "LION-S": 1.00}
 
 
 def time_steps(step, warmup: int, steps: int) -> float:
-    """Median milliseconds of ``steps`` calls after ``warmup`` calls, each timed with CUDA events."""
-    for _ in range(warmup):
-        step()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(steps):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        step()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return median_ms(step, warmup=warmup, reps=steps)
 
 
 def compile_blocks(model) -> None:
@@ -82,6 +72,22 @@ def bench_model(build, batch, loss_fn, args) -> float:
         del model
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def profile_step(size: str, variant: str, args, top: int = 25) -> str:
+    """torch.profiler per-kernel table (CUDA time) of one training step of a ViT LION variant after warm-up."""
+    mask_type, order = VARIANTS[variant]
+    model = timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type, order=order).cuda()
+    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (args.batch,), device="cuda")
+    step = train_step_fn(model, (x, y), lambda m, b: F.cross_entropy(m(b[0]).float(), b[1]), args.compile)
+    for _ in range(args.warmup):
+        step()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70)
 
 
 def vit_rows(size: str, args, out: dict) -> dict:
@@ -123,20 +129,21 @@ def mlm_rows(args, out: dict) -> dict | None:
     def loss_fn(model, b):
         return model(input_ids=b[0], attention_mask=b[2], labels=b[1]).loss
 
-    def build(arch):
-        cfg = LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"), attention_probs_dropout_prob=0.0)
+    def build(arch, p):  # default config, attention dropout set explicitly
+        cfg = LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"), attention_probs_dropout_prob=p)
         return LionBertForMaskedLM(cfg)
 
-    ms = out
-    ms["BERT"] = bench_model(lambda: build("attention"), (ids, labels, mask), loss_fn, args)
-    print(f"  BERT-base softmax (SDPA): {ms['BERT']:.2f} ms", flush=True)
-    for name, arch in MLM_ARCHS.items():
-        try:
-            ms[name] = bench_model(lambda: build(arch), (ids, labels, mask), loss_fn, args)
-            print(f"  BERT-base {arch}: {ms[name]:.2f} ms ({ms[name] / ms['BERT']:.2f}x)", flush=True)
-        except Exception:
-            traceback.print_exc()
-    return ms
+    for p in args.mlm_dropout:
+        ms = out.setdefault(f"p={p}", {})
+        ms["BERT"] = bench_model(lambda: build("attention", p), (ids, labels, mask), loss_fn, args)
+        print(f"  BERT-base softmax (SDPA), attention dropout {p}: {ms['BERT']:.2f} ms", flush=True)
+        for name, arch in MLM_ARCHS.items():
+            try:
+                ms[name] = bench_model(lambda: build(arch, p), (ids, labels, mask), loss_fn, args)
+                print(f"  BERT-base {arch}, dropout {p}: {ms[name]:.2f} ms ({ms[name] / ms['BERT']:.2f}x)", flush=True)
+            except Exception:
+                traceback.print_exc()
+    return out
 
 
 def matmul_tflops() -> float:
@@ -145,28 +152,39 @@ def matmul_tflops() -> float:
     return 2 * 8192 ** 3 / ms / 1e9
 
 
-def op_rows(B=128, H=12, L=197, D=64) -> dict:
-    """fwd and fwd+bwd of the attention op alone (ViT-B shapes, bf16), with TFLOP/s counted as for
-    FlashAttention: forward 4·B·H·L²·D (two matmuls), backward 2.5× that (recompute + four matmuls)."""
-    from lion.ops.triton import attention_sums
+def op_rows(L: int, B=128, H=12, D=64) -> dict:
+    """fwd and fwd+bwd of the attention op alone as the models call it (q, k, v strided views of one qkv tensor,
+    raw: LION applies φ in-kernel), bf16. TFLOP/s counted as for FlashAttention: forward 4·B·H·L²·D, fwd+bwd 3.5×."""
+    from lion.ops.triton.attention import fused_attention
     dev, dt = "cuda", torch.bfloat16
-    q, k, v = (torch.rand(B, H, L, D, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
-    gates = {"Lit": None, "D": lion.decay_log_gates(torch.randn(H, device=dev), L, B),
-             "S": F.logsigmoid(torch.randn(B, H, L, device=dev))}
+    qkv = torch.randn(B, L, 3, H, D, device=dev, dtype=dt).permute(2, 0, 3, 1, 4)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
+    a = torch.randn(H, device=dev, requires_grad=True)
+    z = torch.randn(B, L, H, device=dev, requires_grad=True)
+    perms = [torch.randperm(L, device=dev) for _ in range(2)]
     flops_fwd = 4 * B * H * L * L * D
+    lion_kw = dict(scale=D ** -0.5)
+    fns = {"SDPA": (lambda: F.scaled_dot_product_attention(q, k, v), (q, k, v)),
+           "LION-Lit (KᵀV)": (lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **lion_kw), (q, k, v)),
+           "LION-Lit (L² kernel)": (lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", lit_kv=False,
+                                                              **lion_kw), (q, k, v)),
+           "LION-D": (lambda: fused_attention(q, k, v, lion.decay_log_gates(a, L, B), feature_map="normalized_silu",
+                                              **lion_kw), (q, k, v, a)),
+           "LION-S": (lambda: fused_attention(q, k, v, lion.selective_log_gates(z), feature_map="normalized_silu",
+                                              **lion_kw), (q, k, v, z)),
+           "LION-D♮": (lambda: fused_attention(q, k, v, orders=[(p, lion.decay_log_gates(a, L, B)) for p in perms],
+                                               feature_map="normalized_silu", **lion_kw), (q, k, v, a)),
+           "LION-S♮": (lambda: fused_attention(q, k, v, orders=[(p, lion.selective_log_gates(z[:, p])) for p in perms],
+                                               feature_map="normalized_silu", **lion_kw), (q, k, v, z))}
     rows = {}
-
-    def sdpa():
-        return F.scaled_dot_product_attention(q, k, v)
-
-    fns = {"SDPA": sdpa}
-    for name, la in gates.items():
-        fns[f"LION-{name}"] = (lambda la=la: attention_sums(q, k, v, la, D ** -0.5, True)[0])
-    fns["LION-Lit (kernel)"] = lambda: attention_sums(q, k, v, None, D ** -0.5, True, lit_kv=False)[0]
-    for name, fn in fns.items():
-        grad = torch.randn(B, H, L, D, device=dev, dtype=dt)
-        fwd = time_steps(lambda: fn(), 5, 30)
-        fb = time_steps(lambda: torch.autograd.grad(fn(), (q, k, v), grad), 5, 30)
+    grad = torch.randn(B, H, L, D, device=dev, dtype=dt)
+    for name, (fn, leaves) in fns.items():
+        try:
+            fwd = time_steps(lambda: fn(), 5, 30)
+            fb = time_steps(lambda: torch.autograd.grad(fn(), leaves, grad), 5, 30)
+        except Exception:
+            traceback.print_exc()
+            continue
         rows[name] = dict(fwd_ms=fwd, fwd_bwd_ms=fb, fwd_tflops=flops_fwd / fwd / 1e9,
                           fwd_bwd_tflops=3.5 * flops_fwd / fb / 1e9)
     return rows
@@ -182,12 +200,14 @@ def ratio_table(results: dict) -> str:
         cells = [f"{ms[n] / ms['DeiT']:.2f}" if n in ms else "–" for n in names]
         lines.append(f"| ViT-{size[0].upper()} (DeiT {ms['DeiT']:.1f} ms) | " + " | ".join(cells) + " |")
     lines.append("| target | " + " | ".join(f"≤ {TARGETS[n]:.2f}" for n in names) + " |")
-    mlm = results.get("mlm")
-    if mlm and "BERT" in mlm:
-        lines += ["", "| MLM train step / softmax BERT | Lit | D | S |", "|---|---|---|---|",
-                  f"| BERT-base, seq 128 (BERT {mlm['BERT']:.1f} ms) | "
-                  + " | ".join(f"{mlm[n] / mlm['BERT']:.2f}" if n in mlm else "–" for n in MLM_ARCHS) + " |",
-                  "| target | " + " | ".join(f"≤ {MLM_TARGETS[n]:.2f}" for n in MLM_ARCHS) + " |"]
+    mlm = results.get("mlm") or {}
+    rows = [(p, ms) for p, ms in mlm.items() if "BERT" in ms]
+    if rows:
+        lines += ["", "| MLM train step / softmax BERT | Lit | D | S |", "|---|---|---|---|"]
+        lines += [f"| BERT-base seq 128, attention dropout {p[2:]} (BERT {ms['BERT']:.1f} ms) | "
+                  + " | ".join(f"{ms[n] / ms['BERT']:.2f}" if n in ms else "–" for n in MLM_ARCHS) + " |"
+                  for p, ms in rows]
+        lines.append("| target | " + " | ".join(f"≤ {MLM_TARGETS[n]:.2f}" for n in MLM_ARCHS) + " |")
     extra = [(size, k) for size, ms in results.get("vit", {}).items() if "DeiT" in ms for k in ms if "[" in k]
     if extra:
         lines += ["", "Other backends (ms, ratio to DeiT): " + ", ".join(
@@ -201,13 +221,18 @@ def op_table(results: dict) -> str:
     if not ops:
         return ""
     mm = results.get("matmul_tflops", float("nan"))
-    lines = [f"Attention op alone, B=128 H=12 L=197 d=64 bf16 (bf16 matmul 8192³ in this run: {mm:.0f} TFLOP/s):", "",
-             "| op | fwd ms | fwd+bwd ms | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd+bwd / matmul rate |",
-             "|---|---|---|---|---|---|"]
-    for name, r in ops.items():
-        lines.append(f"| {name} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_tflops']:.0f} | "
-                     f"{r['fwd_bwd_tflops']:.0f} | {r['fwd_bwd_tflops'] / mm:.0%} |")
-    lines.append("(Lit's default path is KᵀV, O(L·d²): its TFLOP/s are counted as if it did the L² work.)")
+    lines = [f"Attention op alone, B=128 H=12 d=64 bf16, q/k/v strided views of one qkv tensor (bf16 matmul 8192³ in "
+             f"this run: {mm:.0f} TFLOP/s):", "",
+             "| L | op | fwd ms | fwd+bwd ms | fwd+bwd / SDPA | target | fwd TFLOP/s | fwd+bwd TFLOP/s | of matmul rate |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for L, rows in ops.items():
+        sdpa = rows.get("SDPA", {}).get("fwd_bwd_ms", float("nan"))
+        for name, r in rows.items():
+            target = OP_TARGETS.get(name.split(" ")[0], "")
+            lines.append(f"| {L} | {name} | {r['fwd_ms']:.3f} | {r['fwd_bwd_ms']:.3f} | {r['fwd_bwd_ms'] / sdpa:.2f} | "
+                         f"{'≤ ' + format(target, '.2f') if target else ''} | {r['fwd_tflops']:.0f} | "
+                         f"{r['fwd_bwd_tflops']:.0f} | {r['fwd_bwd_tflops'] / mm:.0%} |")
+    lines.append("(Lit's KᵀV path is O(L·d²): its TFLOP/s are counted as if it did the L² work.)")
     return "\n".join(lines)
 
 
@@ -228,27 +253,36 @@ def main():
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile every transformer block (regional compilation; baselines too)")
     ap.add_argument("--no-mlm", action="store_true")
+    ap.add_argument("--no-vit", action="store_true")
+    ap.add_argument("--mlm-dropout", type=float, nargs="+", default=[0.1, 0.0],
+                    help="attention dropout of the MLM rows (baseline and LION alike)")
+    ap.add_argument("--op-lengths", type=int, nargs="+", default=[197, 128])
     ap.add_argument("--no-op", action="store_true", help="skip the op-level timing")
+    ap.add_argument("--profile", default="", choices=["", *VARIANTS],
+                    help="only print the per-kernel profile of one step of this ViT variant (first --sizes)")
     ap.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append to ('' = none)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.profile:
+        print(profile_step(args.sizes[0], args.profile, args), flush=True)
+        return
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
                "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends}
     try:
         results["matmul_tflops"] = matmul_tflops()
         print(f"bf16 matmul 8192³: {results['matmul_tflops']:.0f} TFLOP/s", flush=True)
         if not args.no_op:
-            results["op"] = op_rows()
+            results["op"] = {L: op_rows(L) for L in args.op_lengths}
             print(op_table(results), flush=True)
     except Exception:
         traceback.print_exc()
     results["vit"] = {}
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout` still gets the table of what was measured
     try:
-        for size in args.sizes:
+        for size in ([] if args.no_vit else args.sizes):
             vit_rows(size, args, results["vit"].setdefault(size, {}))
         if not args.no_mlm:
             results["mlm"] = {}

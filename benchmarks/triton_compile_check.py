@@ -1,56 +1,84 @@
-"""Compiles every variant of the fused kernels for a GPU target without a GPU (Triton's bundled ptxas).
+"""Compiles every variant of the fused attention kernels for sm_90 without a GPU and reports registers and spills
+(Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
+configs spill (the config lists in lion/ops/triton/attention.py keep only spill-free ones).
 
-Catches what the CPU interpreter accepts but the compiler refuses. Run it with the Triton version of the GPU machine
-(e.g. ``pip install --target t36 --no-deps triton==3.6.0; PYTHONPATH=t36:. python benchmarks/triton_compile_check.py``):
-
-    python benchmarks/triton_compile_check.py [--arch 90]
+    python benchmarks/triton_compile_check.py [--regs]
 """
 import argparse
 import itertools
+import os
+import subprocess
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from lion.ops.triton import kernels
+from lion.ops.triton import attention as A
 
-KERNELS = [(kernels.fwd_kernel, 7), (kernels.bwd_kv_kernel, 11), (kernels.bwd_q_kernel, 12)]  # (kernel, #pointers)
-Q_LIKE = ("Q", "K", "DQ", "DK")
-V_LIKE = ("V", "NUM", "DO", "DVV")
+BF, F32 = "*bf16", "*fp32"
+POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
+                DY=BF, DYN=BF, DLT=F32, DQ=BF, DK=BF, DVV=BF, DP=F32, DC=F32)
+FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
+TARGET = GPUTarget("cuda", 90, 32)
 
 
-def signature(kern, n_ptr, consts, v_dtype, q_dtype):
-    sig = {}
-    for i, name in enumerate(kern.arg_names):
-        if name in consts:
-            sig[name] = "constexpr"
-        elif i < n_ptr:
-            sig[name] = "*" + (q_dtype if name in Q_LIKE else v_dtype if name in V_LIKE else "fp32")
-        else:
-            sig[name] = "fp32" if name == "scale" else "i32"
-    return sig
+def compile_kernel(kernel, consts, num_warps):
+    sig = {n: "constexpr" if n in consts else POINTERS.get(n, "fp32" if n in FLOATS else "i32")
+           for n in kernel.arg_names}
+    return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
+                          options=dict(num_warps=num_warps, num_stages=2))
+
+
+def ptxas_report(compiled) -> str:
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    try:
+        out = subprocess.run([ptxas, "-v", "--gpu-name", "sm_90a", f.name, "-o", os.devnull], capture_output=True,
+                             text=True).stderr
+    finally:
+        os.unlink(f.name)
+    return " ".join(line.split("info    :")[-1].strip() for line in out.splitlines() if "spill" in line or "Used" in line)
+
+
+def variants():
+    dims = dict(PREC="tf32", BLOCK_D=64, BLOCK_DV=64)
+    for nord, natural, feature, normalize, drop in itertools.product([0, 1, 2], [True, False], [1, 2], [True, False],
+                                                                     [False, True]):
+        if nord == 0 and not natural:
+            continue
+        c = dict(dims, NORD=nord, NATURAL=natural, FEATURE=feature, NORMALIZE=normalize, DROPOUT=drop)
+        for cfg in A._fwd_configs():
+            yield "fwd", A._fwd_kernel, dict(c, **cfg.kwargs), cfg.num_warps
+        for cfg in A._bwd_configs():
+            yield "bwd", A._bwd_kernel, dict(c, HAS_KEEP=True, **cfg.kwargs), cfg.num_warps
+    for feature, keep in itertools.product([1, 2], [True, False]):
+        for cfg in A._LIT_CONFIGS:
+            for name in ("lit_fwd", "lit_bwd"):
+                yield name, getattr(A, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **cfg.kwargs), \
+                    cfg.num_warps
+    for wq, wdy, norm in itertools.product([True, False], repeat=3):
+        yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm, BLOCK=32,
+                                           BLOCK_D=64, BLOCK_DV=64), 4
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--regs", action="store_true", help="print ptxas' register and spill report of every variant")
     args = ap.parse_args()
-    target = GPUTarget("cuda", args.arch, 32)
-    failed = 0
-    for (kern, n_ptr), has_mask, has_dden, v_dtype, q_dtype in itertools.product(
-            KERNELS, [True, False], [True, False], ["bf16", "fp32"], ["fp32", "bf16"]):
-        consts = dict(HAS_MASK=has_mask, PREC="ieee" if v_dtype == "fp32" else "tf32", BLOCK_M=64, BLOCK_N=32,
-                      BLOCK_D=64, BLOCK_DV=64)
-        if "HAS_DDEN" in kern.arg_names:
-            consts["HAS_DDEN"] = has_dden
-        src = ASTSource(fn=kern, signature=signature(kern, n_ptr, consts, v_dtype, q_dtype),
-                        constexprs={(kern.arg_names.index(k),): v for k, v in consts.items()})
+    n, failed = 0, []
+    for name, kernel, consts, warps in variants():
+        flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
         try:
-            triton.compile(src, target=target)
-        except Exception as e:  # report every failing variant, not just the first
-            failed += 1
-            print(f"FAILED {kern.__name__} mask={has_mask} dden={has_dden} v={v_dtype} q={q_dtype}: {e}")
-    print(f"triton {triton.__version__}, sm_{args.arch}: {'all variants compile' if not failed else f'{failed} failed'}")
+            compiled = compile_kernel(kernel, consts, warps)
+        except Exception as err:  # report every failing variant, not only the first
+            failed.append(f"{name} warps={warps} {flags}: {type(err).__name__}")
+            continue
+        n += 1
+        if args.regs:
+            print(f"{name} warps={warps} {flags}: {ptxas_report(compiled)}")
+    print(f"compiled {n} kernel variants for sm_90" + (f"; {len(failed)} failed:\n" + "\n".join(failed) if failed else ""))
     raise SystemExit(1 if failed else 0)
 
 

@@ -10,7 +10,6 @@ the sums are taken in each order, mapped back, averaged, then normalised (docs/l
 """
 from __future__ import annotations
 
-import importlib
 import logging
 from typing import Optional, Sequence
 
@@ -24,18 +23,22 @@ from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
 logger = logging.getLogger(__name__)
 
+try:  # fused Triton kernels. attention form: forward and backward (training); chunk and RNN forms: forward only
+    from lion.ops.triton.attention import fused_attention
+    from lion.ops.triton.chunk import chunk_attention
+    from lion.ops.triton.recurrent import recurrent_attention
+except ImportError as err:  # no triton: the torch forms serve every call
+    logger.debug("fused kernels unavailable: %s", err)
+    fused_attention = chunk_attention = recurrent_attention = None
+
 FORMS = ("attention", "rnn", "chunk")
 BACKENDS = ("auto", "torch", "triton")
 
-# Fused GPU kernels register here, per form. 'attention': fn(q, k, v, log_a, scale, with_den, chunk_size) ->
-# (num, den), the contract of the torch forms in lion.ops. 'chunk' and 'rnn' (inference only): the whole operator,
-# fn(q, k, v, log_a, *, feature_map, scale, normalize, eps, key_padding_mask, orders, chunk_size) -> y.
-FUSED: dict = {}
 _default_backend = "auto"
 
 
 def set_backend(backend: str) -> None:
-    """Process-wide default: 'auto' (fused kernels on CUDA where registered, torch elsewhere), 'torch', 'triton'."""
+    """Process-wide default: 'auto' (fused kernels on CUDA, torch elsewhere), 'torch', 'triton'."""
     global _default_backend
     _default_backend = _check_backend(backend)
 
@@ -46,16 +49,15 @@ def _check_backend(backend: str) -> str:
     return backend
 
 
-def _fused_kernel(form: str, q: torch.Tensor, backend: Optional[str]):
+def _use_fused(q: torch.Tensor, backend: Optional[str], available: bool, form: str) -> bool:
     backend = _check_backend(backend or _default_backend)
     if backend == "torch":
-        return None
-    fn = FUSED.get(form)
+        return False
     if backend == "triton":
-        if fn is None:
-            raise ValueError(f"backend='triton' but no fused kernel is registered for form {form!r}")
-        return fn
-    return fn if q.is_cuda else None
+        if not available:
+            raise ValueError(f"backend='triton' but no fused kernel is available for form {form!r} (is triton installed?)")
+        return True
+    return available and q.is_cuda
 
 
 _ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
@@ -68,15 +70,17 @@ def canonical_form(form: str) -> str:
     return _ALIASES[key]
 
 
-def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training, backend=None):
-    fused = None if (dropout_p > 0.0 and training or form != "attention") else _fused_kernel(form, q, backend)
-    if fused is not None:
-        return fused(q, k, v, log_a, scale, with_den, chunk_size)
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training):
+    """The torch forms (lion.ops): (num, den)."""
     if form == "attention":
         return naive_sums(q, k, v, log_a, scale, with_den, dropout_p, training)
     if form == "rnn":
         return recurrent_sums(q, k, v, log_a, scale, with_den)
-    return chunk_sums(q, k, v, log_a, scale, chunk_size, with_den)
+    return chunk_sums(q, k, v, log_a, scale, 32 if chunk_size is None else chunk_size, with_den)
 
 
 def lion_attention(
@@ -104,22 +108,28 @@ def lion_attention(
 
     key_padding_mask: (B, L) bool, True for real tokens. Padded keys are dropped and their gates set to 1,
     so padded positions never influence real ones, whatever their content or place.
-    chunk_size: None lets the fused kernels pick one for the length (the torch chunk form then uses 32).
+    chunk_size: None lets the fused chunk kernel pick one for the length (the torch chunk form then uses 32).
     Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
-    backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'.
+    backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'. The attention form's
+    fused kernels (lion.ops.triton.attention) apply φ, the mask, padding, dropout and the normalisation in-kernel
+    and return y as a view of a (B, L, H, dv) buffer. The chunk and RNN forms have forward-only kernels
+    (lion.ops.triton.chunk / .recurrent), used when no gradient is needed; otherwise their torch forms run.
     """
     form = canonical_form(form)
     check_chunk_size(chunk_size)
-    if form != "attention" and not (dropout_p > 0.0 and training):  # fused inference kernels: the whole operator
-        fused = _fused_kernel(form, q, backend)
-        gates = [log_a] + [la for _, la in orders or ()]
-        if fused is not None and not (torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad for t in (q, k, v, *gates))):
-            return fused(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
-                         key_padding_mask=key_padding_mask, orders=orders, chunk_size=chunk_size)
+    if feature_map is not None and feature_map not in FEATURE_MAPS:
+        raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
+    if form == "attention" and _use_fused(q, backend, fused_attention is not None, form):
+        return fused_attention(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
+                               key_padding_mask=key_padding_mask, orders=orders,
+                               dropout_p=dropout_p if training else 0.0)
+    if form != "attention":
+        kernel = chunk_attention if form == "chunk" else recurrent_attention
+        if not _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \
+                _use_fused(q, backend, kernel is not None, form):
+            return kernel(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
+                          key_padding_mask=key_padding_mask, orders=orders, chunk_size=chunk_size)
     if feature_map is not None:
-        if feature_map not in FEATURE_MAPS:
-            raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
         phi = FEATURE_MAPS[feature_map]
         q, k = phi(q), phi(k)
     if key_padding_mask is not None:
@@ -127,14 +137,17 @@ def lion_attention(
         k = k * keep
         if orders is None and log_a is not None:
             log_a = log_a.masked_fill(~key_padding_mask[:, None, :], 0.0)
+        elif orders is not None:
+            orders = [(p, None if la is None else la.masked_fill(~key_padding_mask[:, p][:, None, :], 0.0))
+                      for p, la in orders]
     if orders is None:
-        num, den = _sums(q, k, v, log_a, scale, form, chunk_size, normalize, dropout_p, training, backend)
+        num, den = _sums(q, k, v, log_a, scale, form, chunk_size, normalize, dropout_p, training)
     else:
         num = den = 0
         for perm, la in orders:
             inv = inverse_permutation(perm)
             n, d = _sums(q[:, :, perm], k[:, :, perm], v[:, :, perm], la, scale, form, chunk_size,
-                         normalize, dropout_p, training, backend)
+                         normalize, dropout_p, training)
             num = num + n[:, :, inv]
             den = den + d[..., inv] if normalize else None
         num = num / len(orders)
@@ -145,18 +158,3 @@ def lion_attention(
     if not (torch.is_grad_enabled() and num.requires_grad):  # inference: no fp32 copy of num (same math)
         return num.div_(den)
     return (upcast(num) / den).to(v.dtype)
-
-
-def _register_fused_kernels() -> None:
-    """Import the Triton packages, which fill FUSED (attention form: lion.ops.triton; chunk and RNN forms:
-    lion.ops.triton.chunk, lion.ops.triton.recurrent). Without triton the torch forms serve every call."""
-    for name in ("lion.ops.triton", "lion.ops.triton.chunk", "lion.ops.triton.recurrent"):
-        try:
-            importlib.import_module(name)
-        except ImportError as err:
-            logger.debug("fused kernels of %s unavailable: %s", name, err)
-        except Exception as err:  # a broken triton install must not break the torch forms
-            logger.warning("fused kernels of %s failed to load (%s); using the torch forms", name, err)
-
-
-_register_fused_kernels()

@@ -1,12 +1,3 @@
-"""Fused Triton kernels for training (attention form). Registers ``lion.attention.FUSED['attention']`` when
-triton is importable; lion.attention then uses it for backend 'triton', and for 'auto' on CUDA tensors."""
-import importlib.util
-
-__all__ = []
-
-if importlib.util.find_spec("triton") is not None:
-    from lion.attention import FUSED
-    from lion.ops.triton.attention import attention_sums, lit_kv_sums
-
-    FUSED["attention"] = attention_sums
-    __all__ = ["attention_sums", "lit_kv_sums"]
+"""Triton kernels by form. attention.py: the fused attention form for training (forward and backward);
+utils.py: helpers shared by the kernels (interpreter detection, tile-size selection).
+lion.attention imports the kernels it dispatches to directly."""

@@ -1,147 +1,737 @@
-"""The fused attention form as torch custom ops (opaque to torch.compile, differentiable in q, k, v and log a).
+"""Fused attention form of LION for training (docs/lion.md §1–2): one Triton kernel forward, one backward.
 
-``attention_sums`` follows the FUSED contract of lion.attention: (q, k, v, log_a, scale, with_den, chunk_size)
--> (num, den). Lit (log_a None) takes the K^T V path, num = scale·Q (Kᵀ V), whenever L ≥ head dim: it needs
-no L×L work at all. Masked forms take the Triton kernels of lion.ops.triton.kernels; the prefix sums P, C of
-the log gates are formed here in torch, so autograd turns the kernels' dP, dC into d log a (reverse cumsums;
-for LION-D the expand of the per-head parameter is reduced by autograd too).
+Per head, with φ the feature map (applied to the raw q, k on load and recomputed in the backward):
+
+    A_ij = scale·(φ(q_i)·φ(k_j))·M_ij·keep_j,   y_i = Σ_j drop(A)_ij v_j / (Σ_j A_ij + eps)   (normalize)
+                                                y_i = Σ_j drop(A)_ij v_j                      (otherwise)
+
+M for one token order with ranks r (position in that order) and prefix sums P (exclusive), C (inclusive) of the
+log gates taken in that order, all indexed by natural token position:
+
+    M_ij = exp(P_i − P_j) if r_i ≥ r_j,   exp(C_j − C_i) otherwise.
+
+The ♮ variants average two orders, M = ½(M_s + M_sr), evaluated in natural order: no gathers of q, k, v, y.
+Dropout (counter-based, regenerated in the backward) acts on A in the numerator only.
+
+Backward, with D_i = den_i + eps, δ_i = dy_i·y_i and ρ the dropout keep/(1−p) factor:
+    dA_ij = (ρ_ij dy_i·v_j − δ_i)/D_i        (normalize; else ρ_ij dy_i·v_j)
+    dv_j = Σ_i ρ_ij A_ij dy_i / D_i,   dφk_j = Σ_i dA_ij M_ij scale·φ(q_i),   dφq_i = scale Σ_j dA_ij M_ij φ(k_j)
+    G = dA ⊙ A = ∂/∂log M:  dP_t = Σ_{r_t≥r_j} G_tj − Σ_{r_i≥r_t} G_it,   dC_t = Σ_{r_i<r_t} G_it − Σ_{r_t<r_j} G_tj
+One program per block of BLOCK tokens does both halves: the block as keys (dk, dv, column sums of G) and as
+queries (dq, row sums of G), so dP and dC are complete without atomics or a second launch. The prefix sums'
+own backward (reverse cumsums into log a, and the ♮ gathers of (B, H, L) gates) is left to autograd.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import triton
+import triton.language as tl
 
-from lion.ops.triton import kernels
+from lion.curves import inverse_permutation
+from lion.ops.triton.utils import INTERPRET, Launcher, block_size
 
-_DUMMY_SHAPE = (0,)
+FEATURES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
 
 
-def _strided(t: torch.Tensor) -> torch.Tensor:
+# ----------------------------------------------------------------------------------------------- device helpers
+@triton.jit
+def _load_rows(ptr, offs, in_rows, stride, offs_d, D):
+    return tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=in_rows[:, None] & (offs_d[None, :] < D),
+                   other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _phi(x, keep_rows, offs_d, D, FEATURE: tl.constexpr):
+    """φ(x) in fp32 on a (rows, BLOCK_D) tile; rows not kept and columns ≥ D are 0."""
+    if FEATURE == 1:    # elu + 1
+        x = tl.where(x > 0, x + 1.0, tl.exp(x))
+    elif FEATURE == 2:  # r / ‖r‖, r = silu(x) + 0.5
+        x = tl.where((offs_d < D)[None, :], x * tl.sigmoid(x) + 0.5, 0.0)
+        x = x / tl.sqrt(tl.sum(x * x, axis=1))[:, None]
+    return tl.where(keep_rows[:, None] & (offs_d < D)[None, :], x, 0.0)
+
+
+@triton.jit
+def _phi_bwd(x, g, keep_rows, offs_d, D, FEATURE: tl.constexpr):
+    """Gradient wrt the raw x of a tile given g = ∂/∂φ(x)."""
+    if FEATURE == 1:
+        g = g * tl.where(x > 0, 1.0, tl.exp(x))
+    elif FEATURE == 2:
+        sg = tl.sigmoid(x)
+        r = tl.where((offs_d < D)[None, :], x * sg + 0.5, 0.0)
+        inv_n = 1.0 / tl.sqrt(tl.sum(r * r, axis=1))
+        y = r * inv_n[:, None]
+        g = (g - y * tl.sum(g * y, axis=1)[:, None]) * inv_n[:, None] * (sg * (1.0 + x * (1.0 - sg)))
+    return tl.where(keep_rows[:, None] & (offs_d < D)[None, :], g, 0.0)
+
+
+@triton.jit
+def _key_keep(KEEP, b, L, offs, in_rows, HAS_KEEP: tl.constexpr):
+    if HAS_KEEP:
+        return in_rows & (tl.load(KEEP + b * L + offs, mask=in_rows, other=0) != 0)
+    return in_rows
+
+
+@triton.jit
+def _order_mask(P, C, R, base, r_base, offs_m, offs_n, in_m, in_n, NATURAL: tl.constexpr):
+    """(M, lower) of one order on a tile; M = 0 outside the valid rows and columns."""
+    p_i = tl.load(P + base + offs_m, mask=in_m, other=0.0)
+    c_i = tl.load(C + base + offs_m, mask=in_m, other=0.0)
+    p_j = tl.load(P + base + offs_n, mask=in_n, other=0.0)
+    c_j = tl.load(C + base + offs_n, mask=in_n, other=0.0)
+    if NATURAL:
+        lower = offs_m[:, None] >= offs_n[None, :]
+    else:
+        r_i = tl.load(R + r_base + offs_m, mask=in_m, other=0)
+        r_j = tl.load(R + r_base + offs_n, mask=in_n, other=0)
+        lower = r_i[:, None] >= r_j[None, :]
+    log_m = tl.where(lower, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None])
+    valid = in_m[:, None] & in_n[None, :]
+    return tl.exp(tl.where(valid, log_m, float("-inf"))), lower
+
+
+@triton.jit
+def _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, NORD: tl.constexpr, NATURAL: tl.constexpr):
+    """M of the tile (the mean over the orders) and each order's own (M_o, lower_o); P, C, R stack the orders."""
+    m1, lo1 = _order_mask(P, C, R, bh * L, 0, offs_m, offs_n, in_m, in_n, NATURAL)
+    m, m2, lo2 = m1, m1, lo1
+    if NORD == 2:
+        m2, lo2 = _order_mask(P, C, R, BHL + bh * L, L, offs_m, offs_n, in_m, in_n, NATURAL)
+        m = 0.5 * (m1 + m2)
+    return m, m1, lo1, m2, lo2
+
+
+@triton.jit
+def _triangle_sums(g, lower, axis: tl.constexpr):
+    return tl.sum(tl.where(lower, g, 0.0), axis=axis), tl.sum(tl.where(lower, 0.0, g), axis=axis)
+
+
+@triton.jit
+def _dropout_keep(seed, offs_m, offs_n, L, dropout_p):
+    return tl.rand(seed, offs_m[:, None] * L + offs_n[None, :]) >= dropout_p
+
+
+@triton.jit
+def _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_rows, sdyl, syl, offs_dv, DV, eps, NORMALIZE: tl.constexpr):
+    """dy/D and δ/D = (dy·y)/D for a block of query rows (dy and 0 without normalisation)."""
+    dy = _load_rows(dy_ptr, offs, in_rows, sdyl, offs_dv, DV)
+    if NORMALIZE:
+        y = _load_rows(y_ptr, offs, in_rows, syl, offs_dv, DV)
+        inv = 1.0 / (tl.load(den_ptr + offs, mask=in_rows, other=1.0) + eps)
+        return dy * inv[:, None], tl.sum(dy * y, axis=1) * inv
+    return dy, tl.sum(dy, axis=1) * 0.0
+
+
+# ----------------------------------------------------------------------------------------------------- kernels
+@triton.jit
+def _load_feat(ptr, bh, L, offs, in_rows, offs_d, D):
+    """Rows of a prepared (B, H, L, D) contiguous tensor (φ(q)·scale, φ(k) or dy/D), in its stored dtype."""
+    base = (bh * L).to(tl.int64)
+    return tl.load(ptr + (base + offs)[:, None] * D + offs_d[None, :], mask=in_rows[:, None] & (offs_d[None, :] < D),
+                   other=0.0)
+
+
+@triton.jit
+def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
+                 sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl,
+                 H, L, D, DV, scale, eps,
+                 FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, WITH_Q: tl.constexpr, WITH_DY: tl.constexpr,
+                 NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """Once per token, so that the L×L loops only load: φ(k)·keep → KF; φ(q)·scale → QF (WITH_Q);
+    dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    in_r = offs < L
+    row = (bh * L).to(tl.int64) + offs
+    out_d = in_r[:, None] & (offs_d[None, :] < D)
+    kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+    k = _phi(_load_rows(K + b * skb + h * skh, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
+    tl.store(KF + row[:, None] * D + offs_d[None, :], k.to(KF.dtype.element_ty), mask=out_d)
+    if WITH_Q:
+        q = _phi(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE) * scale
+        tl.store(QF + row[:, None] * D + offs_d[None, :], q.to(QF.dtype.element_ty), mask=out_d)
+    if WITH_DY:
+        dyn, dlt = _dy_rows(DY, Y, DEN, DY + b * sdyb + h * sdyh, Y + b * syb + h * syh, DEN + bh * L, offs, in_r,
+                            sdyl, syl, offs_dv, DV, eps, NORMALIZE)
+        tl.store(DYN + row[:, None] * DV + offs_dv[None, :], dyn.to(DYN.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
+        if NORMALIZE:
+            tl.store(DLT + row, dlt, mask=in_r)
+
+
+@triton.jit
+def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
+                sqb, sqh, sql, svb, svh, svl, syb, syh, syl,
+                H, L, D, DV, scale, eps, dropout_p, inv_keep,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
+                DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    BHL = tl.num_programs(1) * L
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dt = V.dtype.element_ty
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    in_m = offs_m < L
+    q = _phi(_load_rows(Q + b * sqb + h * sqh, offs_m, in_m, sql, offs_d, D), in_m, offs_d, D, FEATURE)
+    q = (q * scale).to(dt)
+    v_ptr = V + b * svb + h * svh
+    if DROPOUT:
+        seed = tl.load(SEED) + bh
+    acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
+    den = tl.zeros((BLOCK_M,), dtype=tl.float32)
+    for start_n in range(0, L, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        in_n = offs_n < L
+        k = _load_feat(KF, bh, L, offs_n, in_n, offs_d, D)
+        v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
+                    mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
+        a = tl.dot(q, tl.trans(k), input_precision=PREC)
+        if NORD > 0:
+            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, NORD, NATURAL)
+            a = a * m
+        if NORMALIZE:
+            den += tl.sum(a, axis=1)
+        if DROPOUT:
+            a = tl.where(_dropout_keep(seed, offs_m, offs_n, L, dropout_p), a * inv_keep, 0.0)
+        acc += tl.dot(a.to(dt), v, input_precision=PREC)
+    if NORMALIZE:
+        acc = acc / (den + eps)[:, None]
+        tl.store(DEN + bh * L + offs_m, den, mask=in_m)
+    tl.store(Y + b * syb + h * syh + offs_m[:, None] * syl + offs_dv[None, :], acc.to(Y.dtype.element_ty),
+             mask=in_m[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQ, DK, DVV, DP, DC,
+                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
+                H, L, D, DV, scale, dropout_p, inv_keep,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
+                HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """dq, dk (layout sg*), dv (sgv*) and dP, dC (NORD, B, H, L) of the BLOCK tokens of program 0. The loops load
+    the prepared φ(q)·scale, φ(k), dy/D and δ/D (_prep_kernel); raw q, k serve only the φ backward at the end."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    BHL = tl.num_programs(1) * L
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dt = V.dtype.element_ty
+    offs_b = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    in_b = offs_b < L
+    v_ptr = V + b * svb + h * svh
+    w = 0.5 if NORD == 2 else 1.0
+    if DROPOUT:
+        seed = tl.load(SEED) + bh
+
+    # ---- the block as keys: dk, dv and the column sums of G
+    k_b = _load_feat(KF, bh, L, offs_b, in_b, offs_d, D)
+    v_b = tl.load(v_ptr + offs_b[:, None] * svl + offs_dv[None, :],
+                  mask=in_b[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
+    dk = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK, BLOCK_DV), dtype=tl.float32)
+    clo = tl.zeros((BLOCK,), dtype=tl.float32)
+    cup = tl.zeros((BLOCK,), dtype=tl.float32)
+    clo2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    cup2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start_m in range(0, L, BLOCK):
+        offs_m = start_m + tl.arange(0, BLOCK)
+        in_m = offs_m < L
+        q = _load_feat(QF, bh, L, offs_m, in_m, offs_d, D)
+        dyn = _load_feat(DYN, bh, L, offs_m, in_m, offs_dv, DV)
+        s = tl.dot(q, tl.trans(k_b), input_precision=PREC)
+        dpv = tl.dot(dyn, tl.trans(v_b), input_precision=PREC)
+        a = s
+        if NORD > 0:
+            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_b, in_m, in_b, NORD, NATURAL)
+            a = s * m
+        a_drop = a
+        if DROPOUT:
+            keep = _dropout_keep(seed, offs_m, offs_b, L, dropout_p)
+            a_drop = tl.where(keep, a * inv_keep, 0.0)
+            dpv = tl.where(keep, dpv * inv_keep, 0.0)
+        dv += tl.dot(tl.trans(a_drop.to(dt)), dyn, input_precision=PREC)
+        da = dpv
+        if NORMALIZE:
+            da = dpv - tl.load(DLT + bh * L + offs_m, mask=in_m, other=0.0)[:, None]
+        da = tl.where(in_m[:, None] & in_b[None, :], da, 0.0)
+        ds = da
+        if NORD > 0:
+            ds = da * m
+            lo, up = _triangle_sums(da * s * m1 * w, lo1, 0)
+            clo += lo
+            cup += up
+            if NORD == 2:
+                lo, up = _triangle_sums(da * s * m2 * w, lo2, 0)
+                clo2 += lo
+                cup2 += up
+        dk += tl.dot(tl.trans(ds.to(dt)), q, input_precision=PREC)
+    kk_b = _key_keep(KEEP, b, L, offs_b, in_b, HAS_KEEP)
+    dk = _phi_bwd(_load_rows(K + b * skb + h * skh, offs_b, in_b, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
+    tl.store(DK + b * sgb + h * sgh + offs_b[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=in_b[:, None] & (offs_d[None, :] < D))
+    tl.store(DVV + b * sgvb + h * sgvh + offs_b[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
+             mask=in_b[:, None] & (offs_dv[None, :] < DV))
+
+    # ---- the block as queries: dq and the row sums of G
+    q_b = _load_feat(QF, bh, L, offs_b, in_b, offs_d, D)
+    dyn = _load_feat(DYN, bh, L, offs_b, in_b, offs_dv, DV)
+    if NORMALIZE:
+        dlt = tl.load(DLT + bh * L + offs_b, mask=in_b, other=0.0)
+    dq = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
+    rlo = tl.zeros((BLOCK,), dtype=tl.float32)
+    rup = tl.zeros((BLOCK,), dtype=tl.float32)
+    rlo2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    rup2 = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start_n in range(0, L, BLOCK):
+        offs_n = start_n + tl.arange(0, BLOCK)
+        in_n = offs_n < L
+        k = _load_feat(KF, bh, L, offs_n, in_n, offs_d, D)
+        v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
+                    mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
+        dpv = tl.dot(dyn, tl.trans(v), input_precision=PREC)
+        if DROPOUT:
+            dpv = tl.where(_dropout_keep(seed, offs_b, offs_n, L, dropout_p), dpv * inv_keep, 0.0)
+        da = dpv
+        if NORMALIZE:
+            da = dpv - dlt[:, None]
+        da = tl.where(in_b[:, None] & in_n[None, :], da, 0.0)
+        ds = da
+        if NORD > 0:
+            s = tl.dot(q_b, tl.trans(k), input_precision=PREC)
+            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_b, offs_n, in_b, in_n, NORD, NATURAL)
+            ds = da * m
+            lo, up = _triangle_sums(da * s * m1 * w, lo1, 1)
+            rlo += lo
+            rup += up
+            if NORD == 2:
+                lo, up = _triangle_sums(da * s * m2 * w, lo2, 1)
+                rlo2 += lo
+                rup2 += up
+        dq += tl.dot(ds.to(dt), k, input_precision=PREC)
+    q_raw = _load_rows(Q + b * sqb + h * sqh, offs_b, in_b, sql, offs_d, D)
+    dq = _phi_bwd(q_raw, dq * scale, in_b, offs_d, D, FEATURE)
+    tl.store(DQ + b * sgb + h * sgh + offs_b[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=in_b[:, None] & (offs_d[None, :] < D))
+    if NORD > 0:
+        tl.store(DP + bh * L + offs_b, rlo - clo, mask=in_b)
+        tl.store(DC + bh * L + offs_b, cup - rup, mask=in_b)
+        if NORD == 2:
+            tl.store(DP + BHL + bh * L + offs_b, rlo2 - clo2, mask=in_b)
+            tl.store(DC + BHL + bh * L + offs_b, cup2 - rup2, mask=in_b)
+
+
+# ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
+@triton.jit
+def _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE: tl.constexpr,
+               HAS_KEEP: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
+               BLOCK_DV: tl.constexpr):
+    """S = Σ_j φ(k_j) v_jᵀ (BLOCK_D × BLOCK_DV) and z = Σ_j φ(k_j), fp32."""
+    dt = v_ptr.dtype.element_ty
+    S = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
+    z = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+        k = _phi(_load_rows(k_ptr, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
+        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
+                    other=0.0).to(dt)
+        S += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
+        z += tl.sum(k, axis=0)
+    return S, z
+
+
+@triton.jit
+def _lit_fwd_kernel(Q, K, V, KEEP, Y, DEN, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl,
+                    H, L, D, DV, scale, eps, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dt = V.dtype.element_ty
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ptr, y_ptr = Q + b * sqb + h * sqh, Y + b * syb + h * syh
+    S, z = _lit_state(K + b * skb + h * skh, V + b * svb + h * svh, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV,
+                      FEATURE, HAS_KEEP, PREC, BLOCK, BLOCK_D, BLOCK_DV)
+    S = (S * scale).to(dt)
+    z = z * scale
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        q = _phi(_load_rows(q_ptr, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE)
+        den = tl.sum(q * z[None, :], axis=1)
+        y = tl.dot(q.to(dt), S, input_precision=PREC) / (den + eps)[:, None]
+        tl.store(DEN + bh * L + offs, den, mask=in_r)
+        tl.store(y_ptr + offs[:, None] * syl + offs_dv[None, :], y.to(Y.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
+
+
+@triton.jit
+def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
+                    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl, sdyb, sdyh, sdyl,
+                    sgb, sgh, sgl, sgvb, sgvh, sgvl, H, L, D, DV, scale, eps,
+                    FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
+                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """y_i = φq_i S / (φq_i·z + eps) with S, z scaled: dφq_i = (dy_i/D_i) Sᵀ − (δ_i/D_i) z,
+    dS = Σ_i φq_iᵀ dy_i/D_i, dz = −Σ_i φq_i δ_i/D_i, then dφk_j = scale(v_j dSᵀ + dz), dv_j = scale φk_j dS."""
+    bh = tl.program_id(0)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    dt = V.dtype.element_ty
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    q_ptr, k_ptr, v_ptr = Q + b * sqb + h * sqh, K + b * skb + h * skh, V + b * svb + h * svh
+    y_ptr, dy_ptr, den_ptr = Y + b * syb + h * syh, DY + b * sdyb + h * sdyh, DEN + bh * L
+    S, z = _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE, HAS_KEEP, PREC,
+                      BLOCK, BLOCK_D, BLOCK_DV)
+    S_t = tl.trans((S * scale).to(dt))
+    z = z * scale
+    dS = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
+    dz = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        q_raw = _load_rows(q_ptr, offs, in_r, sql, offs_d, D)
+        q = _phi(q_raw, in_r, offs_d, D, FEATURE)
+        dyn, dlt = _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_r, sdyl, syl, offs_dv, DV, eps, True)
+        dq = tl.dot(dyn.to(dt), S_t, input_precision=PREC) - dlt[:, None] * z[None, :]
+        dS += tl.dot(tl.trans(q.to(dt)), dyn.to(dt), input_precision=PREC)
+        dz -= tl.sum(q * dlt[:, None], axis=0)
+        dq = _phi_bwd(q_raw, dq, in_r, offs_d, D, FEATURE)
+        tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_d[None, :] < D))
+    dS_t = tl.trans((dS * scale).to(dt))
+    dS = (dS * scale).to(dt)
+    dz = dz * scale
+    for start in range(0, L, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        in_r = offs < L
+        kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+        k_raw = _load_rows(k_ptr, offs, in_r, skl, offs_d, D)
+        k = _phi(k_raw, kk, offs_d, D, FEATURE)
+        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
+                    other=0.0).to(dt)
+        dk = tl.dot(v, dS_t, input_precision=PREC) + dz[None, :]
+        dv = tl.dot(k.to(dt), dS, input_precision=PREC)
+        dk = _phi_bwd(k_raw, dk, kk, offs_d, D, FEATURE)
+        tl.store(DK + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_d[None, :] < D))
+        tl.store(DVV + b * sgvb + h * sgvh + offs[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
+                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
+
+
+# ------------------------------------------------------------------------------------------------ launch configs
+# Register reports (benchmarks/triton_compile_check.py --regs: ptxas -v, sm_90, d = 64): the listed forward
+# configs never spill; the backward at BLOCK 32 with 8 warps spills at most 32 bytes, while BLOCK 64
+# with 4 warps spilled 1.8 KB (D) to 3.7 KB (♮) and BLOCK 32 with 4 warps up to 136 bytes, so those are not listed.
+# The first entry of each list is the one used without autotuning (LION_TRITON_AUTOTUNE=0, tests).
+def _fwd_configs():
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)]]
+
+
+def _bwd_configs():
+    return [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)
+            for bl, w, st in [(32, 8, 2), (32, 8, 1), (16, 4, 2)]]
+
+
+_KEY = ["L", "D", "DV", "NORD", "NATURAL", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
+_fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
+                triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
+_bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
+_LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)  # spill-free (32 rows; 64 rows spill)
+                for bl, w, st in [(32, 8, 2), (32, 4, 2), (16, 4, 2)]]
+_LIT_KEY = ["L", "D", "DV", "FEATURE", "HAS_KEEP", "PREC"]
+_lit_fwd = Launcher(_lit_fwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
+_lit_bwd = Launcher(_lit_bwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
+
+
+# ------------------------------------------------------------------------------------------------ custom ops
+def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _common(q, k, v, P):
+def _token_major(B, H, L, n, like, dtype):
+    """A (B, H, L, n) tensor stored as (B, L, H, n): the models' transpose + reshape back to (B, L, H·n) is free."""
+    return torch.empty(B, L, H, n, device=like.device, dtype=dtype).transpose(1, 2)
+
+
+def _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p):
+    return dict(NORD=0 if P is None else P.shape[0], NATURAL=R is None, FEATURE=feature, NORMALIZE=normalize,
+                HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
+                PREC="ieee" if v.dtype == torch.float32 else "tf32",
+                BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
+
+
+def _ptrs(q, P, C, R, keep, seed, den):
+    """Tensors standing in for absent optional inputs (never read: their flags are off)."""
+    return (q if P is None else P, q if C is None else C, q if R is None else R, q if keep is None else keep,
+            q if seed is None else seed, q if den is None else den)
+
+
+def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None, eps=0.0, normalize=True,
+             dtype=None):
+    """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel)."""
     B, H, L, D = q.shape
-    DV = v.shape[-1]
-    meta = dict(BLOCK_D=max(16, triton.next_power_of_2(D)), BLOCK_DV=max(16, triton.next_power_of_2(DV)),
-                HAS_MASK=P is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32")
-    strides = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3])
-    return B, H, L, D, DV, meta, strides
+    dt = dtype or q.dtype
+    kf = torch.empty(B, H, L, D, device=q.device, dtype=dt)
+    qf = torch.empty_like(kf) if with_q else kf
+    with_dy = dy is not None
+    DV = dy.shape[-1] if with_dy else D
+    dyn = torch.empty(B, H, L, DV, device=q.device, dtype=dt) if with_dy else kf
+    dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
+    y, dy, den = (q if t is None else t for t in (y, dy, den))
+    block = 16 if INTERPRET else 32  # 64 rows with 4 warps spill (ptxas -v, sm_90)
+    _prep_kernel[(triton.cdiv(L, block), B * H)](
+        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, *q.stride()[:3], *k.stride()[:3],
+        *y.stride()[:3], *dy.stride()[:3], H, L, D, DV, scale, eps, FEATURE=feature, HAS_KEEP=keep is not None,
+        WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize, BLOCK=block, BLOCK_D=block_size(D),
+        BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4)
+    return qf, kf, dyn, dlt
 
 
 @torch.library.custom_op("lion::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
-                  C: Optional[torch.Tensor], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    q, k, v = _strided(q), _strided(k), _strided(v)
-    B, H, L, D, DV, meta, strides = _common(q, k, v, P)
-    num = torch.empty(B, H, L, DV, device=q.device, dtype=v.dtype)
-    den = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    P = q if P is None else P.contiguous()
-    C = q if C is None else C.contiguous()
+                  C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+                  seed: Optional[torch.Tensor], scale: float, eps: float, feature: int, normalize: bool,
+                  dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (B, H, L, dv) in v's dtype (a view of a (B, L, H, dv) buffer) and den (B, H, L) fp32 (empty unless
+    ``normalize``). q, k: raw (φ applied in-kernel); P, C: (orders, B, H, L) fp32 prefix sums in natural token
+    order; R: (orders, L) int32 ranks (None: natural order); keep: (B, L) bool; seed: (1,) int64 dropout seed."""
+    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    y = _token_major(B, H, L, DV, q, v.dtype)
+    den = torch.empty((B, H, L) if normalize else (0,), device=q.device, dtype=torch.float32)
+    meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
+    del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
+    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype)
+    Pp, Cp, Rp, _, Sp, _ = _ptrs(q, P, C, R, keep, seed, None)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
-    kernels.launcher(kernels.fwd_kernel)(grid, q, k, v, P, C, num, den, *strides, H, L, D, DV, scale, **meta)
-    return num, den
+    _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
+         *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
+    return y, den
 
 
 @attention_fwd.register_fake
-def _(q, k, v, P, C, scale):
+def _(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
     B, H, L, _ = q.shape
-    return (q.new_empty(B, H, L, v.shape[-1], dtype=v.dtype), q.new_empty(B, H, L, dtype=torch.float32))
+    return (_token_major(B, H, L, v.shape[-1], q, v.dtype),
+            q.new_empty((B, H, L) if normalize else (0,), dtype=torch.float32))
 
 
 @torch.library.custom_op("lion::attention_bwd", mutates_args=())
 def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
-                  C: Optional[torch.Tensor], dnum: torch.Tensor, dden: Optional[torch.Tensor], scale: float
+                  C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+                  seed: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor, dy: torch.Tensor, scale: float,
+                  eps: float, feature: int, normalize: bool, dropout_p: float
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    q, k, v = _strided(q), _strided(k), _strided(v)
-    B, H, L, D, DV, meta, strides = _common(q, k, v, P)
-    dnum = dnum.to(v.dtype).contiguous()
-    dden = None if dden is None else dden.float().contiguous()
-    dq, dk, dv = torch.empty_like(q, memory_format=torch.contiguous_format), \
-        torch.empty_like(k, memory_format=torch.contiguous_format), \
-        torch.empty_like(v, memory_format=torch.contiguous_format)
-    has_mask = P is not None
-    f32 = dict(device=q.device, dtype=torch.float32)
-    shape = (B, H, L) if has_mask else _DUMMY_SHAPE
-    glo, gup, dP, dC = (torch.empty(shape, **f32) for _ in range(4))
-    P = q if P is None else P.contiguous()
-    C = q if C is None else C.contiguous()
-    dd = q if dden is None else dden
-    meta["HAS_DDEN"] = dden is not None
-    grid_n = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
-    grid_m = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
-    kernels.launcher(kernels.bwd_kv_kernel)(grid_n, q, k, v, P, C, dnum, dd, dk, dv, glo, gup, *strides, H, L, D, DV, scale, **meta)
-    kernels.launcher(kernels.bwd_q_kernel)(grid_m, q, k, v, P, C, dnum, dd, dq, glo, gup, dP, dC, *strides, H, L, D, DV, scale,
-                                 **meta)
+    q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    dq, dk = _token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype)
+    dv = _token_major(B, H, L, DV, q, v.dtype)
+    g_shape = P.shape if P is not None else (0,)
+    dP, dC = (torch.empty(g_shape, device=q.device, dtype=torch.float32) for _ in range(2))
+    meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
+    qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype)
+    Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, den)
+    grid = lambda m: (triton.cdiv(L, m["BLOCK"]), B * H)  # noqa: E731
+    _bwd(grid, q, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dq, dk, dv, dP, dC,
+         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+         H, L, D, DV, scale, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return dq, dk, dv, dP, dC
 
 
 @attention_bwd.register_fake
-def _(q, k, v, P, C, dnum, dden, scale):
-    shape = P.shape if P is not None else _DUMMY_SHAPE
-    f32 = dict(dtype=torch.float32)
-    return (torch.empty_like(q, memory_format=torch.contiguous_format),
-            torch.empty_like(k, memory_format=torch.contiguous_format),
-            torch.empty_like(v, memory_format=torch.contiguous_format),
-            q.new_empty(shape, **f32), q.new_empty(shape, **f32))
+def _(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
+    B, H, L, D = q.shape
+    g_shape = P.shape if P is not None else (0,)
+    return (_token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype),
+            _token_major(B, H, L, v.shape[-1], q, v.dtype),
+            q.new_empty(g_shape, dtype=torch.float32), q.new_empty(g_shape, dtype=torch.float32))
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, P, C, scale = inputs
-    ctx.save_for_backward(q, k, v, P, C)
-    ctx.scale = scale
+    q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p = inputs
+    y, den = output
+    ctx.save_for_backward(q, k, v, P, C, R, keep, seed, y, den)
+    ctx.args = (scale, eps, feature, normalize, dropout_p)
 
 
-def _backward(ctx, dnum, dden):
-    q, k, v, P, C = ctx.saved_tensors
-    if dnum is None:
-        dnum = torch.zeros(*q.shape[:-1], v.shape[-1], device=q.device, dtype=v.dtype)
-    dq, dk, dv, dP, dC = attention_bwd(q, k, v, P, C, dnum, dden, ctx.scale)
-    has_mask = P is not None
-    return dq, dk, dv, dP if has_mask else None, dC if has_mask else None, None
+def _backward(ctx, dy, dden):
+    q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(y)
+    dq, dk, dv, dP, dC = attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+    has_gates = P is not None
+    return (dq, dk, dv, dP if has_gates else None, dC if has_gates else None) + (None,) * 8
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
+@torch.library.custom_op("lion::lit_kv_fwd", mutates_args=())
+def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], scale: float,
+               eps: float, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lit normalised through the d×dv state: y = φ(Q)(φ(K)ᵀV)·scale / (φ(Q)·Σφ(K)·scale + eps); (y, den)."""
+    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    y = _token_major(B, H, L, DV, q, v.dtype)
+    den = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
+    meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
+                BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
+    _lit_fwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, *q.stride()[:3], *k.stride()[:3],
+             *v.stride()[:3], *y.stride()[:3], H, L, D, DV, scale, eps, **meta)
+    return y, den
+
+
+@lit_kv_fwd.register_fake
+def _(q, k, v, keep, scale, eps, feature):
+    B, H, L, _ = q.shape
+    return _token_major(B, H, L, v.shape[-1], q, v.dtype), q.new_empty((B, H, L), dtype=torch.float32)
+
+
+@torch.library.custom_op("lion::lit_kv_bwd", mutates_args=())
+def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], y: torch.Tensor,
+               den: torch.Tensor, dy: torch.Tensor, scale: float, eps: float, feature: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
+    B, H, L, D = q.shape
+    DV = v.shape[-1]
+    dq, dk = _token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype)
+    dv = _token_major(B, H, L, DV, q, v.dtype)
+    meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
+                BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
+    _lit_bwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, dy, dq, dk, dv,
+             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3],
+             *dk.stride()[:3], *dv.stride()[:3], H, L, D, DV, scale, eps, **meta)
+    return dq, dk, dv
+
+
+@lit_kv_bwd.register_fake
+def _(q, k, v, keep, y, den, dy, scale, eps, feature):
+    B, H, L, D = q.shape
+    return (_token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype),
+            _token_major(B, H, L, v.shape[-1], q, v.dtype))
+
+
+def _lit_setup_context(ctx, inputs, output):
+    q, k, v, keep, scale, eps, feature = inputs
+    ctx.save_for_backward(q, k, v, keep, *output)
+    ctx.args = (scale, eps, feature)
+
+
+def _lit_backward(ctx, dy, dden):
+    q, k, v, keep, y, den = ctx.saved_tensors
+    if dy is None:
+        dy = torch.zeros_like(y)
+    return (*lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args), None, None, None, None)
+
+
+lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
+
+
+# ------------------------------------------------------------------------------------------------ entry point
 def _compute_dtype(q, k, v) -> torch.dtype:
-    """Under autocast the kernel takes the autocast dtype (as autocast's matmuls would); else the promoted one."""
+    """Under autocast the autocast dtype (as autocast's matmuls would use); else the promoted input dtype."""
     dev = q.device.type
     if torch.is_autocast_enabled(dev):
         return torch.get_autocast_dtype(dev)
     return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
 
 
-def lit_kv_sums(q, k, v, scale: float = 1.0, with_den: bool = True):
-    """M = 1: num = scale·Q (Kᵀ V), den = scale·Q (Kᵀ 1). O(L·d·dv) instead of O(L²·d)."""
-    num = torch.matmul(q, torch.matmul(k.transpose(-1, -2), v) * scale)  # scale the small d×dv state, not q
-    den = None
-    if with_den:
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            den = torch.einsum("bhld,bhd->bhl", q.float(), k.float().sum(-2)) * scale
-    return num, den
+def _prefix_sums(log_a, pad_of_order):
+    """P (exclusive) and C (inclusive) prefix sums of fp32 log gates; padded keys get gate 1 first."""
+    la = log_a.float()
+    if pad_of_order is not None:
+        la = la.masked_fill(pad_of_order[:, None, :], 0.0)
+    c = torch.cumsum(la, dim=-1)
+    return c - la, c
 
 
-def attention_sums(q, k, v, log_a=None, scale: float = 1.0, with_den: bool = True, chunk_size: int = 32,
-                   lit_kv: Optional[bool] = None):
-    """FUSED['attention']: (num, den) of the attention form. ``chunk_size`` is unused (whole-sequence kernel).
+def _gate_inputs(log_a, orders, key_padding_mask, device_type):
+    """(P, C, R) for the kernels: (orders, B, H, L) prefix sums in natural token order and (orders, L) int32 ranks
+    (R None: the natural order). All None for Lit. Small (B, H, L) torch ops, differentiable by autograd."""
+    pad = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)
+    with torch.autocast(device_type=device_type, enabled=False):
+        if orders is None:
+            if log_a is None:
+                return None, None, None
+            P, C = _prefix_sums(log_a, pad)
+            return P[None], C[None], None
+        if all(la is None for _, la in orders):  # M = 1 in every order: Lit
+            return None, None, None
+        if any(la is None for _, la in orders):
+            raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
+        Ps, Cs, Rs = [], [], []
+        for perm, la in orders:
+            inv = inverse_permutation(perm)
+            p, c = _prefix_sums(la, None if pad is None else pad[:, perm])
+            Ps.append(p[..., inv])
+            Cs.append(c[..., inv])
+            Rs.append(inv)
+        return torch.stack(Ps), torch.stack(Cs), torch.stack(Rs).to(torch.int32)
 
-    ``lit_kv`` (Lit only): True forces the KᵀV path, False the kernel; None picks KᵀV when L ≥ head dim.
-    """
-    if not (q.is_cuda or kernels.INTERPRET):
+
+def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
+                    normalize: bool = True, eps: float = 1e-6, key_padding_mask: Optional[torch.Tensor] = None,
+                    orders: Optional[Sequence] = None, dropout_p: float = 0.0, lit_kv: Optional[bool] = None
+                    ) -> torch.Tensor:
+    """The attention form of ``lion.lion_attention`` in one fused kernel per direction of the graph; same
+    arguments (``dropout_p`` > 0 means training). q, k, v may be strided views (last dim contiguous).
+
+    ``lit_kv`` (M = 1, normalised, no dropout): True forces the KᵀV path (one program per head, O(L·d·dv)),
+    False the L×L kernel; None picks KᵀV when L ≥ head dim."""
+    if not (q.is_cuda or INTERPRET):
         raise ValueError("backend='triton' (the fused attention form) needs CUDA tensors, or TRITON_INTERPRET=1 set "
                          f"before triton is imported; got tensors on {q.device}. Use backend='torch' or 'auto' on CPU.")
+    if feature_map not in FEATURES:
+        raise ValueError(f"feature_map must be one of {tuple(FEATURES)}, got {feature_map!r}")
     dt = _compute_dtype(q, k, v)
-    v = v.to(dt)  # the kernels cast q and k to v's dtype on load
-    if log_a is None and (lit_kv if lit_kv is not None else q.shape[-2] >= q.shape[-1]):
-        return lit_kv_sums(q.to(dt), k.to(dt), v, scale, with_den)
-    P = C = None
-    if log_a is not None:
-        with torch.autocast(device_type=q.device.type, enabled=False):
-            la = log_a.float()
-            C = torch.cumsum(la, dim=-1)
-            P = C - la  # same rounding as lion.masks.exclusive_cumsum
-    num, den = attention_fwd(q, k, v, P, C, float(scale))
-    return num, (den if with_den else None)
+    q, k, v = q.to(dt), k.to(dt), v.to(dt)
+    P, C, R = _gate_inputs(log_a, orders, key_padding_mask, q.device.type)
+    L, D = q.shape[-2], q.shape[-1]
+    keep = None if key_padding_mask is None else key_padding_mask.to(torch.bool).contiguous()
+    if P is None and normalize and dropout_p == 0.0 and (lit_kv if lit_kv is not None else L >= D):
+        return lit_kv_fwd(q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])[0]
+    seed = None
+    if dropout_p > 0.0:
+        if not 0.0 < dropout_p < 1.0:
+            raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
+        seed = torch.randint(0, 2 ** 31 - 2 ** 24, (1,), device=q.device, dtype=torch.int64)
+    y, _ = attention_fwd(q, k, v, P, C, R, keep, seed, float(scale), float(eps), FEATURES[feature_map],
+                         bool(normalize), float(dropout_p))
+    return y
+
+
+def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, L: int, dropout_p: float) -> torch.Tensor:
+    """The (B, H, L, L) keep mask the kernels draw for ``seed`` (for tests): A_ij survives iff it is True."""
+    keep = torch.empty(B * H, L, L, device=seed.device, dtype=torch.int8)
+    _keep_kernel[(B * H, L)](seed, keep, L, dropout_p, BLOCK=block_size(L))
+    return keep.view(B, H, L, L).bool()
+
+
+@triton.jit
+def _keep_kernel(SEED, OUT, L, dropout_p, BLOCK: tl.constexpr):
+    bh = tl.program_id(0)
+    i = tl.program_id(1)
+    offs = tl.arange(0, BLOCK)
+    keep = _dropout_keep(tl.load(SEED) + bh, i + tl.zeros((1,), tl.int32), offs, L, dropout_p)
+    tl.store(OUT + (bh * L + i) * L + offs[None, :], keep.to(tl.int8), mask=(offs < L)[None, :])

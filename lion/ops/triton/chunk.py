@@ -357,12 +357,3 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
             o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders,
             NORMALIZE=normalize, PASS=pass_, num_warps=warps, **flags)
     return out.permute(0, 2, 1, 3)
-
-
-def _register():
-    from lion.attention import FUSED
-
-    FUSED["chunk"] = chunk_attention
-
-
-_register()

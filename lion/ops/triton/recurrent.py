@@ -159,12 +159,3 @@ def recurrent_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = Non
                                                 NORMALIZE=normalize, ROWS=rows,
                                                 BLOCK_DV=triton.next_power_of_2(DV), num_warps=4)
     return out.permute(0, 2, 1, 3)
-
-
-def _register():
-    from lion.attention import FUSED
-
-    FUSED["rnn"] = recurrent_attention
-
-
-_register()
