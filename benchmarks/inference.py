@@ -54,6 +54,10 @@ def _build(model, res, path):
 
     if model == "DeiT-S":
         m = timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
+    elif model == "Vim-S":  # the paper's Mamba baseline, torch scan (image_classification/models_vim.py)
+        import image_classification.models_vim  # noqa: F401
+
+        m = timm.create_model("vim_small_patch16_224", img_size=res, num_classes=1000)
     else:
         mask, order = LION[model]
         m = timm.create_model("lion_small_patch16_224", img_size=res, mask_type=mask, order=order, num_classes=1000)
@@ -66,10 +70,10 @@ def measure(args):
         for res in args.resolutions:
             x = torch.randn(args.batch, 3, res, res, device="cuda",
                             dtype=torch.float32 if path == "amp" else torch.bfloat16)
-            for model in ["DeiT-S"] + args.models:
+            for model in ["DeiT-S"] + args.models + (["Vim-S"] if args.baselines else []):
                 net = _build(model, res, path)
-                for form in (["SDPA"] if model == "DeiT-S" else args.forms):
-                    if form != "SDPA":
+                for form in ({"DeiT-S": ["SDPA"], "Vim-S": ["scan"]}.get(model) or args.forms):
+                    if form in ("Chunk", "RNN"):
                         net.set_format(form, None)
 
                     def fwd(net=net, x=x):
@@ -124,7 +128,7 @@ def target_lines(rows):
                 bound = TARGETS.get(res)
                 missed = ([f"time > {bound:.2f}×"] if bound is not None and t > bound else []) + (
                     ["memory > 1×"] if not mem <= 1.0 else [])
-                verdict = "–" if bound is None or "♮" in model else (
+                verdict = "–" if bound is None or "♮" in model or model not in LION else (
                     "met" if not missed else "NOT met: " + ", ".join(missed))
                 lines.append(f"| {path} | {model} | {res} | {best['form']} | {best['ms']:.2f} | {t:.2f} | {mem:.4f} "
                              f"| {verdict} |")
@@ -279,6 +283,7 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
     ap.add_argument("--models", nargs="+", default=list(LION), choices=list(LION))
+    ap.add_argument("--baselines", action="store_true", help="also measure Vim-S (the paper's Mamba baseline)")
     ap.add_argument("--forms", nargs="+", default=["Chunk", "RNN"], choices=["Chunk", "RNN"])
     ap.add_argument("--reps", type=int, default=10, help="timed forwards per cell (median)")
     ap.add_argument("--sweep", action="store_true", help="only time kernel settings of the fused operators")

@@ -6,6 +6,8 @@ lion-lit, lion-d, lion-s) against our softmax BERT (arch_type 'attention', SDPA)
 and 0. fp32 weights under bf16 autocast, fused AdamW, random data, median of the timed steps after warm-up;
 eager or --compile (regional: every block .compile()d, baselines too). Also times the attention op alone
 (fused LION vs SDPA, B=128 H=12 d=64, L=197 and 128) with its TFLOP/s and the bf16 matmul rate of the same run.
+With --baselines, the paper's other baselines get rows too: Vim (timm vim_{small,base}_patch16_224, torch scan)
+against DeiT and Hydra-base (arch_type 'hydra', 23 layers) against softmax BERT.
 
     python benchmarks/train_step.py [--sizes small base] [--variants Lit D S] [--compile] [--no-mlm] [--no-op]
                                     [--mlm-dropout 0.1 0.0] [--results benchmarks/RESULTS.md] [--json out.json]
@@ -20,11 +22,15 @@ import signal
 import sys
 import traceback
 
+from pathlib import Path
+
 import timm
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 import image_classification.models_lion  # noqa: F401  (registers lion_* in timm)
+import image_classification.models_vim  # noqa: F401  (registers the vim_* baseline in timm)
 import lion
 from benchmarks.timing import median_ms
 
@@ -111,6 +117,13 @@ def vit_rows(size: str, args, out: dict) -> dict:
                 print(f"  ViT-{size[0].upper()} LION-{key}: {ms[key]:.2f} ms ({ms[key] / ms['DeiT']:.2f}x)", flush=True)
             except Exception:  # one failing variant must not hide the others
                 traceback.print_exc()
+    if args.baselines:
+        try:
+            ms["Vim"] = bench_model(lambda: timm.create_model(f"vim_{size}_patch16_224"), batch, loss_fn, args)
+            print(f"  ViT-{size[0].upper()} Vim (torch scan): {ms['Vim']:.2f} ms ({ms['Vim'] / ms['DeiT']:.2f}x)",
+                  flush=True)
+        except Exception:
+            traceback.print_exc()
     return ms
 
 
@@ -130,14 +143,16 @@ def mlm_rows(args, out: dict) -> dict | None:
         return model(input_ids=b[0], attention_mask=b[2], labels=b[1]).loss
 
     def build(arch, p):  # default config, attention dropout set explicitly
-        cfg = LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"), attention_probs_dropout_prob=p)
+        extra = dict(num_hidden_layers=23) if arch == "hydra" else {}  # Hydra-base: BERT-base's size, no MLPs
+        cfg = LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"), attention_probs_dropout_prob=p,
+                             **extra)
         return LionBertForMaskedLM(cfg)
 
     for p in args.mlm_dropout:
         ms = out.setdefault(f"p={p}", {})
         ms["BERT"] = bench_model(lambda: build("attention", p), (ids, labels, mask), loss_fn, args)
         print(f"  BERT-base softmax (SDPA), attention dropout {p}: {ms['BERT']:.2f} ms", flush=True)
-        for name, arch in MLM_ARCHS.items():
+        for name, arch in {**MLM_ARCHS, **({"Hydra": "hydra"} if args.baselines else {})}.items():
             try:
                 ms[name] = bench_model(lambda: build(arch, p), (ids, labels, mask), loss_fn, args)
                 print(f"  BERT-base {arch}, dropout {p}: {ms[name]:.2f} ms ({ms[name] / ms['BERT']:.2f}x)", flush=True)
@@ -208,6 +223,12 @@ def ratio_table(results: dict) -> str:
                   + " | ".join(f"{ms[n] / ms['BERT']:.2f}" if n in ms else "–" for n in MLM_ARCHS) + " |"
                   for p, ms in rows]
         lines.append("| target | " + " | ".join(f"≤ {MLM_TARGETS[n]:.2f}" for n in MLM_ARCHS) + " |")
+    base = [f"ViT-{size[0].upper()} Vim {ms['Vim']:.1f} ms ({ms['Vim'] / ms['DeiT']:.2f}× DeiT)"
+            for size, ms in results.get("vit", {}).items() if "Vim" in ms and "DeiT" in ms]
+    base += [f"BERT-base Hydra (23 layers), attention dropout {p[2:]}: {ms['Hydra']:.1f} ms ({ms['Hydra'] / ms['BERT']:.2f}× BERT)"
+             for p, ms in rows if "Hydra" in ms]
+    if base:
+        lines += ["", "Baselines (paper: Vim ×10.86 DeiT, Hydra ×3.13 BERT): " + "; ".join(base)]
     extra = [(size, k) for size, ms in results.get("vit", {}).items() if "DeiT" in ms for k in ms if "[" in k]
     if extra:
         lines += ["", "Other backends (ms, ratio to DeiT): " + ", ".join(
@@ -252,6 +273,7 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--compile", action="store_true",
                     help="torch.compile every transformer block (regional compilation; baselines too)")
+    ap.add_argument("--baselines", action="store_true", help="also time Vim (ViT rows) and Hydra-base (MLM rows)")
     ap.add_argument("--no-mlm", action="store_true")
     ap.add_argument("--no-vit", action="store_true")
     ap.add_argument("--mlm-dropout", type=float, nargs="+", default=[0.1, 0.0],
