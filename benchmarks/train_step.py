@@ -318,7 +318,7 @@ def main():
             f"LION backend {args.backends[0]}; median of {args.steps} steps after {args.warmup} warm-up")
     section = "\n\n".join(s for s in (head, ratio_table(results), op_table(results)) if s)
     if results.get("mlm") is None and not args.no_mlm:
-        section += "\n\nMLM: not measured (mlm.src.bert_layers did not import)."
+        section += "\n\nMLM: not measured (interrupted before the MLM rows, or mlm.src.bert_layers did not import)."
     print("\n" + section, flush=True)
     if args.results:
         with open(args.results, "a") as f:
