@@ -66,7 +66,8 @@ _ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "re
 def canonical_form(form: str) -> str:
     key = str(form).lower()
     if key not in _ALIASES:
-        raise ValueError(f"format must be one of 'Attention', 'RNN', 'Chunk' (case-insensitive), got {form!r}")
+        raise ValueError(f"form must be one of 'attention', 'rnn', 'chunk' (case-insensitive; aliases 'parallel', "
+                         f"'recurrent'), got {form!r}")
     return _ALIASES[key]
 
 

@@ -136,6 +136,13 @@ def test_bad_config_values_fail_clearly():
         LionBertModel(tiny_config("lion-d")).set_form("scan")
 
 
+def test_lion_form_names_are_aliases_of_the_published_ones():
+    assert tiny_config("lion-d", form="attention").form == "parallel"
+    model = LionBertModel(tiny_config("lion-d"))
+    model.set_form("Recurrent")
+    assert model.config.form == "rnn"
+
+
 PUBLISHED_CONFIG = {  # a LIONS-EPFL / M2-BERT-style config.json with the legacy arch name of lion-s
     "architectures": ["BertForMaskedLM"], "model_type": "bert", "arch_type": "nova-inputdep",
     "vocab_size": 97, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64,

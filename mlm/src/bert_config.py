@@ -6,7 +6,8 @@ from transformers import PretrainedConfig
 from lion.checks import check_chunk_size
 
 ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s", "hydra")  # hydra: the baseline in mlm/src/hydra.py
-FORMS = ("parallel", "rnn", "chunk")
+FORMS = ("parallel", "rnn", "chunk")  # the published spellings; lion's own names are accepted as aliases
+FORM_ALIASES = {"attention": "parallel", "recurrent": "rnn"}
 POSITION_EMBEDDING_TYPES = ("absolute", "none")
 # the paper's choice when position_embedding_type is not given: lion-d and lion-s encode position in their mask
 DEFAULT_POSITION_EMBEDDING_TYPE = {"attention": "absolute", "lion-lit": "absolute", "lion-d": "none", "lion-s": "none",
@@ -62,7 +63,7 @@ class LionBertConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.form = str(self.form).lower()
+        self.form = FORM_ALIASES.get(str(self.form).lower(), str(self.form).lower())
         if self.arch_type in LEGACY_ARCH_TYPES:
             raise ValueError(f"arch_type must be one of {list(ARCH_TYPES)}, got the legacy name {self.arch_type!r} "
                              f"(= {LEGACY_ARCH_TYPES[self.arch_type]!r}); published checkpoints load with "

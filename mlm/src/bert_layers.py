@@ -20,7 +20,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
 from lion.checks import KEEP, check_chunk_size
 from lion.ops.naive import naive_scores
-from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORMS, LionBertConfig, check_choice
+from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORM_ALIASES, FORMS, LionBertConfig, check_choice
 from mlm.src.hydra import HydraLayer, HydraMixer
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
@@ -241,7 +241,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
 
     def set_form(self, form: str, chunk_size=KEEP) -> None:
         """Switch how LION attention is evaluated ('parallel' | 'rnn' | 'chunk'); weights are unchanged."""
-        form = str(form).lower()
+        form = FORM_ALIASES.get(str(form).lower(), str(form).lower())
         check_choice("form", form, FORMS)
         self.config.form = form
         if chunk_size is not KEEP:  # None: automatic

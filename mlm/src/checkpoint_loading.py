@@ -30,13 +30,12 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from mlm.src.bert_config import LEGACY_ARCH_TYPES
+from mlm.src.bert_config import FORM_ALIASES, LEGACY_ARCH_TYPES
 from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification
 
 log = logging.getLogger(__name__)
 
 ARCH_FIELDS = ("arch_type", "attention_type", "mixer_type")  # where older configs keep the architecture
-FORM_ALIASES = {"attention": "parallel", "parallel": "parallel", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
 _DROPPED = {"model_type", "architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",
             "auto_map", "use_cache", "gradient_checkpointing"}
 # buffers the published embedding module saves; ours recomputes them
@@ -90,7 +89,7 @@ def published_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Lion
     if dropped:
         log.info("config: ignoring fields without meaning here: %s", dropped)
     if "form" in kept:
-        kept["form"] = FORM_ALIASES.get(str(kept["form"]).lower(), kept["form"])
+        kept["form"] = FORM_ALIASES.get(str(kept["form"]).lower(), str(kept["form"]).lower())
     return LionBertConfig(**kept, arch_type=arch, position_embedding_type=positions)
 
 

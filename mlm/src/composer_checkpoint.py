@@ -20,6 +20,7 @@ import torch
 from torch.torch_version import TorchVersion
 
 from mlm.src.config_validation import ConfigError
+from mlm.src.processes import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -99,19 +100,10 @@ def remove_partial_checkpoints(folder: str) -> None:
     """Delete half-written files of killed runs (``.partial-<pid>-*``, see builders.use_atomic_checkpoint_writes)."""
     for path in glob.glob(os.path.join(folder, ".partial-*")):
         pid = os.path.basename(path).split("-")[1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not process_alive(int(pid)):
             log.info("removing %s, left by a run killed while saving", path)
             os.remove(path)
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def newest_complete_checkpoint(folder: str) -> Optional[str]:

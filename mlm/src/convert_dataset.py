@@ -30,6 +30,8 @@ from typing import Callable, Iterable, Iterator, Optional, Sequence
 from datasets import Dataset
 from datasets.exceptions import DatasetGenerationError
 
+from mlm.src.processes import process_alive
+
 log = logging.getLogger(__name__)
 
 MARKER = "COMPLETE.json"
@@ -148,19 +150,10 @@ def remove_stale_temporaries(out_root: str) -> None:
     pattern = re.compile(rf"^\.{re.escape(os.path.basename(out_root))}\.tmp-(\d+)-")
     for name in os.listdir(os.path.dirname(out_root)):
         match = pattern.match(name)
-        if match and not _process_alive(int(match.group(1))):
+        if match and not process_alive(int(match.group(1))):
             log.info("removing %s, left by an interrupted conversion", name)
             shutil.rmtree(os.path.join(os.path.dirname(out_root), name), ignore_errors=True)
 
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _rows(docs):
