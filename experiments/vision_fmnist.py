@@ -280,7 +280,7 @@ def main(argv=None):
         results.setdefault("gpu", torch.cuda.get_device_name(0))
     import lion.attention
     results.setdefault("torch", torch.__version__)
-    results.setdefault("lion_fused_forms", sorted(lion.attention.FUSED))
+    results.setdefault("lion_fused_forms", sorted(lion.attention.fused_forms()))
     loaded = []
 
     def data():  # read only when something is trained (not for a merge of finished runs)

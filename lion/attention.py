@@ -37,6 +37,12 @@ BACKENDS = ("auto", "torch", "triton")
 _default_backend = "auto"
 
 
+def fused_forms() -> tuple[str, ...]:
+    """The forms whose fused Triton kernels are importable here (none without triton)."""
+    kernels = {"attention": fused_attention, "chunk": chunk_attention, "rnn": recurrent_attention}
+    return tuple(form for form, kernel in kernels.items() if kernel is not None)
+
+
 def set_backend(backend: str) -> None:
     """Process-wide default: 'auto' (fused kernels on CUDA, torch elsewhere), 'torch', 'triton'."""
     global _default_backend
