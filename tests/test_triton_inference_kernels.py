@@ -1,6 +1,6 @@
 """The fused chunk and RNN inference kernels (lion.ops.triton.chunk / .recurrent) equal the attention form, at tiny
-shapes under TRITON_INTERPRET=1 (test_triton_inference.py starts this file so, in a subprocess, so that the variable
-never leaks into other test files; on a GPU, test_triton_inference_gpu.py covers real shapes). Reference:
+shapes under TRITON_INTERPRET=1 (`make test-triton`, each case reported; on a GPU, test_triton_inference_gpu.py
+covers real shapes). Reference:
 lion_attention's attention form in float64 on the CPU, on the same raw q, k, v.
 """
 import os
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 if os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("needs TRITON_INTERPRET=1 (run through tests/test_triton_inference.py)", allow_module_level=True)
+    pytest.skip("needs TRITON_INTERPRET=1 (run with `make test-triton`)", allow_module_level=True)
 pytest.importorskip("triton")
 
 from lion import decay_log_gates, lion_attention, selective_log_gates  # noqa: E402
