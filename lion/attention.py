@@ -30,6 +30,9 @@ try:  # fused Triton kernels. attention form: forward and backward (training); c
 except ImportError as err:  # no triton: the torch forms serve every call
     logger.debug("fused kernels unavailable: %s", err)
     fused_attention = chunk_attention = recurrent_attention = None
+except Exception as err:  # a broken triton install must not break the torch forms
+    logger.warning("fused kernels failed to load (%s); using the torch forms", err)
+    fused_attention = chunk_attention = recurrent_attention = None
 
 FORMS = ("attention", "rnn", "chunk")
 BACKENDS = ("auto", "torch", "triton")
