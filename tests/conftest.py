@@ -51,3 +51,26 @@ def log_gates(mask: str, param, batch: int, length: int):
     if mask == "selective":
         return selective_log_gates(param)
     raise ValueError(f"mask must be one of 'Lit', 'Decay', 'Selective', got {mask!r}")
+
+
+def moby_dick_rows(root, paragraphs: int = 150, max_seq_len: int = 32) -> str:
+    """The first ``paragraphs`` Moby-Dick paragraphs shipped in mlm/data, converted to ``max_seq_len``-token rows
+    under ``root``; returns the data folder (the MLM tests' real offline corpus)."""
+    import itertools
+    import os
+
+    from transformers import BertTokenizerFast
+
+    from mlm.src.convert_dataset import convert, local_documents, read_text_lines
+    from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    src = os.path.join(root, "moby.txt")
+    lines = itertools.islice(read_text_lines(os.path.join(repo, "mlm", "data", "corpus", "moby_dick.txt.gz")),
+                             paragraphs)
+    with open(src, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    out = os.path.join(root, f"rows{max_seq_len}")
+    convert(local_documents([src], 0.1), out, BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR),
+            max_seq_len=max_seq_len)
+    return out

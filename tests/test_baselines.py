@@ -12,14 +12,12 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from transformers import BertTokenizerFast
+from conftest import moby_dick_rows
 
 import image_classification.models_vim  # noqa: F401  (registers vim_*)
 from image_classification.datasets import FMNIST_MINI_NPZ
 from image_classification.models_vim import BiMamba, selective_scan
 from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
-from mlm.src.convert_dataset import convert, local_documents, read_text_lines
-from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR
 from mlm.src.hydra import HydraMixer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -166,12 +164,9 @@ def test_hydra_pretraining_loss_falls_on_the_offline_corpus(tmp_path):
     """The demo pretraining yaml (Composer) with arch_type hydra, on Moby-Dick rows."""
     from mlm.main import build_trainer, load_config
 
-    lines = itertools.islice(read_text_lines(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz")), 80)
-    (tmp_path / "moby.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR)
-    convert(local_documents([str(tmp_path / "moby.txt")], 0.1), str(tmp_path / "rows"), tokenizer, max_seq_len=32)
+    rows = moby_dick_rows(str(tmp_path), paragraphs=80, max_seq_len=32)
     cfg, source = load_config(os.path.join(REPO, "yamls", "pretrain", "demo.yaml"), [
-        f"data_local={tmp_path / 'rows'}", f"save_folder={tmp_path / 'ckpt'}", "max_seq_len=32",
+        f"data_local={rows}", f"save_folder={tmp_path / 'ckpt'}", "max_seq_len=32",
         "model.model_config.arch_type=hydra", "model.model_config.hidden_size=32",
         "model.model_config.num_hidden_layers=2", "model.model_config.hydra_head_dim=16",
         "model.model_config.hydra_d_state=16", "global_train_batch_size=16", "device_train_microbatch_size=16",

@@ -16,6 +16,7 @@ import textwrap
 import pytest
 import torch
 from composer import Callback
+from conftest import moby_dick_rows
 from datasets import Dataset
 from transformers import BertTokenizerFast
 
@@ -24,7 +25,7 @@ from mlm.main import build_trainer, cli, resume_path
 from mlm.src.builders import NonFiniteLossGuard
 from mlm.src.composer_checkpoint import read_checkpoint
 from mlm.src.config_validation import ConfigError, Source, load_config
-from mlm.src.convert_dataset import MARKER, convert, local_documents, read_text_lines
+from mlm.src.convert_dataset import MARKER, read_text_lines
 from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR
 from mlm.src.text_data import load_split
 
@@ -46,12 +47,7 @@ ENV["TRITON_INTERPRET"] = "1"
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The first 150 Moby-Dick paragraphs shipped in mlm/data, converted to 32-token rows."""
-    root = tmp_path_factory.mktemp("faults_corpus")
-    src = root / "moby.txt"
-    lines = itertools.islice(read_text_lines(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz")), 150)
-    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    convert(local_documents([str(src)], 0.1), str(root / "rows32"), tokenizer(), max_seq_len=32)
-    return str(root / "rows32")
+    return moby_dick_rows(str(tmp_path_factory.mktemp("faults_corpus")))
 
 
 def tokenizer():

@@ -1,6 +1,5 @@
 """Composer pretraining (mlm/main.py): demo fit, checkpoint + resume, 2-process gloo run, yaml validation."""
 import glob
-import itertools
 import os
 import subprocess
 import sys
@@ -8,14 +7,13 @@ import sys
 import pytest
 import torch
 from composer.core import Callback
-from transformers import BertTokenizerFast
+from conftest import moby_dick_rows
 
 from mlm.main import build_trainer, cli
 from mlm.src.bert_layers import LionBertForMaskedLM
 from mlm.src.config_validation import ConfigError, validate
 from mlm.src.config_validation import load_config as load_with_source
-from mlm.src.convert_dataset import convert, local_documents, read_text_lines
-from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR, build_config
+from mlm.src.create_bert import build_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEMO = os.path.join(REPO, "yamls", "pretrain", "demo.yaml")
@@ -29,13 +27,7 @@ TINY = ["max_seq_len=32", "model.model_config.hidden_size=32", "model.model_conf
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """The first 150 Moby-Dick paragraphs shipped in mlm/data, converted to 32-token rows."""
-    root = tmp_path_factory.mktemp("mlm_corpus")
-    src = root / "moby.txt"
-    lines = itertools.islice(read_text_lines(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz")), 150)
-    src.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tokenizer = BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR)
-    convert(local_documents([str(src)], 0.1), str(root / "rows32"), tokenizer, max_seq_len=32)
-    return str(root / "rows32")
+    return moby_dick_rows(str(tmp_path_factory.mktemp("mlm_corpus")))
 
 
 def load_config(path, overrides):
