@@ -36,7 +36,6 @@ import numpy as np
 import timm
 import torch
 from timm.data import Mixup
-from timm.layers import resample_abs_pos_embed
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer
 from timm.scheduler import create_scheduler
@@ -51,7 +50,7 @@ from image_classification import utils
 from image_classification.datasets import DATA_SETS, DataError, build_dataset, check_same_classes, default_data_path
 from image_classification.engine import LossScaler, NonFiniteLossError, evaluate, train_one_epoch
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
-from image_classification.models_lion import FORMATS, ORDERS
+from image_classification.models_lion import FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
 
 _logger = logging.getLogger("main_lion")
@@ -350,11 +349,12 @@ def load_finetune_weights(model, path, checkpoint):
                          tuple(state[key].shape), tuple(own[key].shape))
             del state[key]
     if "pos_embed" in state and "pos_embed" in own and state["pos_embed"].shape != own["pos_embed"].shape:
-        old = state["pos_embed"]
-        old_grid = int(round((old.shape[1] - 1) ** 0.5))
-        new_grid = list(model.patch_embed.grid_size)
-        state["pos_embed"] = resample_abs_pos_embed(old, new_grid, [old_grid, old_grid], num_prefix_tokens=1)
-        _logger.info("position embedding resampled from %dx%d to %dx%d", old_grid, old_grid, *new_grid)
+        old_positions = state["pos_embed"].shape[1]
+        try:
+            state["pos_embed"] = resample_pos_embed(state["pos_embed"], model.patch_embed.grid_size)
+        except ValueError as err:
+            raise ArgumentError(f"--finetune {path}: {err}") from None
+        _logger.info("position embedding resampled from %d to %d positions", old_positions, own["pos_embed"].shape[1])
     try:
         checkpoint_io.check_fits(state, model, checkpoint, may_miss=(_is_lion_gate, lambda k: k in _HEADS))
     except checkpoint_io.CheckpointError as err:

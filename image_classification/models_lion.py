@@ -328,12 +328,16 @@ def checkpoint_filter_fn(state_dict, model):
                          f"missing {missing[:4]}, unexpected {unexpected[:4]}")
     pos = state_dict.get("pos_embed")
     if pos is not None and model.pos_embed is not None and pos.shape != model.pos_embed.shape:
-        side = round((pos.shape[1] - 1) ** 0.5)
-        if side * side != pos.shape[1] - 1:
-            raise ValueError(f"checkpoint pos_embed has {pos.shape[1] - 1} patch positions, not a square grid")
-        state_dict["pos_embed"] = resample_abs_pos_embed(pos, list(model.patch_embed.grid_size), [side, side],
-                                                         num_prefix_tokens=1)
+        state_dict["pos_embed"] = resample_pos_embed(pos, model.patch_embed.grid_size)
     return state_dict
+
+
+def resample_pos_embed(pos: torch.Tensor, grid) -> torch.Tensor:
+    """A checkpoint's (1, 1 + side², C) position embedding (cls first) resampled to the patch ``grid``."""
+    side = round((pos.shape[1] - 1) ** 0.5)
+    if side * side != pos.shape[1] - 1:
+        raise ValueError(f"checkpoint pos_embed has {pos.shape[1] - 1} patch positions, not a square grid")
+    return resample_abs_pos_embed(pos, list(grid), [side, side], num_prefix_tokens=1)
 
 
 def _cfg(**kwargs):
