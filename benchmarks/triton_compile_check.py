@@ -18,7 +18,7 @@ from lion.ops.triton import attention as A
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
-                DY=BF, DYN=BF, DLT=F32, DQ=BF, DK=BF, DVV=BF, DP=F32, DC=F32)
+                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
 TARGET = GPUTarget("cuda", 90, 32)
 

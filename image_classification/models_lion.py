@@ -20,7 +20,7 @@ from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models.vision_transformer import global_pool_nlc
 
 from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, lion_attention,
-                  selective_log_gates)
+                  selective_log_gates, unpack_qkv)
 from lion.checks import KEEP, check_chunk_size
 
 ORDERS = ("Normal", "S")
@@ -94,7 +94,7 @@ class LionAttention(nn.Module):
 
     def forward(self, x):
         B, N, C = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k, v = unpack_qkv(self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim))
         orders, log_a = None, None
         if self.order == "S" and self.mask_type != "Lit":  # with M = 1 every order gives the same result
             perms = [curve_permutation(N, c, 1, x.device) for c in ("s", "sr")]

@@ -17,9 +17,11 @@ Backward, with D_i = den_i + eps, δ_i = dy_i·y_i and ρ the dropout keep/(1−
     dA_ij = (ρ_ij dy_i·v_j − δ_i)/D_i        (normalize; else ρ_ij dy_i·v_j)
     dv_j = Σ_i ρ_ij A_ij dy_i / D_i,   dφk_j = Σ_i dA_ij M_ij scale·φ(q_i),   dφq_i = scale Σ_j dA_ij M_ij φ(k_j)
     G = dA ⊙ A = ∂/∂log M:  dP_t = Σ_{r_t≥r_j} G_tj − Σ_{r_i≥r_t} G_it,   dC_t = Σ_{r_i<r_t} G_it − Σ_{r_t<r_j} G_tj
-One program per block of BLOCK tokens does both halves: the block as keys (dk, dv, column sums of G) and as
-queries (dq, row sums of G), so dP and dC are complete without atomics or a second launch. The prefix sums'
-own backward (reverse cumsums into log a, and the ♮ gathers of (B, H, L) gates) is left to autograd.
+One pass over the score tiles (as FlashAttention-2's backward): a program owns a block of keys, keeps dk, dv and
+the column sums of G in registers and walks every query block once, adding its share of dφq and of the row sums of
+G with fp32 atomics; a last small kernel applies φ's backward to dq. Each score, dpv and mask tile is formed once.
+dq, dk, dv land in one (B, L, 3, H, d) buffer (``lion.unpack_qkv`` returns it as the qkv gradient, no copy).
+The prefix sums' own backward (reverse cumsums into log a, the ♮ gathers of (B, H, L) gates) is left to autograd.
 """
 from __future__ import annotations
 
@@ -214,41 +216,40 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
 
 
 @triton.jit
-def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQ, DK, DVV, DP, DC,
-                sqb, sqh, sql, skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
-                H, L, D, DV, scale, dropout_p, inv_keep,
-                NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
-                HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
-                BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """dq, dk (layout sg*), dv (sgv*) and dP, dC (NORD, B, H, L) of the BLOCK tokens of program 0. The loops load
-    the prepared φ(q)·scale, φ(k), dy/D and δ/D (_prep_kernel); raw q, k serve only the φ backward at the end."""
+def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, DC,
+                     skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
+                     H, L, D, DV, dropout_p, inv_keep,
+                     NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
+                     HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """One pass over the score tiles: the program owns BLOCK_N keys (dk, dv and the column sums of G in registers)
+    and walks every query block once, adding its share of dφq (fp32, DQA) and of the row sums of G (DP, DC) with
+    atomics. Each score tile, dpv tile and mask is computed once. DQA, DP, DC must be zero on entry."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     BHL = tl.num_programs(1) * L
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     dt = V.dtype.element_ty
-    offs_b = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    in_b = offs_b < L
-    v_ptr = V + b * svb + h * svh
+    in_n = offs_n < L
     w = 0.5 if NORD == 2 else 1.0
     if DROPOUT:
         seed = tl.load(SEED) + bh
-
-    # ---- the block as keys: dk, dv and the column sums of G
-    k_b = _load_feat(KF, bh, L, offs_b, in_b, offs_d, D)
-    v_b = tl.load(v_ptr + offs_b[:, None] * svl + offs_dv[None, :],
-                  mask=in_b[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
-    dk = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
-    dv = tl.zeros((BLOCK, BLOCK_DV), dtype=tl.float32)
-    clo = tl.zeros((BLOCK,), dtype=tl.float32)
-    cup = tl.zeros((BLOCK,), dtype=tl.float32)
-    clo2 = tl.zeros((BLOCK,), dtype=tl.float32)
-    cup2 = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start_m in range(0, L, BLOCK):
-        offs_m = start_m + tl.arange(0, BLOCK)
+    k_b = _load_feat(KF, bh, L, offs_n, in_n, offs_d, D)
+    v_b = tl.load(V + b * svb + h * svh + offs_n[:, None] * svl + offs_dv[None, :],
+                  mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_DV), dtype=tl.float32)
+    clo = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    cup = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    clo2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    cup2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    dqa_base = (bh * L).to(tl.int64)
+    for start_m in range(0, L, BLOCK_M):
+        offs_m = start_m + tl.arange(0, BLOCK_M)
         in_m = offs_m < L
         q = _load_feat(QF, bh, L, offs_m, in_m, offs_d, D)
         dyn = _load_feat(DYN, bh, L, offs_m, in_m, offs_dv, DV)
@@ -256,82 +257,70 @@ def _bwd_kernel(Q, K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQ, DK, DVV, DP,
         dpv = tl.dot(dyn, tl.trans(v_b), input_precision=PREC)
         a = s
         if NORD > 0:
-            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_b, in_m, in_b, NORD, NATURAL)
+            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, NORD, NATURAL)
             a = s * m
         a_drop = a
         if DROPOUT:
-            keep = _dropout_keep(seed, offs_m, offs_b, L, dropout_p)
+            keep = _dropout_keep(seed, offs_m, offs_n, L, dropout_p)
             a_drop = tl.where(keep, a * inv_keep, 0.0)
             dpv = tl.where(keep, dpv * inv_keep, 0.0)
         dv += tl.dot(tl.trans(a_drop.to(dt)), dyn, input_precision=PREC)
         da = dpv
         if NORMALIZE:
             da = dpv - tl.load(DLT + bh * L + offs_m, mask=in_m, other=0.0)[:, None]
-        da = tl.where(in_m[:, None] & in_b[None, :], da, 0.0)
+        da = tl.where(in_m[:, None] & in_n[None, :], da, 0.0)
         ds = da
         if NORD > 0:
             ds = da * m
-            lo, up = _triangle_sums(da * s * m1 * w, lo1, 0)
+            g1 = da * s * m1 * w
+            lo, up = _triangle_sums(g1, lo1, 0)
             clo += lo
             cup += up
+            lo, up = _triangle_sums(g1, lo1, 1)
+            tl.atomic_add(DP + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
+            tl.atomic_add(DC + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
             if NORD == 2:
-                lo, up = _triangle_sums(da * s * m2 * w, lo2, 0)
+                g2 = da * s * m2 * w
+                lo, up = _triangle_sums(g2, lo2, 0)
                 clo2 += lo
                 cup2 += up
-        dk += tl.dot(tl.trans(ds.to(dt)), q, input_precision=PREC)
-    kk_b = _key_keep(KEEP, b, L, offs_b, in_b, HAS_KEEP)
-    dk = _phi_bwd(_load_rows(K + b * skb + h * skh, offs_b, in_b, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
-    tl.store(DK + b * sgb + h * sgh + offs_b[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
-             mask=in_b[:, None] & (offs_d[None, :] < D))
-    tl.store(DVV + b * sgvb + h * sgvh + offs_b[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
-             mask=in_b[:, None] & (offs_dv[None, :] < DV))
-
-    # ---- the block as queries: dq and the row sums of G
-    q_b = _load_feat(QF, bh, L, offs_b, in_b, offs_d, D)
-    dyn = _load_feat(DYN, bh, L, offs_b, in_b, offs_dv, DV)
-    if NORMALIZE:
-        dlt = tl.load(DLT + bh * L + offs_b, mask=in_b, other=0.0)
-    dq = tl.zeros((BLOCK, BLOCK_D), dtype=tl.float32)
-    rlo = tl.zeros((BLOCK,), dtype=tl.float32)
-    rup = tl.zeros((BLOCK,), dtype=tl.float32)
-    rlo2 = tl.zeros((BLOCK,), dtype=tl.float32)
-    rup2 = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start_n in range(0, L, BLOCK):
-        offs_n = start_n + tl.arange(0, BLOCK)
-        in_n = offs_n < L
-        k = _load_feat(KF, bh, L, offs_n, in_n, offs_d, D)
-        v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
-                    mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
-        dpv = tl.dot(dyn, tl.trans(v), input_precision=PREC)
-        if DROPOUT:
-            dpv = tl.where(_dropout_keep(seed, offs_b, offs_n, L, dropout_p), dpv * inv_keep, 0.0)
-        da = dpv
-        if NORMALIZE:
-            da = dpv - dlt[:, None]
-        da = tl.where(in_b[:, None] & in_n[None, :], da, 0.0)
-        ds = da
-        if NORD > 0:
-            s = tl.dot(q_b, tl.trans(k), input_precision=PREC)
-            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_b, offs_n, in_b, in_n, NORD, NATURAL)
-            ds = da * m
-            lo, up = _triangle_sums(da * s * m1 * w, lo1, 1)
-            rlo += lo
-            rup += up
-            if NORD == 2:
-                lo, up = _triangle_sums(da * s * m2 * w, lo2, 1)
-                rlo2 += lo
-                rup2 += up
-        dq += tl.dot(ds.to(dt), k, input_precision=PREC)
-    q_raw = _load_rows(Q + b * sqb + h * sqh, offs_b, in_b, sql, offs_d, D)
-    dq = _phi_bwd(q_raw, dq * scale, in_b, offs_d, D, FEATURE)
-    tl.store(DQ + b * sgb + h * sgh + offs_b[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-             mask=in_b[:, None] & (offs_d[None, :] < D))
+                lo, up = _triangle_sums(g2, lo2, 1)
+                tl.atomic_add(DP + BHL + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
+                tl.atomic_add(DC + BHL + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
+        dsc = ds.to(dt)
+        dk += tl.dot(tl.trans(dsc), q, input_precision=PREC)
+        dq = tl.dot(dsc, k_b, input_precision=PREC)
+        tl.atomic_add(DQA + (dqa_base + offs_m)[:, None] * D + offs_d[None, :], dq,
+                      mask=in_m[:, None] & (offs_d[None, :] < D), sem="relaxed")
+    kk_b = _key_keep(KEEP, b, L, offs_n, in_n, HAS_KEEP)
+    dk = _phi_bwd(_load_rows(K + b * skb + h * skh, offs_n, in_n, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
+    tl.store(DK + b * sgb + h * sgh + offs_n[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
+             mask=in_n[:, None] & (offs_d[None, :] < D))
+    tl.store(DVV + b * sgvb + h * sgvh + offs_n[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
+             mask=in_n[:, None] & (offs_dv[None, :] < DV))
     if NORD > 0:
-        tl.store(DP + bh * L + offs_b, rlo - clo, mask=in_b)
-        tl.store(DC + bh * L + offs_b, cup - rup, mask=in_b)
+        tl.atomic_add(DP + bh * L + offs_n, -clo, mask=in_n, sem="relaxed")
+        tl.atomic_add(DC + bh * L + offs_n, cup, mask=in_n, sem="relaxed")
         if NORD == 2:
-            tl.store(DP + BHL + bh * L + offs_b, rlo2 - clo2, mask=in_b)
-            tl.store(DC + BHL + bh * L + offs_b, cup2 - rup2, mask=in_b)
+            tl.atomic_add(DP + BHL + bh * L + offs_n, -clo2, mask=in_n, sem="relaxed")
+            tl.atomic_add(DC + BHL + bh * L + offs_n, cup2, mask=in_n, sem="relaxed")
+
+
+@triton.jit
+def _bwd_q_kernel(Q, DQA, DQ, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
+                  BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // H).to(tl.int64)
+    h = (bh % H).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    in_r = offs < L
+    g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
+    dq = _phi_bwd(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)
+    tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=in_r[:, None] & (offs_d[None, :] < D))
 
 
 # ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
@@ -436,24 +425,24 @@ def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
 
 
 # ------------------------------------------------------------------------------------------------ launch configs
-# Register reports (benchmarks/triton_compile_check.py --regs: ptxas -v, sm_90, d = 64): the listed forward
-# configs never spill; the backward at BLOCK 32 with 8 warps spills at most 32 bytes, while BLOCK 64
-# with 4 warps spilled 1.8 KB (D) to 3.7 KB (♮) and BLOCK 32 with 4 warps up to 136 bytes, so those are not listed.
-# The first entry of each list is the one used without autotuning (LION_TRITON_AUTOTUNE=0, tests).
+# Register reports: benchmarks/triton_compile_check.py --regs (ptxas -v). The first entry of each list is the one
+# used without autotuning (LION_TRITON_AUTOTUNE=0, tests).
 def _fwd_configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
             for bm, bn, w, st in [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)]]
 
 
-def _bwd_configs():
-    return [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)
-            for bl, w, st in [(32, 8, 2), (32, 8, 1), (16, 4, 2)]]
+def _bwd_configs():  # (32, 64) with 8 warps spills ≤ 16 bytes (♮: 92); (64, ·) tiles spill kilobytes
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
+            for bm, bn, w, st in [(32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)]]
 
 
 _KEY = ["L", "D", "DV", "NORD", "NATURAL", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
 _fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
-_bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
+_bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1,
+                                                                  num_stages=1),
+                reset_to_zero=["DQA", "DP", "DC"])  # accumulated with atomics
 _LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)  # spill-free (32 rows; 64 rows spill)
                 for bl, w, st in [(32, 8, 2), (32, 4, 2), (16, 4, 2)]]
 _LIT_KEY = ["L", "D", "DV", "FEATURE", "HAS_KEEP", "PREC"]
@@ -535,35 +524,55 @@ def _(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
             q.new_empty((B, H, L) if normalize else (0,), dtype=torch.float32))
 
 
+def _grad_buffer(B, H, L, D, DV, like, dtype):
+    """One buffer for dq, dk, dv: (B, L, 3, H, d) when D == DV, laid out as a model's fused qkv projection so
+    that ``lion.unpack_qkv``'s backward returns it without a copy; else (B, L, H, 2·D + DV)."""
+    if D == DV:
+        return torch.empty(B, L, 3, H, D, device=like.device, dtype=dtype)
+    return torch.empty(B, L, H, 2 * D + DV, device=like.device, dtype=dtype)
+
+
+def _grad_views(buf, D, DV):
+    """(dq, dk, dv) as (B, H, L, ·) views of a ``_grad_buffer``."""
+    if buf.dim() == 5:
+        return tuple(buf[:, :, i].transpose(1, 2) for i in range(3))
+    return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))
+
+
 @torch.library.custom_op("lion::attention_bwd", mutates_args=())
 def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
                   C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
                   seed: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor, dy: torch.Tensor, scale: float,
                   eps: float, feature: int, normalize: bool, dropout_p: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dqkv, dP, dC): dq, dk, dv in one ``_grad_buffer`` (read them with ``_grad_views``), dP, dC like P."""
     q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
     B, H, L, D = q.shape
     DV = v.shape[-1]
-    dq, dk = _token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype)
-    dv = _token_major(B, H, L, DV, q, v.dtype)
+    dqkv = _grad_buffer(B, H, L, D, DV, q, v.dtype)
+    dq, dk, dv = _grad_views(dqkv, D, DV)
     g_shape = P.shape if P is not None else (0,)
-    dP, dC = (torch.empty(g_shape, device=q.device, dtype=torch.float32) for _ in range(2))
+    dP, dC = (torch.zeros(g_shape, device=q.device, dtype=torch.float32) for _ in range(2))
     meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype)
     Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, den)
-    grid = lambda m: (triton.cdiv(L, m["BLOCK"]), B * H)  # noqa: E731
-    _bwd(grid, q, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dq, dk, dv, dP, dC,
-         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
-         H, L, D, DV, scale, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
-    return dq, dk, dv, dP, dC
+    dqa = torch.zeros(B, H, L, D, device=q.device, dtype=torch.float32)  # dφq, accumulated over key blocks
+    grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
+    _bwd(grid, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
+              *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+              H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
+    block = 16 if INTERPRET else 32
+    _bwd_q_kernel[(triton.cdiv(L, block), B * H)](q, dqa, dq, *q.stride()[:3], *dq.stride()[:3], H, L, D, scale,
+                                                   FEATURE=feature, BLOCK=block, BLOCK_D=meta["BLOCK_D"],
+                                                   num_warps=1 if INTERPRET else 4)
+    return dqkv, dP, dC
 
 
 @attention_bwd.register_fake
 def _(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
     B, H, L, D = q.shape
     g_shape = P.shape if P is not None else (0,)
-    return (_token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype),
-            _token_major(B, H, L, v.shape[-1], q, v.dtype),
+    return (_grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype),
             q.new_empty(g_shape, dtype=torch.float32), q.new_empty(g_shape, dtype=torch.float32))
 
 
@@ -578,9 +587,10 @@ def _backward(ctx, dy, dden):
     q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(y)
-    dq, dk, dv, dP, dC = attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+    dqkv, dP, dC = attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
     has_gates = P is not None
-    return (dq, dk, dv, dP if has_gates else None, dC if has_gates else None) + (None,) * 8
+    return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dP if has_gates else None, dC if has_gates else None) \
+        + (None,) * 8
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -611,25 +621,25 @@ def _(q, k, v, keep, scale, eps, feature):
 @torch.library.custom_op("lion::lit_kv_bwd", mutates_args=())
 def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], y: torch.Tensor,
                den: torch.Tensor, dy: torch.Tensor, scale: float, eps: float, feature: int
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+               ) -> torch.Tensor:
+    """dq, dk, dv in one ``_grad_buffer``."""
     q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
     B, H, L, D = q.shape
     DV = v.shape[-1]
-    dq, dk = _token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype)
-    dv = _token_major(B, H, L, DV, q, v.dtype)
+    dqkv = _grad_buffer(B, H, L, D, DV, q, v.dtype)
+    dq, dk, dv = _grad_views(dqkv, D, DV)
     meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
                 BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
     _lit_bwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, dy, dq, dk, dv,
              *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3],
              *dk.stride()[:3], *dv.stride()[:3], H, L, D, DV, scale, eps, **meta)
-    return dq, dk, dv
+    return dqkv
 
 
 @lit_kv_bwd.register_fake
 def _(q, k, v, keep, y, den, dy, scale, eps, feature):
     B, H, L, D = q.shape
-    return (_token_major(B, H, L, D, q, q.dtype), _token_major(B, H, L, D, q, k.dtype),
-            _token_major(B, H, L, v.shape[-1], q, v.dtype))
+    return _grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype)
 
 
 def _lit_setup_context(ctx, inputs, output):
@@ -642,7 +652,8 @@ def _lit_backward(ctx, dy, dden):
     q, k, v, keep, y, den = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(y)
-    return (*lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args), None, None, None, None)
+    dqkv = lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args)
+    return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), None, None, None, None)
 
 
 lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)

@@ -22,8 +22,9 @@ class Launcher:
     ``interpret_config`` under the interpreter. ``grid_fn`` maps the chosen meta-parameters to the grid.
     The autotuner is made on first use, so importing a kernel module needs no GPU driver."""
 
-    def __init__(self, kernel, configs, key, interpret_config):
+    def __init__(self, kernel, configs, key, interpret_config, reset_to_zero=None):
         self.kernel, self.configs, self.key, self.interpret_config = kernel, configs, key, interpret_config
+        self.reset_to_zero = reset_to_zero  # outputs accumulated with atomics: zeroed before each timed config
         self._tuned = None
 
     def __call__(self, grid, *args, **meta):
@@ -32,5 +33,5 @@ class Launcher:
             return self.kernel[grid(cfg.kwargs)](*args, **meta, **cfg.kwargs, num_warps=cfg.num_warps,
                                                  num_stages=cfg.num_stages)
         if self._tuned is None:
-            self._tuned = triton.autotune(configs=self.configs, key=self.key)(self.kernel)
+            self._tuned = triton.autotune(configs=self.configs, key=self.key, reset_to_zero=self.reset_to_zero)(self.kernel)
         return self._tuned[grid](*args, **meta)

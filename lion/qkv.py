@@ -1,0 +1,50 @@
+"""q, k, v as views of one fused projection, with a backward that needs no copy.
+
+A model that projects x to qkv (B, L, 3·H·d) in one Linear usually splits it with reshape/permute/unbind; the
+backward of unbind then stacks dq, dk, dv into a new tensor and the reshape back copies it again. The fused
+attention kernels write dq, dk, dv into one (B, L, 3, H, d) buffer (lion.ops.triton.attention), so the gradient
+of qkv is that buffer itself: ``unpack_qkv`` hands it back as is, and stacks only when the gradients come from
+elsewhere (the torch forms, or under torch.compile, which fuses the stack anyway).
+"""
+from __future__ import annotations
+
+import torch
+
+
+class _UnpackQKV(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv):
+        ctx.shape = qkv.shape
+        return tuple(qkv.permute(2, 0, 3, 1, 4).unbind(0))
+
+    @staticmethod
+    def backward(ctx, dq, dk, dv):
+        packed = _packed_base(dq, dk, dv, ctx.shape)
+        if packed is not None:
+            return packed
+        like = next(g for g in (dq, dk, dv) if g is not None)
+        grads = [torch.zeros_like(like) if g is None else g for g in (dq, dk, dv)]
+        return torch.stack([g.transpose(1, 2) for g in grads], dim=2)
+
+
+def _packed_base(dq, dk, dv, shape):
+    """The (B, L, 3, H, d) buffer that dq, dk, dv are the three slices of, or None."""
+    if torch.compiler.is_compiling() or dq is None or dk is None or dv is None:
+        return None
+    base = dq._base
+    if base is None or dk._base is not base or dv._base is not base or tuple(base.shape) != tuple(shape) \
+            or not base.is_contiguous():
+        return None
+    B, L, _, H, d = shape
+    for i, g in enumerate((dq, dk, dv)):
+        if g.data_ptr() != base.data_ptr() + i * H * d * base.element_size() or g.stride() != \
+                (L * 3 * H * d, d, 3 * H * d, 1):
+            return None
+    return base
+
+
+def unpack_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """qkv (B, L, 3, H, d) → q, k, v, each (B, H, L, d), as views (no copy)."""
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must have shape (B, L, 3, H, d), got {tuple(qkv.shape)}")
+    return _UnpackQKV.apply(qkv)
