@@ -11,9 +11,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import rel_err_max
 
 import image_classification.models_vim as models_vim
-from conftest import rel_err_max
 from image_classification.models_vim import BiMamba, resolve_scan, selective_scan
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
