@@ -54,7 +54,7 @@ def _build(model, res, path):
 
     if model == "DeiT-S":
         m = timm.create_model("deit_small_patch16_224", img_size=res, num_classes=1000)
-    elif model == "Vim-S":  # the paper's Mamba baseline, torch scan (image_classification/models_vim.py)
+    elif model == "Vim-S":  # the paper's Mamba baseline, Triton scan on CUDA (image_classification/models_vim.py)
         import image_classification.models_vim  # noqa: F401
 
         m = timm.create_model("vim_small_patch16_224", img_size=res, num_classes=1000)

@@ -6,7 +6,7 @@ lion-lit, lion-d, lion-s) against our softmax BERT (arch_type 'attention', SDPA)
 and 0. fp32 weights under bf16 autocast, fused AdamW, random data, median of the timed steps after warm-up;
 eager or --compile (regional: every block .compile()d, baselines too). Also times the attention op alone
 (fused LION vs SDPA, B=128 H=12 d=64, L=197 and 128) with its TFLOP/s and the bf16 matmul rate of the same run.
-With --baselines, the paper's other baselines get rows too: Vim (timm vim_{small,base}_patch16_224, torch scan)
+With --baselines, the paper's other baselines get rows too: Vim (timm vim_{small,base}_patch16_224, Triton scan)
 against DeiT and Hydra-base (arch_type 'hydra', 23 layers) against softmax BERT.
 
     python benchmarks/train_step.py [--sizes small base] [--variants Lit D S] [--compile] [--no-mlm] [--no-op]
@@ -120,7 +120,7 @@ def vit_rows(size: str, args, out: dict) -> dict:
     if args.baselines:
         try:
             ms["Vim"] = bench_model(lambda: timm.create_model(f"vim_{size}_patch16_224"), batch, loss_fn, args)
-            print(f"  ViT-{size[0].upper()} Vim (torch scan): {ms['Vim']:.2f} ms ({ms['Vim'] / ms['DeiT']:.2f}x)",
+            print(f"  ViT-{size[0].upper()} Vim (Triton scan): {ms['Vim']:.2f} ms ({ms['Vim'] / ms['DeiT']:.2f}x)",
                   flush=True)
         except Exception:
             traceback.print_exc()

@@ -7,13 +7,16 @@ forward and one over the flipped sequence, each with its own conv, x_proj, dt_pr
 the gate z) and out_proj, and their gated outputs are averaged. Classification reads the middle class token.
 
 ``timm.create_model('vim_tiny_patch16_224', depth=2, img_size=32, patch_size=8, embed_dim=64)`` works.
-The selective scan is ``selective_scan`` below, in fp32: a parallel-in-time (Hillis–Steele) associative scan on the
-GPU, a token-by-token loop on the CPU; both exact and stable. There is no fused kernel: Vim's CUDA kernels (mamba-ssm)
-compile CUDA at install time, so this torch path is the one used on the GPU as well; there the scan states are
-recomputed in the backward pass (as Vim's kernel does) instead of being stored.
+The selective scan is ``selective_scan`` below, in fp32. On the GPU it runs as a fused Triton kernel, forward and
+backward (image_classification/ops/selective_scan.py: states in registers, the backward recomputes them chunk by
+chunk instead of storing them, as Vim's mamba-ssm kernel does; mamba-ssm itself compiles CUDA at install time, so
+it is not used). Without triton the GPU runs a parallel-in-time (Hillis–Steele) associative scan in torch, with its
+states recomputed in the backward pass by activation checkpointing; the CPU runs a token-by-token loop. All are
+exact and stable.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
@@ -25,21 +28,53 @@ from torch.utils.checkpoint import checkpoint
 
 from lion.masks import upcast
 
+logger = logging.getLogger(__name__)
 
-SCANS = ("auto", "parallel", "sequential")
+try:  # the fused Triton scan; the torch scans serve every call without it
+    from image_classification.ops.selective_scan import INTERPRET, fused_selective_scan
+except ImportError as err:
+    logger.debug("fused selective scan unavailable: %s", err)
+    fused_selective_scan, INTERPRET = None, False
+except Exception as err:  # a broken triton install must not break the torch scans
+    logger.warning("fused selective scan failed to load (%s); using the torch scans", err)
+    fused_selective_scan, INTERPRET = None, False
+
+SCANS = ("auto", "parallel", "sequential", "triton")
+
+
+def resolve_scan(scan: str, device=None) -> str:
+    """The scan that ``scan`` runs on ``device``: 'auto' → 'triton' on CUDA (when triton imports), else
+    'parallel' on CUDA and 'sequential' elsewhere. 'triton' needs CUDA, or TRITON_INTERPRET=1 on the CPU.
+    Without a device, only the name (and that triton imports, for 'triton') is checked."""
+    if scan not in SCANS:
+        raise ValueError(f"scan must be one of {list(SCANS)}, got {scan!r}")
+    if scan == "triton" and fused_selective_scan is None:
+        raise ValueError("scan='triton' needs the triton package (not importable here); use scan='auto'")
+    if device is None:
+        return scan
+    if scan == "auto":
+        if device.type == "cuda":
+            return "parallel" if fused_selective_scan is None else "triton"
+        return "sequential"
+    if scan == "triton" and device.type != "cuda" and not (device.type == "cpu" and INTERPRET):
+        raise ValueError(f"scan='triton' runs on CUDA, or on the CPU with TRITON_INTERPRET=1 set before triton is "
+                         f"imported; got device {device.type!r}")
+    return scan
 
 
 def selective_scan(x, dt, A, B, C, D, scan: str = "auto"):
     """Mamba-1 selective scan. x, dt: (b, L, d); A: (d, N) < 0; B, C: (b, L, N); D: (d,).
 
     h_t = exp(dt_t A) ⊙ h_{t−1} + (dt_t x_t) B_t,   y_t = h_t C_t + D x_t   (h: (b, d, N), h_{−1} = 0).
-    scan: 'parallel' (log2(L) doubling steps of the associative combine (a, h) ∘ (a', h') = (a a', a' h + h'): few
-    large ops, for the GPU), 'sequential' (one small op per token: less memory traffic, for the CPU) or 'auto'
-    (parallel on CUDA, else sequential). Both are exact and stable (only products of decays ≤ 1 are formed).
-    Returns y (b, L, d) in fp32 (fp64 for fp64 inputs).
+    scan: 'triton' (the fused kernel of image_classification/ops/selective_scan.py, forward and backward),
+    'parallel' (log2(L) doubling steps of the associative combine (a, h) ∘ (a', h') = (a a', a' h + h'): few large
+    torch ops), 'sequential' (one small op per token: less memory traffic, for the CPU) or 'auto' (see
+    ``resolve_scan``: triton on CUDA, sequential on the CPU). All are exact and stable (only products of decays
+    ≤ 1 are formed). Returns y (b, L, d) in fp32 (fp64 for fp64 inputs).
     """
-    if scan not in SCANS:
-        raise ValueError(f"scan must be one of {list(SCANS)}, got {scan!r}")
+    scan = resolve_scan(scan, x.device)
+    if scan == "triton":  # the kernel reads x, dt, B, C in their own dtypes
+        return fused_selective_scan(x, dt, A, B, C) + upcast(x) * upcast(D)
     x, dt, A, B, C, D = (upcast(t) for t in (x, dt, A, B, C, D))
     a = torch.exp(dt[..., None] * A)                               # (b, L, d, N), ≤ 1
     h = (dt * x)[..., None] * B[:, :, None, :]                     # (b, L, d, N)
@@ -65,8 +100,7 @@ class SelectiveSSM(nn.Module):
     def __init__(self, d_inner, d_state, d_conv, dt_rank, dt_min=1e-3, dt_max=1e-1, dt_init_floor=1e-4,
                  scan="auto", recompute_scan=None):
         super().__init__()
-        if scan not in SCANS:
-            raise ValueError(f"scan must be one of {list(SCANS)}, got {scan!r}")
+        resolve_scan(scan)
         self.d_state, self.dt_rank = d_state, dt_rank
         self.scan, self.recompute_scan = scan, recompute_scan
         self.conv1d = nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner, padding=d_conv - 1)
@@ -89,6 +123,8 @@ class SelectiveSSM(nn.Module):
         dt = F.softplus(upcast(self.dt_proj(dt)))
         args = (x, dt, -torch.exp(upcast(self.A_log)), B, C, self.D, self.scan)
         recompute = x.is_cuda if self.recompute_scan is None else self.recompute_scan
+        if resolve_scan(self.scan, x.device) == "triton":  # the kernel recomputes its states itself
+            recompute = False
         if recompute and torch.is_grad_enabled():  # keep only the inputs; rebuild the (b, L, d, N) states backward
             y = checkpoint(selective_scan, *args, use_reentrant=False)
         else:
@@ -131,8 +167,9 @@ class VimBlock(nn.Module):
 class VisionMamba(nn.Module):
     """Vim with a class token in the middle of the patch sequence and a learned absolute position embedding.
 
-    scan: 'auto' | 'parallel' | 'sequential' (see ``selective_scan``); recompute_scan: rebuild the scan states in
-    the backward pass instead of storing them (None: on CUDA only, where they would not fit at ImageNet sizes).
+    scan: 'auto' | 'triton' | 'parallel' | 'sequential' (see ``selective_scan``); recompute_scan: for the torch
+    scans, rebuild the scan states in the backward pass instead of storing them (None: on CUDA only, where they
+    would not fit at ImageNet sizes); the Triton scan always recomputes them in its own backward kernel.
     ``num_heads`` is accepted (and unused) so that the studies can pass one set of ViT keyword arguments.
     """
 
