@@ -32,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import median_ms, peak_activation_gib  # noqa: E402
+from benchmarks.timing import kernel_time_by_category, median_ms, peak_activation_gib  # noqa: E402
 
 BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
 LION = {"LION-D": ("Decay", "Normal"), "LION-S": ("Selective", "Normal"),
@@ -244,25 +244,31 @@ def sweep(args):
 
 
 def profile(args, res):
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
+    """Where the forward's kernel time goes at ``res`` px: CUDA time per kernel category (torch.profiler) for DeiT-S
+    and the LION forms, side by side, then each LION form's costliest kernels."""
     for path in args.paths:
         dtype = torch.float32 if path == "amp" else torch.bfloat16
         x = torch.randn(args.batch, 3, res, res, device="cuda", dtype=dtype)
+        runs = {}
         for model, form in (("DeiT-S", "SDPA"), ("LION-D", "Chunk"), ("LION-S", "Chunk"), ("LION-D", "RNN")):
             net = _build(model, res, path)
             if form != "SDPA":
                 net.set_format(form, None)
-            with torch.inference_mode(), _context(path):
-                net(x)
-                torch.cuda.synchronize()
-                with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+
+            def forward():
+                with torch.inference_mode(), _context(path):
                     net(x)
-                    torch.cuda.synchronize()
-            print(f"--- profile {path} {model} {form} {res}px")
-            print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12, max_name_column_width=60))
+            runs[f"{model} {form}"] = kernel_time_by_category(forward, warmup=2)
             del net
+        names = list(runs)
+        cats = sorted({c for cats, _ in runs.values() for c in cats}, key=lambda c: -runs[names[1]][0].get(c, 0))
+        print(f"--- kernel time per forward by category, {path}, {res} px, batch {args.batch} (ms)")
+        print("| category | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+        for cat in cats:
+            print(f"| {cat} | " + " | ".join(f"{runs[n][0].get(cat, 0):.2f}" for n in names) + " |")
+        print("| **total** | " + " | ".join(f"{sum(runs[n][0].values()):.2f}" for n in names) + " |")
+        for n in names[1:]:
+            print(f"costliest kernels, {n}: " + ", ".join(f"{k[:40]} {ms:.2f}" for k, ms in runs[n][1][:6]))
 
 
 def _write_json(data, path):

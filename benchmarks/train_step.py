@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import image_classification.models_lion  # noqa: F401  (registers lion_* in timm)
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baseline in timm)
 import lion
-from benchmarks.timing import median_ms
+from benchmarks.timing import kernel_time_by_category, median_ms
 
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
@@ -80,20 +80,33 @@ def bench_model(build, batch, loss_fn, args) -> float:
         torch.cuda.empty_cache()
 
 
-def profile_step(size: str, variant: str, args, top: int = 25) -> str:
-    """torch.profiler per-kernel table (CUDA time) of one training step of a ViT LION variant after warm-up."""
+def profile_step(size: str, variant: str, args) -> str:
+    """Where the time of one training step goes: CUDA time per kernel category for DeiT and a ViT LION variant
+    (torch.profiler, after warm-up, same batch), their difference, and the variant's costliest kernels."""
     mask_type, order = VARIANTS[variant]
-    model = timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type, order=order).cuda()
     x = torch.randn(args.batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (args.batch,), device="cuda")
-    step = train_step_fn(model, (x, y), lambda m, b: F.cross_entropy(m(b[0]).float(), b[1]), args.compile)
-    for _ in range(args.warmup):
-        step()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        step()
-        torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=top, max_name_column_width=70)
+    loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
+    runs = {}
+    for name, build in (("DeiT", lambda: timm.create_model(f"deit_{size}_patch16_224")),
+                        (f"LION-{variant}", lambda: timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type,
+                                                                     order=order))):
+        model = build().cuda()
+        runs[name] = kernel_time_by_category(train_step_fn(model, (x, y), loss, args.compile), warmup=args.warmup)
+        del model
+        torch.cuda.empty_cache()
+    (base, _), (ours, top) = runs["DeiT"], runs[f"LION-{variant}"]
+    lines = [f"Kernel time of one ViT-{size[0].upper()} training step by category (ms, CUDA time, "
+             f"{'compiled' if args.compile else 'eager'}, batch {args.batch}):", "",
+             f"| category | DeiT | LION-{variant} | difference |", "|---|---|---|---|"]
+    for cat in sorted(set(base) | set(ours), key=lambda c: -(ours.get(c, 0) + base.get(c, 0))):
+        lines.append(f"| {cat} | {base.get(cat, 0):.2f} | {ours.get(cat, 0):.2f} | "
+                     f"{ours.get(cat, 0) - base.get(cat, 0):+.2f} |")
+    lines.append(f"| **total** | {sum(base.values()):.2f} | {sum(ours.values()):.2f} | "
+                 f"{sum(ours.values()) - sum(base.values()):+.2f} |")
+    lines += ["", f"Costliest kernels of LION-{variant}:", "", "| kernel | ms |", "|---|---|"]
+    lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
+    return "\n".join(lines)
 
 
 def vit_rows(size: str, args, out: dict) -> dict:
@@ -280,8 +293,9 @@ def main():
                     help="attention dropout of the MLM rows (baseline and LION alike)")
     ap.add_argument("--op-lengths", type=int, nargs="+", default=[197, 128])
     ap.add_argument("--no-op", action="store_true", help="skip the op-level timing")
-    ap.add_argument("--profile", default="", choices=["", *VARIANTS],
-                    help="only print the per-kernel profile of one step of this ViT variant (first --sizes)")
+    ap.add_argument("--profile", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                    help="only print where the kernel time of one step goes, DeiT vs these ViT variants "
+                         "(first --sizes; with --compile, compiled)")
     ap.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append to ('' = none)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
@@ -289,7 +303,8 @@ def main():
         sys.exit("train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.profile:
-        print(profile_step(args.sizes[0], args.profile, args), flush=True)
+        for variant in args.profile:
+            print(profile_step(args.sizes[0], variant, args) + "\n", flush=True)
         return
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
                "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends}
