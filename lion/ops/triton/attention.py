@@ -494,14 +494,7 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     return qf, kf, dyn, dlt
 
 
-@torch.library.custom_op("lion::attention_fwd", mutates_args=())
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
-                  C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
-                  seed: Optional[torch.Tensor], scale: float, eps: float, feature: int, normalize: bool,
-                  dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """y (B, H, L, dv) in v's dtype (a view of a (B, L, H, dv) buffer) and den (B, H, L) fp32 (empty unless
-    ``normalize``). q, k: raw (φ applied in-kernel); P, C: (orders, B, H, L) fp32 prefix sums in natural token
-    order; R: (orders, L) int32 ranks (None: natural order); keep: (B, L) bool; seed: (1,) int64 dropout seed."""
+def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
     q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
     B, H, L, D = q.shape
     DV = v.shape[-1]
@@ -515,6 +508,17 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
     _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return y, den
+
+
+@torch.library.custom_op("lion::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
+                  C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+                  seed: Optional[torch.Tensor], scale: float, eps: float, feature: int, normalize: bool,
+                  dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (B, H, L, dv) in v's dtype (a view of a (B, L, H, dv) buffer) and den (B, H, L) fp32 (empty unless
+    ``normalize``). q, k: raw (φ applied in-kernel); P, C: (orders, B, H, L) fp32 prefix sums in natural token
+    order; R: (orders, L) int32 ranks (None: natural order); keep: (B, L) bool; seed: (1,) int64 dropout seed."""
+    return _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p)
 
 
 @attention_fwd.register_fake
@@ -539,13 +543,7 @@ def _grad_views(buf, D, DV):
     return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))
 
 
-@torch.library.custom_op("lion::attention_bwd", mutates_args=())
-def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
-                  C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
-                  seed: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor, dy: torch.Tensor, scale: float,
-                  eps: float, feature: int, normalize: bool, dropout_p: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dqkv, dP, dC): dq, dk, dv in one ``_grad_buffer`` (read them with ``_grad_views``), dP, dC like P."""
+def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
     q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
     B, H, L, D = q.shape
     DV = v.shape[-1]
@@ -566,6 +564,16 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
                                                    FEATURE=feature, BLOCK=block, BLOCK_D=meta["BLOCK_D"],
                                                    num_warps=1 if INTERPRET else 4)
     return dqkv, dP, dC
+
+
+@torch.library.custom_op("lion::attention_bwd", mutates_args=())
+def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional[torch.Tensor],
+                  C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
+                  seed: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor, dy: torch.Tensor, scale: float,
+                  eps: float, feature: int, normalize: bool, dropout_p: float
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dqkv, dP, dC): dq, dk, dv in one ``_grad_buffer`` (read them with ``_grad_views``), dP, dC like P."""
+    return _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p)
 
 
 @attention_bwd.register_fake
@@ -596,10 +604,7 @@ def _backward(ctx, dy, dden):
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-@torch.library.custom_op("lion::lit_kv_fwd", mutates_args=())
-def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], scale: float,
-               eps: float, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lit normalised through the d×dv state: y = φ(Q)(φ(K)ᵀV)·scale / (φ(Q)·Σφ(K)·scale + eps); (y, den)."""
+def _lit_kv_fwd(q, k, v, keep, scale, eps, feature):
     q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
     B, H, L, D = q.shape
     DV = v.shape[-1]
@@ -612,17 +617,20 @@ def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional
     return y, den
 
 
+@torch.library.custom_op("lion::lit_kv_fwd", mutates_args=())
+def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], scale: float,
+               eps: float, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lit normalised through the d×dv state: y = φ(Q)(φ(K)ᵀV)·scale / (φ(Q)·Σφ(K)·scale + eps); (y, den)."""
+    return _lit_kv_fwd(q, k, v, keep, scale, eps, feature)
+
+
 @lit_kv_fwd.register_fake
 def _(q, k, v, keep, scale, eps, feature):
     B, H, L, _ = q.shape
     return _token_major(B, H, L, v.shape[-1], q, v.dtype), q.new_empty((B, H, L), dtype=torch.float32)
 
 
-@torch.library.custom_op("lion::lit_kv_bwd", mutates_args=())
-def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], y: torch.Tensor,
-               den: torch.Tensor, dy: torch.Tensor, scale: float, eps: float, feature: int
-               ) -> torch.Tensor:
-    """dq, dk, dv in one ``_grad_buffer``."""
+def _lit_kv_bwd(q, k, v, keep, y, den, dy, scale, eps, feature):
     q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
     B, H, L, D = q.shape
     DV = v.shape[-1]
@@ -634,6 +642,14 @@ def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional
              *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3],
              *dk.stride()[:3], *dv.stride()[:3], H, L, D, DV, scale, eps, **meta)
     return dqkv
+
+
+@torch.library.custom_op("lion::lit_kv_bwd", mutates_args=())
+def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], y: torch.Tensor,
+               den: torch.Tensor, dy: torch.Tensor, scale: float, eps: float, feature: int
+               ) -> torch.Tensor:
+    """dq, dk, dv in one ``_grad_buffer``."""
+    return _lit_kv_bwd(q, k, v, keep, y, den, dy, scale, eps, feature)
 
 
 @lit_kv_bwd.register_fake
@@ -657,6 +673,42 @@ def _lit_backward(ctx, dy, dden):
 
 
 lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
+
+
+# ---------------------------------------------------------------------------------- eager autograd functions
+# The same implementations as the custom ops above, for eager mode: a torch.library custom op costs about 70 µs of
+# host time per call (dispatch, schema and alias checks), an autograd.Function about 10; the custom ops remain what
+# torch.compile traces (fused_attention picks by torch.compiler.is_compiling()).
+class _AttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
+        y, den = _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p)
+        ctx.save_for_backward(q, k, v, P, C, R, keep, seed, y, den)
+        ctx.args = (scale, eps, feature, normalize, dropout_p)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
+        dqkv, dP, dC = _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+        has_gates = P is not None
+        return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dP if has_gates else None,
+                dC if has_gates else None) + (None,) * 8
+
+
+class _LitKVFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, keep, scale, eps, feature):
+        y, den = _lit_kv_fwd(q, k, v, keep, scale, eps, feature)
+        ctx.save_for_backward(q, k, v, keep, y, den)
+        ctx.args = (scale, eps, feature)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        q, k, v, keep, y, den = ctx.saved_tensors
+        dqkv = _lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args)
+        return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), None, None, None, None)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -721,15 +773,16 @@ def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     L, D = q.shape[-2], q.shape[-1]
     keep = None if key_padding_mask is None else key_padding_mask.to(torch.bool).contiguous()
     if P is None and normalize and dropout_p == 0.0 and (lit_kv if lit_kv is not None else L >= D):
-        return lit_kv_fwd(q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])[0]
+        args = (q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])
+        return lit_kv_fwd(*args)[0] if torch.compiler.is_compiling() else _LitKVFn.apply(*args)
     seed = None
     if dropout_p > 0.0:
         if not 0.0 < dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
         seed = torch.randint(0, 2 ** 31 - 2 ** 24, (1,), device=q.device, dtype=torch.int64)
-    y, _ = attention_fwd(q, k, v, P, C, R, keep, seed, float(scale), float(eps), FEATURES[feature_map],
-                         bool(normalize), float(dropout_p))
-    return y
+    args = (q, k, v, P, C, R, keep, seed, float(scale), float(eps), FEATURES[feature_map], bool(normalize),
+            float(dropout_p))
+    return attention_fwd(*args)[0] if torch.compiler.is_compiling() else _AttentionFn.apply(*args)
 
 
 def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, L: int, dropout_p: float) -> torch.Tensor:
