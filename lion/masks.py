@@ -33,13 +33,13 @@ def decay_log_gates(a: torch.Tensor, length: int, batch: int) -> torch.Tensor:
 def selective_log_gates(z: torch.Tensor, first_gate_one: bool = True) -> torch.Tensor:
     """LION-S: a_t = 1 − sigmoid(z_t) = sigmoid(−z_t), so log a_t = logsigmoid(−z_t) (never log(1 − σ)).
 
-    ``z`` is the gate pre-activation W x + b of shape (B, L, H); returns (B, H, L) fp32.
+    ``z`` is the gate pre-activation W x + b of shape (B, L, H); returns (B, H, L) fp32 (a transposed view).
     With ``first_gate_one`` the gate of token 0 (the cls token) is 1, as in the vision model.
     """
-    log_a = F.logsigmoid(-upcast(z)).transpose(1, 2)
-    if first_gate_one:
-        log_a = torch.cat([torch.zeros_like(log_a[..., :1]), log_a[..., 1:]], dim=-1)
-    return log_a
+    log_a = F.logsigmoid(-upcast(z))
+    if first_gate_one:  # one pad (not zeros + cat): this runs in every layer of LION-S
+        log_a = F.pad(log_a[:, 1:], (0, 0, 1, 0))
+    return log_a.transpose(1, 2)  # a view of (B, L, H) memory: the consumers read any strides
 
 
 def selective_log_gates_eps(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:

@@ -99,6 +99,34 @@ def test_orders_in_one_pass(form, n_orders):
 
 
 @pytest.mark.parametrize("form", list(FNS))
+def test_orders_with_padding(form):
+    """♮ orders and padded keys together: each order drops the padded keys and gives them gate 1 in its own order."""
+    B, H, L = 2, 2, 18
+    q, k, v, _ = _inputs(B, H, L, 8, "lit", seed=11)
+    g = torch.Generator().manual_seed(12)
+    orders = [(p.to(DEVICE), _gates("selective", B, H, L, g).to(DEVICE))
+              for p in (torch.arange(L), torch.randperm(L, generator=g))]
+    keep = torch.ones(B, L, dtype=torch.bool)
+    keep[0, 11:] = False
+    kw = dict(feature_map="normalized_silu", scale=0.5, key_padding_mask=keep.to(DEVICE))
+    y = FNS[form](q, k, v, orders=orders, chunk_size=4, **kw)
+    assert _rel(y, _reference(q, k, v, orders=orders, **kw)) < 1e-5
+
+
+@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("mask", ["lit", "decay"])
+def test_chunk_longer_than_sequence_and_partial_value_block(form, mask):
+    """L < chunk (one partial chunk) with dv = 24 (a value block only partly used); then several chunks."""
+    kw = dict(feature_map=FEATURE[mask], scale=0.6)
+    for B, L, chunk, seed in ((2, 5, 16, 13), (1, 23, 6, 14)):
+        q, k, v, log_a = _inputs(B, 3, L, 8, mask, seed=seed, dv=24)
+        ref = _reference(q, k, v, log_a, **kw)
+        assert _rel(FNS[form](q, k, v, log_a, chunk_size=chunk, **kw), ref) < 1e-5
+        if form == "chunk":  # value blocks of 16 (the second half used), scan programs of 8 state rows
+            assert _rel(chunk_attention(q, k, v, log_a, chunk_size=chunk, block_dv=16, scan_rows=8, **kw), ref) < 1e-5
+
+
+@pytest.mark.parametrize("form", list(FNS))
 def test_strong_gates_stay_finite(form):
     """log a down to −60 per token: every exponent is ≤ 0, so nothing overflows (docs/lion.md §1)."""
     q, k, v, _ = _inputs(1, 2, 40, 8, "lit", seed=5)
@@ -109,11 +137,12 @@ def test_strong_gates_stay_finite(form):
 
 
 @pytest.mark.parametrize("form", list(FNS))
-def test_bf16_inputs(form):
-    q, k, v, log_a = _inputs(2, 2, 33, 16, "selective", seed=3, dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_inputs(form, dtype):
+    q, k, v, log_a = _inputs(2, 2, 33, 16, "selective", seed=3, dtype=dtype)
     kw = dict(feature_map="normalized_silu", scale=0.25)
     y = FNS[form](q, k, v, log_a, **kw)
-    assert y.dtype == torch.bfloat16 and _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-2
+    assert y.dtype == dtype and _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-2
 
 
 @pytest.mark.parametrize("form", list(FNS))
@@ -129,6 +158,14 @@ def test_lion_attention_dispatch_and_grad_fallback(form):
     y = lion_attention(q, k, v, log_a, form=form, backend="triton", **kw)
     y.sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all() and _rel(y, ref) < 1e-5
+
+
+def test_launch_settings_are_checked():
+    q, k, v, _ = _inputs(1, 2, 8, 8, "lit", seed=0)
+    with pytest.raises(ValueError, match="block_dv must be a power of two ≥ 16, got 24"):
+        chunk_attention(q, k, v, block_dv=24)
+    with pytest.raises(ValueError, match="scan_rows must be a power of two ≥ 1, got 0"):
+        chunk_attention(q, k, v, scan_rows=0)
 
 
 def test_auto_chunk_size_is_a_valid_size():

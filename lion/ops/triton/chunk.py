@@ -30,6 +30,7 @@ from lion.checks import check_chunk_size
 
 FEATURE_CODES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
 MAX_KERNEL_CHUNK = 128  # larger chunk sizes run as chunks of 128 (the result does not depend on the chunk size)
+SCAN_ROWS = 16  # rows of the d×dv states per scan program
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -290,8 +291,11 @@ def prepare(q, k, v, log_a, key_padding_mask, orders, feature_map):
         las = [la for _, la in orders]
         if any(la is None for la in las) and not all(la is None for la in las):
             raise ValueError("orders: either every order has log gates or none has")
-        gates = None if las[0] is None else torch.stack([la.expand(B, H, L) for la in las])
         perms = torch.stack([p.to(device=q.device, dtype=torch.int32) for p, _ in orders])
+        gates = None if las[0] is None else torch.stack([la.expand(B, H, L) for la in las])
+        if gates is not None and key_padding_mask is not None:  # each order's gates are in its token order
+            gates = gates.masked_fill(~key_padding_mask.to(q.device, torch.bool)[:, perms.long()]
+                                      .permute(1, 0, 2)[:, :, None, :], 0.0)
     if gates is not None and tuple(gates.shape[1:]) != (B, H, L):
         raise ValueError(f"log_a must be (B, H, L) = {(B, H, L)}, got {tuple(gates.shape[1:])}")
     return gates, perms, keep
@@ -304,13 +308,19 @@ def strides_or_zero(t, n):
 def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
                     normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
                     orders: Optional[Sequence] = None, chunk_size: Optional[int] = None,
-                    num_warps: Optional[int] = None) -> torch.Tensor:
+                    num_warps: Optional[int] = None, block_dv: Optional[int] = None,
+                    scan_rows: int = SCAN_ROWS) -> torch.Tensor:
     """LION attention in the chunk form, forward only (the ``lion_attention`` contract, without dropout).
 
     q, k (raw: ``feature_map`` is applied here), v: (B, H, L, d) tensors of any strides; returns y as a
     (B, H, L, dv) view of (B, L, H, dv) memory in v's dtype. ``chunk_size``: None picks one for the length
-    (``auto_chunk_size``); an int is used as given (sizes above 128 run as 128; the result is the same)."""
+    (``auto_chunk_size``); an int is used as given (sizes above 128 run as 128; the result is the same).
+    Launch settings (the result does not depend on them): ``num_warps``, ``block_dv`` (value columns per program,
+    default min(64, dv rounded up to a power of two)), ``scan_rows`` (state rows per scan program)."""
     check_chunk_size(chunk_size, allow_none=True)
+    for name, val, low in (("block_dv", block_dv, 16), ("scan_rows", scan_rows, 1)):
+        if val is not None and not (isinstance(val, int) and val >= low and val & (val - 1) == 0):
+            raise ValueError(f"{name} must be a power of two ≥ {low}, got {val!r}")
     gates, perms, keep = prepare(q, k, v, log_a, key_padding_mask, orders, feature_map)
     B, H, L, DK = q.shape
     DV = v.shape[-1]
@@ -318,7 +328,7 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     chunk = min(MAX_KERNEL_CHUNK, chunk_size or auto_chunk_size(L, DK, DV))
     block_c = max(16, triton.next_power_of_2(chunk))
     block_dk = max(16, triton.next_power_of_2(DK))
-    block_dv = min(64, max(16, triton.next_power_of_2(DV)))
+    block_dv = block_dv or min(64, max(16, triton.next_power_of_2(DV)))
     n_dv = triton.cdiv(DV, block_dv)
     n = triton.cdiv(L, chunk)
     lowp = v.dtype != torch.float32 and not interpreting()  # the triton 3.3 interpreter multiplies bf16 wrongly
@@ -341,7 +351,7 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     _chunk_states[(n_orders * B * H, n, n_dv)](
         k, v, la, perm, kp, states, zs, gs, *k.stride(), *v.stride(), *la_strides, keep_stride,
         B * H, H, L, DK, DV, n, chunk, WITH_DEN=normalize, num_warps=warps, **flags)
-    rows = 16
+    rows = min(scan_rows, block_dk)
     _scan_states[(n_orders * B * H, 2, block_dk // rows)](
         states, zs, gs, n, HAS_GATES=gates is not None, WITH_DEN=normalize, BLOCK_DK=block_dk,
         DVP=n_dv * block_dv, ROWS=rows, num_warps=4)
