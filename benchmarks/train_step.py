@@ -19,7 +19,9 @@ import datetime
 import gc
 import json
 import signal
+import statistics
 import sys
+import time
 import traceback
 
 from pathlib import Path
@@ -87,12 +89,14 @@ def profile_step(size: str, variant: str, args) -> str:
     x = torch.randn(args.batch, 3, 224, 224, device="cuda")
     y = torch.randint(0, 1000, (args.batch,), device="cuda")
     loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
-    runs = {}
+    runs, host = {}, {}
     for name, build in (("DeiT", lambda: timm.create_model(f"deit_{size}_patch16_224")),
                         (f"LION-{variant}", lambda: timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type,
                                                                      order=order))):
         model = build().cuda()
-        runs[name] = kernel_time_by_category(train_step_fn(model, (x, y), loss, args.compile), warmup=args.warmup)
+        step = train_step_fn(model, (x, y), loss, args.compile)
+        runs[name] = kernel_time_by_category(step, warmup=args.warmup)
+        host[name] = host_and_wall_ms(step)
         del model
         torch.cuda.empty_cache()
     (base, _), (ours, top) = runs["DeiT"], runs[f"LION-{variant}"]
@@ -102,11 +106,29 @@ def profile_step(size: str, variant: str, args) -> str:
     for cat in sorted(set(base) | set(ours), key=lambda c: -(ours.get(c, 0) + base.get(c, 0))):
         lines.append(f"| {cat} | {base.get(cat, 0):.2f} | {ours.get(cat, 0):.2f} | "
                      f"{ours.get(cat, 0) - base.get(cat, 0):+.2f} |")
-    lines.append(f"| **total** | {sum(base.values()):.2f} | {sum(ours.values()):.2f} | "
+    lines.append(f"| **kernel total** | {sum(base.values()):.2f} | {sum(ours.values()):.2f} | "
                  f"{sum(ours.values()) - sum(base.values()):+.2f} |")
+    (hb, wb), (ho, wo) = host["DeiT"], host[f"LION-{variant}"]
+    lines.append(f"| host time to enqueue the step | {hb:.2f} | {ho:.2f} | {ho - hb:+.2f} |")
+    lines.append(f"| step wall time | {wb:.2f} | {wo:.2f} | {wo - wb:+.2f} |")
     lines += ["", f"Costliest kernels of LION-{variant}:", "", "| kernel | ms |", "|---|---|"]
     lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
     return "\n".join(lines)
+
+
+def host_and_wall_ms(step, reps: int = 5) -> tuple[float, float]:
+    """Median host time until ``step()`` returns (the GPU still working) and median wall time to its end. A step
+    whose host time is close to its wall time is host-bound: the GPU waits for launches."""
+    host, wall = [], []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        step()
+        t1 = time.perf_counter()
+        torch.cuda.synchronize()
+        host.append(1e3 * (t1 - t0))
+        wall.append(1e3 * (time.perf_counter() - t0))
+    return statistics.median(host), statistics.median(wall)
 
 
 def vit_rows(size: str, args, out: dict) -> dict:
