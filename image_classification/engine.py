@@ -43,10 +43,11 @@ def _all_finite(loss):
 
 def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, loss_scaler, amp_dtype=None,
                     max_norm=None, model_ema=None, mixup_fn=None, set_training_mode=True, bce_loss=False,
-                    num_classes=None, print_freq=10, skip_nonfinite=False):
+                    num_classes=None, print_freq=10, skip_nonfinite=False, cuda_graphs=False):
     """One epoch; returns the global averages of the meters (loss, lr), the throughput in images/s and
     ``skipped_steps``. A non-finite loss raises ``NonFiniteLossError`` naming the epoch and step, or with
-    ``skip_nonfinite`` the step is skipped (no update, no EMA) and counted."""
+    ``skip_nonfinite`` the step is skipped (no update, no EMA) and counted. ``cuda_graphs``: the model's blocks
+    were compiled to CUDA graphs (torch.compile mode 'reduce-overhead'); each step is marked as a new iteration."""
     model.train(set_training_mode)
     metric_logger = MetricLogger()
     metric_logger.add_meter("lr", SmoothedValue(window_size=1, fmt="{value:.6f}"))
@@ -56,6 +57,8 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, los
         if fault == "kill":
             kill_self()
         samples, targets = samples.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if mixup_fn is not None:
             samples, targets = mixup_fn(samples, targets)
         if bce_loss:  # BCE on (mixed) one-hot targets: every class present in the mix is a positive (DeiT III)

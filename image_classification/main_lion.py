@@ -53,6 +53,9 @@ from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks replay CUDA graphs
+
 _logger = logging.getLogger("main_lion")
 
 
@@ -92,6 +95,10 @@ def get_args_parser():
                         " quick to compile, checkpoints keep their keys); the first steps are slower")
     p.add_argument("--compile-backend", default="inductor",
                    help="torch.compile backend for --compile (e.g. inductor, aot_eager, eager)")
+    p.add_argument("--compile-mode", default="default", choices=COMPILE_MODES,
+                   help="torch.compile mode for --compile (inductor only); 'reduce-overhead' replays each block as a "
+                        "CUDA graph, which removes the host's per-kernel launch cost (the fastest LION training on "
+                        "a GPU, benchmarks/RESULTS.md)")
 
     # LION (docs/lion.md §1)
     p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
@@ -261,6 +268,9 @@ def check_args(args):
         if args.compile_backend not in backends:
             raise ArgumentError(f"--compile-backend {args.compile_backend!r} is not a torch.compile backend; "
                                 "e.g. inductor, aot_eager, eager")
+        if args.compile_mode != "default" and args.compile_backend != "inductor":
+            raise ArgumentError(f"--compile-mode {args.compile_mode!r} needs --compile-backend inductor "
+                                f"(got {args.compile_backend!r}); other backends take only --compile-mode default")
     if args.data_path is None:
         args.data_path = default_data_path(args.data_set)
         if args.data_path is None:
@@ -375,15 +385,15 @@ def build_teacher(args, nb_classes, device, checkpoint):
     return teacher.to(device).eval()
 
 
-def compile_blocks(model, backend):
+def compile_blocks(model, backend, mode="default"):
     """Regional compilation: each transformer block is compiled in place (``nn.Module.compile``), so one small
     graph is built once for all blocks and the state-dict keys stay those of the eager model."""
     blocks = getattr(model, "blocks", None)
     if blocks is None:
         raise ArgumentError(f"--compile: model {type(model).__name__} has no .blocks to compile one by one")
     for block in blocks:
-        block.compile(backend=backend)
-    _logger.info("compiled %d blocks in place (backend %s)", len(blocks), backend)
+        block.compile(backend=backend, **({} if mode == "default" else {"mode": mode}))
+    _logger.info("compiled %d blocks in place (backend %s, mode %s)", len(blocks), backend, mode)
 
 
 def build_loaders(args, dataset_train, dataset_val):
@@ -499,7 +509,7 @@ def main(args):
     if args.model_ema:
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
     if args.compile:
-        compile_blocks(model, args.compile_backend)
+        compile_blocks(model, args.compile_backend, args.compile_mode)
     model_without_ddp = model
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda"
@@ -553,7 +563,8 @@ def main(args):
         try:
             train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, loss_scaler,
                                           amp_dtype, args.clip_grad, model_ema, mixup_fn, args.train_mode,
-                                          args.bce_loss, args.nb_classes, args.print_freq, args.skip_nonfinite)
+                                          args.bce_loss, args.nb_classes, args.print_freq, args.skip_nonfinite,
+                                          cuda_graphs=args.compile and args.compile_mode in CUDA_GRAPH_MODES)
         except NonFiniteLossError as err:
             last = f"; the last checkpoint ({output_dir / 'checkpoint.pth'}) is untouched" \
                 if output_dir and (output_dir / "checkpoint.pth").exists() else ""

@@ -270,6 +270,9 @@ def test_bad_data_folders_stop_before_training(tmp_path, splits, message):
                            "got 'cosin'"),
     (["--compile", "--compile-backend", "turbo"], "--compile-backend 'turbo' is not a torch.compile backend; "
                                                     "e.g. inductor, aot_eager, eager"),
+    (["--compile", "--compile-backend", "aot_eager", "--compile-mode", "reduce-overhead"],
+     "--compile-mode 'reduce-overhead' needs --compile-backend inductor (got 'aot_eager'); other backends take only "
+     "--compile-mode default"),
     (["--model-kwargs", "depth"], "--model-kwargs expects KEY=VALUE items, got 'depth'"),
 ])
 def test_bad_flag_values_stop_before_training(data, tmp_path, flags, message):
@@ -392,6 +395,22 @@ def test_regional_compile_trains_like_eager(data, trained, tmp_path):
     for key, value in eager.items():
         torch.testing.assert_close(saved[key], value, rtol=0, atol=1e-6, msg=key)
     assert "--compile" in get_args_parser().format_help() and "regional" in get_args_parser().format_help()
+
+
+def test_cuda_graph_steps_are_marked(monkeypatch):
+    """With blocks compiled to CUDA graphs, every training step starts a new cudagraph iteration."""
+    from image_classification.engine import LossScaler, train_one_epoch
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    model = torch.nn.Linear(4, 3)
+    data = [(torch.randn(2, 4), torch.tensor([0, 2])) for _ in range(3)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    train_one_epoch(model, lambda x, out, y: torch.nn.functional.cross_entropy(out, y), data, opt, torch.device("cpu"), 0, LossScaler("cpu", False),
+                    print_freq=100, cuda_graphs=True)
+    assert len(marks) == 3
+    train_one_epoch(model, lambda x, out, y: torch.nn.functional.cross_entropy(out, y), data, opt, torch.device("cpu"), 0, LossScaler("cpu", False),
+                    print_freq=100)
+    assert len(marks) == 3
 
 
 @pytest.mark.parametrize("form", ["attention", "rnn", "chunk"])
