@@ -101,7 +101,8 @@ def environment(args):
                 gpu=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), batch=args.batch,
                 command=f"python benchmarks/inference.py --resolutions {' '.join(map(str, args.resolutions))} "
-                        f"--batch {args.batch} --paths {' '.join(args.paths)} --reps {args.reps}")
+                        f"--batch {args.batch} --paths {' '.join(args.paths)} --reps {args.reps}"
+                        + (" --baselines" if args.baselines else ""))
 
 
 # ------------------------------------------------------------------------------------------------- report
@@ -189,7 +190,7 @@ def plot(rows, path):
         pts = sorted((r["tokens"], r["ms"], r["gib"]) for r in rows
                      if (r["path"], r["model"], r["form"]) == (p, model, form) and r["ms"] is not None)
         style = dict(marker="o", lw=2.5, color="k" if p == "bf16" else "gray") if model == "DeiT-S" else dict(
-            marker={"Chunk": "o", "RNN": "^"}[form], ls="-" if p == "bf16" else "--")
+            marker={"Chunk": "o", "RNN": "^"}.get(form, "s"), ls="-" if p == "bf16" else "--")
         for ax, i in zip(axes, (1, 2)):
             ax.plot([q[0] for q in pts], [q[i] for q in pts], label=f"{p} {model} {form}", **style)
     for ax, label in zip(axes, ("ms per batch", "activation GiB")):
