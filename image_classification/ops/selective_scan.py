@@ -55,19 +55,28 @@ def _step(x_ptr, dt_ptr, b_ptr, c_ptr, t, L, sxl, sdtl, sbl, scl, in_d, in_n, CD
 
 
 @triton.jit
+def _program_inputs(X, DT, A, B, C, pid_b, sxb, sxd, sdtb, sdtd, sbb, sbn, scb, scn, d, N, CDT: tl.constexpr,
+                    BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's channel and state offsets, their masks, its rows of A and its pointers into x, dt, B, C."""
+    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_n = tl.arange(0, BLOCK_N)
+    in_d, in_n = offs_d < d, offs_n < N
+    in_dn = in_d[:, None] & in_n[None, :]
+    a_mat = tl.load(A + offs_d[:, None] * N + offs_n[None, :], mask=in_dn, other=0.0).to(CDT)
+    x_ptr, dt_ptr = X + pid_b * sxb + offs_d * sxd, DT + pid_b * sdtb + offs_d * sdtd
+    b_ptr, c_ptr = B + pid_b * sbb + offs_n * sbn, C + pid_b * scb + offs_n * scn
+    return offs_d, offs_n, in_d, in_n, in_dn, a_mat, x_ptr, dt_ptr, b_ptr, c_ptr
+
+
+@triton.jit
 def _fwd_kernel(X, DT, A, B, C, Y, H0,
                 sxb, sxl, sxd, sdtb, sdtl, sdtd, sbb, sbl, sbn, scb, scl, scn, syb, syl, syd,
                 L, d, N, chunk, n_chunks, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr):
     """y (b, L, d) and the chunk start states H0 (b, n_chunks, d, N), both in the compute dtype."""
     pid_b = tl.program_id(0).to(tl.int64)
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    in_d, in_n = offs_d < d, offs_n < N
-    in_dn = in_d[:, None] & in_n[None, :]
     CDT = H0.dtype.element_ty
-    a_mat = tl.load(A + offs_d[:, None] * N + offs_n[None, :], mask=in_dn, other=0.0).to(CDT)
-    x_ptr, dt_ptr = X + pid_b * sxb + offs_d * sxd, DT + pid_b * sdtb + offs_d * sdtd
-    b_ptr, c_ptr = B + pid_b * sbb + offs_n * sbn, C + pid_b * scb + offs_n * scn
+    offs_d, offs_n, in_d, in_n, in_dn, a_mat, x_ptr, dt_ptr, b_ptr, c_ptr = _program_inputs(
+        X, DT, A, B, C, pid_b, sxb, sxd, sdtb, sdtd, sbb, sbn, scb, scn, d, N, CDT, BLOCK_D, BLOCK_N)
     y_ptr = Y + pid_b * syb + offs_d * syd
     h0_ptr = H0 + pid_b * n_chunks * d * N + offs_d[:, None] * N + offs_n[None, :]
     h = tl.zeros((BLOCK_D, BLOCK_N), dtype=CDT)
@@ -90,14 +99,9 @@ def _bwd_kernel(X, DT, A, B, C, H0, DY, SCR, DX, DDT, DA, DB, DC,
     pid_b = tl.program_id(0).to(tl.int64)
     pid_d = tl.program_id(1)
     batch = tl.num_programs(0)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, BLOCK_N)
-    in_d, in_n = offs_d < d, offs_n < N
-    in_dn = in_d[:, None] & in_n[None, :]
     CDT = H0.dtype.element_ty
-    a_mat = tl.load(A + offs_d[:, None] * N + offs_n[None, :], mask=in_dn, other=0.0).to(CDT)
-    x_ptr, dt_ptr = X + pid_b * sxb + offs_d * sxd, DT + pid_b * sdtb + offs_d * sdtd
-    b_ptr, c_ptr = B + pid_b * sbb + offs_n * sbn, C + pid_b * scb + offs_n * scn
+    offs_d, offs_n, in_d, in_n, in_dn, a_mat, x_ptr, dt_ptr, b_ptr, c_ptr = _program_inputs(
+        X, DT, A, B, C, pid_b, sxb, sxd, sdtb, sdtd, sbb, sbn, scb, scn, d, N, CDT, BLOCK_D, BLOCK_N)
     dy_ptr = DY + pid_b * sdyb + offs_d * sdyd
     dx_ptr, ddt_ptr = DX + pid_b * sdxb + offs_d * sdxd, DDT + pid_b * sddb + offs_d * sddd
     part = (pid_d * batch + pid_b) * L * N + offs_n  # row (channel block, batch row) of the dB, dC partials

@@ -136,6 +136,14 @@ def _load_feat(ptr, bh, L, offs, in_rows, offs_d, D):
 
 
 @triton.jit
+def _token_block(H, L, BLOCK: tl.constexpr):
+    """Grid (token blocks, B·H): this program's (b·H + h, b, h, token offsets, offsets < L)."""
+    bh = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), offs, offs < L
+
+
+@triton.jit
 def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
                  sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl,
                  H, L, D, DV, scale, eps,
@@ -143,14 +151,9 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
                  NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Once per token, so that the L×L loops only load: φ(k)·keep → KF; φ(q)·scale → QF (WITH_Q);
     dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    in_r = offs < L
     row = (bh * L).to(tl.int64) + offs
     out_d = in_r[:, None] & (offs_d[None, :] < D)
     kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
@@ -310,13 +313,8 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
 def _bwd_q_kernel(Q, DQA, DQ, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
                   BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    in_r = offs < L
     g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
     dq = _phi_bwd(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)
     tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
