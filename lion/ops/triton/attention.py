@@ -179,16 +179,11 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
                 DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, b, h, offs_m, in_m = _token_block(H, L, BLOCK_M)
     BHL = tl.num_programs(1) * L
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
     dt = V.dtype.element_ty
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    in_m = offs_m < L
     q = _phi(_load_rows(Q + b * sqb + h * sqh, offs_m, in_m, sql, offs_d, D), in_m, offs_d, D, FEATURE)
     q = (q * scale).to(dt)
     v_ptr = V + b * svb + h * svh
@@ -228,16 +223,11 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
     """One pass over the score tiles: the program owns BLOCK_N keys (dk, dv and the column sums of G in registers)
     and walks every query block once, adding its share of dφq (fp32, DQA) and of the row sums of G (DP, DC) with
     atomics. Each score tile, dpv tile and mask is computed once. DQA, DP, DC must be zero on entry."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
+    bh, b, h, offs_n, in_n = _token_block(H, L, BLOCK_N)
     BHL = tl.num_programs(1) * L
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
     dt = V.dtype.element_ty
-    offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    in_n = offs_n < L
     w = 0.5 if NORD == 2 else 1.0
     if DROPOUT:
         seed = tl.load(SEED) + bh
@@ -582,21 +572,29 @@ def _(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, 
             q.new_empty(g_shape, dtype=torch.float32), q.new_empty(g_shape, dtype=torch.float32))
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p = inputs
-    y, den = output
+def _save(ctx, q, k, v, P, C, R, keep, seed, y, den, scale, eps, feature, normalize, dropout_p):
     ctx.save_for_backward(q, k, v, P, C, R, keep, seed, y, den)
     ctx.args = (scale, eps, feature, normalize, dropout_p)
 
 
-def _backward(ctx, dy, dden):
+def _grads(ctx, dy, bwd):
+    """Gradients of (q, k, v, P, C, R, keep, seed, scale, …) from the saved tensors, by ``bwd`` (op or function)."""
     q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(y)
-    dqkv, dP, dC = attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+    dqkv, dP, dC = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
     has_gates = P is not None
     return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dP if has_gates else None, dC if has_gates else None) \
         + (None,) * 8
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, P, C, R, keep, seed, *args = inputs
+    _save(ctx, q, k, v, P, C, R, keep, seed, *output, *args)
+
+
+def _backward(ctx, dy, dden):
+    return _grads(ctx, dy, attention_bwd)
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -656,18 +654,26 @@ def _(q, k, v, keep, y, den, dy, scale, eps, feature):
     return _grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype)
 
 
-def _lit_setup_context(ctx, inputs, output):
-    q, k, v, keep, scale, eps, feature = inputs
-    ctx.save_for_backward(q, k, v, keep, *output)
+def _lit_save(ctx, q, k, v, keep, y, den, scale, eps, feature):
+    ctx.save_for_backward(q, k, v, keep, y, den)
     ctx.args = (scale, eps, feature)
 
 
-def _lit_backward(ctx, dy, dden):
+def _lit_grads(ctx, dy, bwd):
     q, k, v, keep, y, den = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(y)
-    dqkv = lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args)
+    dqkv = bwd(q, k, v, keep, y, den, dy, *ctx.args)
     return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), None, None, None, None)
+
+
+def _lit_setup_context(ctx, inputs, output):
+    q, k, v, keep, *args = inputs
+    _lit_save(ctx, q, k, v, keep, *output, *args)
+
+
+def _lit_backward(ctx, dy, dden):
+    return _lit_grads(ctx, dy, lit_kv_bwd)
 
 
 lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
@@ -679,34 +685,26 @@ lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
 # torch.compile traces (fused_attention picks by torch.compiler.is_compiling()).
 class _AttentionFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
-        y, den = _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p)
-        ctx.save_for_backward(q, k, v, P, C, R, keep, seed, y, den)
-        ctx.args = (scale, eps, feature, normalize, dropout_p)
+    def forward(ctx, q, k, v, P, C, R, keep, seed, *args):
+        y, den = _attention_fwd(q, k, v, P, C, R, keep, seed, *args)
+        _save(ctx, q, k, v, P, C, R, keep, seed, y, den, *args)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
-        dqkv, dP, dC = _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
-        has_gates = P is not None
-        return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dP if has_gates else None,
-                dC if has_gates else None) + (None,) * 8
+        return _grads(ctx, dy, _attention_bwd)
 
 
 class _LitKVFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, keep, scale, eps, feature):
-        y, den = _lit_kv_fwd(q, k, v, keep, scale, eps, feature)
-        ctx.save_for_backward(q, k, v, keep, y, den)
-        ctx.args = (scale, eps, feature)
+    def forward(ctx, q, k, v, keep, *args):
+        y, den = _lit_kv_fwd(q, k, v, keep, *args)
+        _lit_save(ctx, q, k, v, keep, y, den, *args)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        q, k, v, keep, y, den = ctx.saved_tensors
-        dqkv = _lit_kv_bwd(q, k, v, keep, y, den, dy, *ctx.args)
-        return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), None, None, None, None)
+        return _lit_grads(ctx, dy, _lit_kv_bwd)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
