@@ -98,13 +98,16 @@ def train_one_epoch(model, criterion, data_loader, optimizer, device, epoch, los
 
 
 @torch.no_grad()
-def evaluate(data_loader, model, device, amp_dtype=None, print_freq=10):
-    """Cross-entropy, top-1 and top-5 (top-k capped at the number of classes) accuracy in percent."""
+def evaluate(data_loader, model, device, amp_dtype=None, print_freq=10, cuda_graphs=False):
+    """Cross-entropy, top-1 and top-5 (top-k capped at the number of classes) accuracy in percent.
+    ``cuda_graphs``: as in ``train_one_epoch``."""
     criterion = torch.nn.CrossEntropyLoss()
     metric_logger = MetricLogger()
     model.eval()
     for images, target in metric_logger.log_every(data_loader, print_freq, "Test:"):
         images, target = images.to(device, non_blocking=True), target.to(device, non_blocking=True)
+        if cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, amp_dtype):
             output = model(images)
             loss = criterion(output, target)

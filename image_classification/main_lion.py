@@ -510,6 +510,7 @@ def main(args):
         model_ema = ModelEmaV3(model, decay=args.model_ema_decay, device="cpu" if args.model_ema_force_cpu else None)
     if args.compile:
         compile_blocks(model, args.compile_backend, args.compile_mode)
+    cuda_graphs = args.compile and args.compile_mode in CUDA_GRAPH_MODES  # each step marked as a new iteration
     model_without_ddp = model
     if args.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[args.gpu] if device.type == "cuda"
@@ -548,7 +549,7 @@ def main(args):
         del resume
 
     if args.eval:
-        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq)
+        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq, cuda_graphs)
         print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}% "
               f"(--format {args.format})")
         return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": test_stats["acc1"]}
@@ -564,12 +565,12 @@ def main(args):
             train_stats = train_one_epoch(model, criterion, loader_train, optimizer, device, epoch, loss_scaler,
                                           amp_dtype, args.clip_grad, model_ema, mixup_fn, args.train_mode,
                                           args.bce_loss, args.nb_classes, args.print_freq, args.skip_nonfinite,
-                                          cuda_graphs=args.compile and args.compile_mode in CUDA_GRAPH_MODES)
+                                          cuda_graphs=cuda_graphs)
         except NonFiniteLossError as err:
             last = f"; the last checkpoint ({output_dir / 'checkpoint.pth'}) is untouched" \
                 if output_dir and (output_dir / "checkpoint.pth").exists() else ""
             raise TrainingStopped(f"{err}{last}") from None
-        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq)
+        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq, cuda_graphs)
         print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}%")
         is_best = test_stats["acc1"] > max_accuracy
         max_accuracy = max(max_accuracy, test_stats["acc1"])
