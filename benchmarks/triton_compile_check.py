@@ -1,4 +1,5 @@
-"""Compiles every variant of the fused attention kernels for sm_90 without a GPU and reports registers and spills
+"""Compiles every variant of the fused attention kernels (and the Vim baseline's selective-scan kernels) for sm_90
+without a GPU and reports registers and spills
 (Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
 configs spill (the config lists in lion/ops/triton/attention.py keep only spill-free ones).
 
@@ -14,17 +15,21 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from image_classification.ops import selective_scan as S
 from lion.ops.triton import attention as A
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
                 DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
+SCAN_POINTERS = dict(X=BF, DT=F32, A=F32, B=BF, C=BF, Y=F32, H0=F32, DY=F32, SCR=F32, DX=F32, DDT=F32, DA=F32, DB=F32,
+                     DC=F32)
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def compile_kernel(kernel, consts, num_warps):
-    sig = {n: "constexpr" if n in consts else POINTERS.get(n, "fp32" if n in FLOATS else "i32")
+def compile_kernel(kernel, consts, num_warps, pointers=None):
+    pointers = POINTERS if pointers is None else pointers
+    sig = {n: "constexpr" if n in consts else pointers.get(n, "fp32" if n in FLOATS else "i32")
            for n in kernel.arg_names}
     return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts), target=TARGET,
                           options=dict(num_warps=num_warps, num_stages=2))
@@ -61,6 +66,13 @@ def variants():
     for wq, wdy, norm in itertools.product([True, False], repeat=3):
         yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm, BLOCK=32,
                                            BLOCK_D=64, BLOCK_DV=64), 4
+    yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, BLOCK=32, BLOCK_D=64), 4
+
+
+def scan_variants():
+    """The selective scan as Vim-S runs it: bf16 x, B, C under autocast, fp32 dt, A and states; 16 states."""
+    for name, kernel in (("scan_fwd", S._fwd_kernel), ("scan_bwd", S._bwd_kernel)):
+        yield name, kernel, dict(BLOCK_D=32, BLOCK_N=16), 1
 
 
 def main():
@@ -68,10 +80,11 @@ def main():
     ap.add_argument("--regs", action="store_true", help="print ptxas' register and spill report of every variant")
     args = ap.parse_args()
     n, failed = 0, []
-    for name, kernel, consts, warps in variants():
+    runs = [(v, None) for v in variants()] + [(v, SCAN_POINTERS) for v in scan_variants()]
+    for (name, kernel, consts, warps), pointers in runs:
         flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
         try:
-            compiled = compile_kernel(kernel, consts, warps)
+            compiled = compile_kernel(kernel, consts, warps, pointers)
         except Exception as err:  # report every failing variant, not only the first
             failed.append(f"{name} warps={warps} {flags}: {type(err).__name__}")
             continue
