@@ -56,6 +56,18 @@ def load_features(base, rows, s_row, s_col, offs_d, row_ok, col_ok, FEATURE: tl.
 
 
 @triton.jit
+def chunk_tokens(PERM, o, c, L, CHUNK, HAS_PERM: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Chunk c in order o: positions in that order, which are real tokens, and their natural token indices."""
+    offs_c = tl.arange(0, BLOCK_C)
+    pos = c * CHUNK + offs_c
+    ok = (offs_c < CHUNK) & (pos < L)
+    tok = pos
+    if HAS_PERM:
+        tok = tl.load(PERM + o * L + pos, mask=ok, other=0)
+    return pos, ok, tok
+
+
+@triton.jit
 def _mm(a, b, acc, LOWP: tl.constexpr, PREC: tl.constexpr):
     """acc + a @ b, fp32 accumulation; LOWP: operands in b's (bf16/fp16) dtype."""
     if LOWP:
@@ -79,12 +91,7 @@ def _chunk_states(
     o = (pid // BH).to(tl.int64)
     b = ((pid % BH) // H).to(tl.int64)
     h = (pid % H).to(tl.int64)
-    offs_c = tl.arange(0, BLOCK_C)
-    pos = c * CHUNK + offs_c
-    ok = (offs_c < CHUNK) & (pos < L)
-    tok = pos
-    if HAS_PERM:
-        tok = tl.load(PERM + o * L + pos, mask=ok, other=0)
+    pos, ok, tok = chunk_tokens(PERM, o, c, L, CHUNK, HAS_PERM, BLOCK_C)
     offs_dk = tl.arange(0, BLOCK_DK)
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)
     k = load_features(K + b * skb + h * skh, tok, skl, skd, offs_dk, ok, offs_dk < DK, FEATURE)
@@ -178,11 +185,7 @@ def _chunk_output(
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     offs_c = tl.arange(0, BLOCK_C)
-    pos = c * CHUNK + offs_c
-    ok = (offs_c < CHUNK) & (pos < L)
-    tok = pos
-    if HAS_PERM:
-        tok = tl.load(PERM + o * L + pos, mask=ok, other=0)
+    pos, ok, tok = chunk_tokens(PERM, o, c, L, CHUNK, HAS_PERM, BLOCK_C)
     offs_dk = tl.arange(0, BLOCK_DK)
     dk_ok = offs_dk < DK
     offs_dv = pid_dv * BLOCK_DV + tl.arange(0, BLOCK_DV)

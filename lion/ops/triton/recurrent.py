@@ -26,6 +26,24 @@ BLOCK_T, BLOCK_DV, NUM_WARPS = 4, 16, 1
 
 
 @triton.jit
+def _load_block(p, PERM, o, L, q_base, k_base, v_base, la_base, sql, sqd, skl, skd, svl, sal, offs_dk, dk_ok, dv_ok,
+                HAS_PERM: tl.constexpr, HAS_GATES: tl.constexpr):
+    """The raw q, k, v tiles and fp32 log gates of the tokens at scan positions p (masks, natural indices too)."""
+    ok = (p >= 0) & (p < L)
+    tok = p
+    if HAS_PERM:
+        tok = tl.load(PERM + o * L + p, mask=ok, other=0)
+    qk_m = ok[:, None] & dk_ok[None, :]
+    q_raw = tl.load(q_base + tok[:, None] * sql + offs_dk[None, :] * sqd, mask=qk_m, other=0.0)
+    k_raw = tl.load(k_base + tok[:, None] * skl + offs_dk[None, :] * skd, mask=qk_m, other=0.0)
+    v_raw = tl.load(v_base + tok[:, None] * svl, mask=ok[:, None] & dv_ok[None, :], other=0.0)
+    la_raw = tl.zeros(p.shape, dtype=tl.float32)
+    if HAS_GATES:
+        la_raw = tl.load(la_base + p * sal, mask=ok, other=0.0).to(tl.float32)
+    return ok, tok, qk_m, q_raw, k_raw, v_raw, la_raw
+
+
+@triton.jit
 def _rnn_kernel(
     Q, K, V, LA, PERM, KEEP, NUM, DEN,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sao, sab, sah, sal, skeep,
@@ -56,17 +74,9 @@ def _rnn_kernel(
     n_blocks = tl.cdiv(L, BLOCK_T)
     # the raw tiles of block 0; inside the loop, those of the next block are loaded before this one is scanned
     p = tl.where(fwd, offs_t, L - 1 - offs_t)  # positions in scan order
-    ok = (p >= 0) & (p < L)
-    tok = p
-    if HAS_PERM:
-        tok = tl.load(PERM + o * L + p, mask=ok, other=0)
-    qk_m = ok[:, None] & dk_ok[None, :]
-    q_raw = tl.load(q_base + tok[:, None] * sql + offs_dk[None, :] * sqd, mask=qk_m, other=0.0)
-    k_raw = tl.load(k_base + tok[:, None] * skl + offs_dk[None, :] * skd, mask=qk_m, other=0.0)
-    v_raw = tl.load(v_base + tok[:, None] * svl, mask=ok[:, None] & dv_ok[None, :], other=0.0)
-    la_raw = tl.zeros((BLOCK_T,), dtype=tl.float32)
-    if HAS_GATES:
-        la_raw = tl.load(la_base + p * sal, mask=ok, other=0.0).to(tl.float32)
+    ok, tok, qk_m, q_raw, k_raw, v_raw, la_raw = _load_block(
+        p, PERM, o, L, q_base, k_base, v_base, la_base, sql, sqd, skl, skd, svl, sal, offs_dk, dk_ok, dv_ok,
+        HAS_PERM, HAS_GATES)
     for blk in range(0, n_blocks):
         q = feature_map(q_raw.to(tl.float32), qk_m, FEATURE) * scale
         k = feature_map(k_raw.to(tl.float32), qk_m, FEATURE)
@@ -77,16 +87,9 @@ def _rnn_kernel(
         cur_ok = ok
         cur_tok = tok
         p = tl.where(fwd, (blk + 1) * BLOCK_T + offs_t, L - 1 - (blk + 1) * BLOCK_T - offs_t)
-        ok = (p >= 0) & (p < L)
-        tok = p
-        if HAS_PERM:
-            tok = tl.load(PERM + o * L + p, mask=ok, other=0)
-        qk_m = ok[:, None] & dk_ok[None, :]
-        q_raw = tl.load(q_base + tok[:, None] * sql + offs_dk[None, :] * sqd, mask=qk_m, other=0.0)
-        k_raw = tl.load(k_base + tok[:, None] * skl + offs_dk[None, :] * skd, mask=qk_m, other=0.0)
-        v_raw = tl.load(v_base + tok[:, None] * svl, mask=ok[:, None] & dv_ok[None, :], other=0.0)
-        if HAS_GATES:
-            la_raw = tl.load(la_base + p * sal, mask=ok, other=0.0).to(tl.float32)
+        ok, tok, qk_m, q_raw, k_raw, v_raw, la_raw = _load_block(
+            p, PERM, o, L, q_base, k_base, v_base, la_base, sql, sqd, skl, skd, svl, sal, offs_dk, dk_ok, dv_ok,
+            HAS_PERM, HAS_GATES)
         y_blk = tl.zeros((BLOCK_T, BLOCK_DV), dtype=tl.float32)
         d_blk = tl.zeros((BLOCK_T,), dtype=tl.float32)
         for t in tl.static_range(BLOCK_T):
