@@ -1,5 +1,5 @@
-"""Compiles every variant of the fused attention kernels (and the Vim baseline's selective-scan kernels) for sm_90
-without a GPU and reports registers and spills
+"""Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels and the Vim baseline's
+selective-scan kernels) for sm_90 without a GPU and reports registers and spills
 (Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
 configs spill (the config lists in lion/ops/triton/attention.py keep only spill-free ones).
 
@@ -17,11 +17,15 @@ from triton.compiler import ASTSource
 
 from image_classification.ops import selective_scan as S
 from lion.ops.triton import attention as A
+from lion.ops.triton import chunk as CH
+from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
                 DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
+INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
+                          DENBUF=F32, NUM=F32, DEN=F32)
 SCAN_POINTERS = dict(X=BF, DT=F32, A=F32, B=BF, C=BF, Y=F32, H0=F32, DY=F32, SCR=F32, DX=F32, DDT=F32, DA=F32, DB=F32,
                      DC=F32)
 TARGET = GPUTarget("cuda", 90, 32)
@@ -69,6 +73,17 @@ def variants():
     yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, BLOCK=32, BLOCK_D=64), 4
 
 
+def inference_variants():
+    """The chunk and RNN forms' kernels (forward only) with gates, ♮ permutations and padding, bf16 inputs."""
+    flags = dict(HAS_GATES=True, HAS_KEEP=True, FEATURE=2, BLOCK_DK=64)
+    for perm in (False, True):
+        chunk = dict(flags, HAS_PERM=perm, LOWP=True, PREC="ieee", BLOCK_C=64, BLOCK_DV=64, DVP=64)
+        yield "chunk_states", CH._chunk_states, dict(chunk, WITH_DEN=True), 4
+        yield "chunk_output", CH._chunk_output, dict(chunk, NORMALIZE=True, PASS=0), 4
+        yield "rnn", RN._rnn_kernel, dict(flags, HAS_PERM=perm, NORMALIZE=True, BLOCK_T=RN.BLOCK_T,
+                                          BLOCK_DV=RN.BLOCK_DV), RN.NUM_WARPS
+
+
 def scan_variants():
     """The selective scan as Vim-S runs it: bf16 x, B, C under autocast, fp32 dt, A and states; 16 states."""
     for name, kernel in (("scan_fwd", S._fwd_kernel), ("scan_bwd", S._bwd_kernel)):
@@ -80,7 +95,8 @@ def main():
     ap.add_argument("--regs", action="store_true", help="print ptxas' register and spill report of every variant")
     args = ap.parse_args()
     n, failed = 0, []
-    runs = [(v, None) for v in variants()] + [(v, SCAN_POINTERS) for v in scan_variants()]
+    runs = [(v, None) for v in variants()] + [(v, INFERENCE_POINTERS) for v in inference_variants()] \
+        + [(v, SCAN_POINTERS) for v in scan_variants()]
     for (name, kernel, consts, warps), pointers in runs:
         flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
         try:
