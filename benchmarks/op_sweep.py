@@ -34,7 +34,7 @@ def sweep(tokens: int, H: int, D: int, lengths, json_path: str = "") -> dict:
         kw = dict(scale=D ** -0.5)  # raw q, k: the fused op applies φ in-kernel, as the models call it
         fns = {"SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
                "LION-Lit": lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **kw),
-               "LION-D": lambda: fused_attention(q, k, v, lion.decay_log_gates(a, L, B), feature_map="normalized_silu",
+               "LION-D": lambda: fused_attention(q, k, v, lion.decay_log_gates(a), feature_map="normalized_silu",
                                                  **kw),
                "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw)}
         a = torch.randn(H, device="cuda", requires_grad=True)

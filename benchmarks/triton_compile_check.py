@@ -22,7 +22,7 @@ from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
-                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32)
+                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
                           DENBUF=F32, NUM=F32, DEN=F32)
@@ -53,11 +53,13 @@ def ptxas_report(compiled) -> str:
 
 def variants():
     dims = dict(PREC="tf32", BLOCK_D=64, BLOCK_DV=64)
-    for nord, natural, feature, normalize, drop in itertools.product([0, 1, 2], [True, False], [1, 2], [True, False],
-                                                                     [False, True]):
-        if nord == 0 and not natural:
+    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay"), (1, "scan")]  # attention._gate_mode
+    for (nord, mode), natural, feature, normalize, drop in itertools.product(gates, [True, False], [1, 2],
+                                                                             [True, False], [False, True]):
+        if (nord == 0 or mode == "scan") and not natural:
             continue
-        c = dict(dims, NORD=nord, NATURAL=natural, FEATURE=feature, NORMALIZE=normalize, DROPOUT=drop)
+        c = dict(dims, NORD=nord, NATURAL=natural, DECAY=mode == "decay", SCAN=mode == "scan", FEATURE=feature,
+                 NORMALIZE=normalize, DROPOUT=drop)
         for cfg in A._fwd_configs():
             yield "fwd", A._fwd_kernel, dict(c, **cfg.kwargs), cfg.num_warps
         for cfg in A._bwd_configs():
@@ -70,7 +72,8 @@ def variants():
     for wq, wdy, norm in itertools.product([True, False], repeat=3):
         yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm, BLOCK=32,
                                            BLOCK_D=64, BLOCK_DV=64), 4
-    yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, BLOCK=32, BLOCK_D=64), 4
+    for scan in (False, True):
+        yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, SCAN=scan, BLOCK=32, BLOCK_D=64), 4
 
 
 def inference_variants():

@@ -86,7 +86,7 @@ class LionAttention(nn.Module):
     def _log_gates(self, gate, x, perm=None):
         B, N, _ = x.shape
         if self.mask_type == "Decay":
-            return decay_log_gates(gate, N, B)
+            return decay_log_gates(gate)  # (H,): the same gate for every token
         if self.mask_type == "Selective":
             z = gate(x)
             return selective_log_gates(z if perm is None else z[:, perm])  # cls (first) gate := 1

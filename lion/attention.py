@@ -93,6 +93,13 @@ def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training
     return chunk_sums(q, k, v, log_a, scale, 32 if chunk_size is None else chunk_size, with_den)
 
 
+def _per_token(log_a, batch, length):
+    """Per-head log gates (H,) (LION-D) → the (B, H, L) per-token gates they stand for (a broadcast view)."""
+    if log_a is None or log_a.dim() != 1:
+        return log_a
+    return log_a[None, :, None].expand(batch, log_a.shape[0], length)
+
+
 def lion_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -111,7 +118,8 @@ def lion_attention(
     training: bool = False,
     backend: Optional[str] = None,
 ) -> torch.Tensor:
-    """q, k: (B, H, L, dk); v: (B, H, L, dv); log_a: (B, H, L) log gates ≤ 0 or None (Lit).
+    """q, k: (B, H, L, dk); v: (B, H, L, dv); log_a: (B, H, L) per-token log gates ≤ 0, (H,) one per head (LION-D;
+    the fused attention kernel then forms λ^|i−j| itself, no prefix sums), or None (Lit). Likewise in ``orders``.
 
     feature_map: None (q and k are already features) or a name in ``lion.feature_maps.FEATURE_MAPS``
     ('elu_plus_one', 'normalized_silu'), applied here to q and k (fused kernels apply it on load).
@@ -129,10 +137,14 @@ def lion_attention(
     check_chunk_size(chunk_size)
     if feature_map is not None and feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
-    if form == "attention" and _use_fused(q, backend, fused_attention is not None, form):
+    if form == "attention" and _use_fused(q, backend, fused_attention is not None, form):  # takes (H,) gates
         return fused_attention(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
                                key_padding_mask=key_padding_mask, orders=orders,
                                dropout_p=dropout_p if training else 0.0)
+    B, L = q.shape[0], q.shape[-2]
+    log_a = _per_token(log_a, B, L)
+    if orders is not None:
+        orders = [(p, _per_token(la, B, L)) for p, la in orders]
     if form != "attention":
         kernel = chunk_attention if form == "chunk" else recurrent_attention
         if not _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \

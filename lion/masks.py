@@ -24,9 +24,12 @@ def upcast(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.promote_types(t.dtype, torch.float32))
 
 
-def decay_log_gates(a: torch.Tensor, length: int, batch: int) -> torch.Tensor:
-    """LION-D: λ_h = sigmoid(a_h); returns log λ_h broadcast to (B, H, L) in fp32."""
+def decay_log_gates(a: torch.Tensor, length: int | None = None, batch: int | None = None) -> torch.Tensor:
+    """LION-D: λ_h = sigmoid(a_h); returns log λ_h in fp32, per head (H,) when ``length`` is None (what
+    ``lion_attention`` takes most cheaply), else broadcast to (B, H, L)."""
     log_lam = F.logsigmoid(upcast(a))
+    if length is None:
+        return log_lam
     return log_lam[None, :, None].expand(batch, a.shape[0], length)
 
 

@@ -131,3 +131,25 @@ def test_bf16_autocast_long_sequence_is_finite():
             y = lion_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), selective_log_gates(z), form=form,
                                chunk_size=256)
             assert torch.isfinite(y.float()).all(), form
+
+
+@pytest.mark.parametrize("form", ["attention", "rnn", "chunk"])
+def test_per_head_decay_gates_equal_per_token_gates(form):
+    """LION-D's gates as (H,) (what the vision models pass) give what their (B, H, L) broadcast gives, with padding
+    and with ♮ orders."""
+    torch.manual_seed(3)
+    B, H, L, D = 2, 3, 17, 8
+    q, k, v = (torch.randn(B, H, L, D, dtype=torch.float64) for _ in range(3))
+    a = torch.randn(H, dtype=torch.float64)
+    kpm = torch.ones(B, L, dtype=torch.bool)
+    kpm[1, -4:] = False
+    perms = [curve_permutation(L, c) for c in ("s", "sr")]
+    kw = dict(feature_map="normalized_silu", scale=0.3, form=form, chunk_size=5, backend="torch")
+    for pad in (None, kpm):
+        y_head = lion_attention(q, k, v, decay_log_gates(a), key_padding_mask=pad, **kw)
+        y_tok = lion_attention(q, k, v, decay_log_gates(a, L, B), key_padding_mask=pad, **kw)
+        assert rel_err_max(y_head, y_tok) <= 1e-12
+        y_head = lion_attention(q, k, v, orders=[(p, decay_log_gates(a)) for p in perms], key_padding_mask=pad, **kw)
+        y_tok = lion_attention(q, k, v, orders=[(p, decay_log_gates(a, L, B)) for p in perms], key_padding_mask=pad,
+                               **kw)
+        assert rel_err_max(y_head, y_tok) <= 1e-12

@@ -40,9 +40,10 @@ def rel_err(x, ref):
     return ((x.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
-def make_case(mask, order, B, H, L, D, DV, pad, seed, dtype=torch.float32):
+def make_case(mask, order, B, H, L, D, DV, pad, seed, dtype=torch.float32, per_head=True):
     """Raw q, k, v (strided views of one (B, L, 3, H, d) tensor as the vision model passes them), the gate
-    parameters (one per order) and a closure building log_a / orders from them."""
+    parameters (one per order) and a closure building log_a / orders from them. Decay gates are passed per head,
+    (H,), as the vision model does (the kernels' λ^|i−j| path), or with ``per_head=False`` as (B, H, L)."""
     g = torch.Generator().manual_seed(seed)
     qkv = torch.randn(B, L, 3, H, max(D, DV), generator=g)
     q, k, v = (qkv[..., i, :, :(D if i < 2 else DV)].to(DEV, dtype).transpose(1, 2) for i in range(3))
@@ -69,7 +70,7 @@ def make_case(mask, order, B, H, L, D, DV, pad, seed, dtype=torch.float32):
     def gates(params):
         def one(p, perm=None):
             if mask == "Decay":
-                return decay_log_gates(p, L, B)
+                return decay_log_gates(p) if per_head else decay_log_gates(p, L, B)
             return selective_log_gates(p if perm is None else p[:, perm])
         if mask == "Lit":
             return None, None
@@ -80,8 +81,8 @@ def make_case(mask, order, B, H, L, D, DV, pad, seed, dtype=torch.float32):
 
 
 def compare(mask, order="Normal", B=2, H=2, L=21, D=8, DV=8, normalize=True, pad=False, dtype=torch.float32,
-            tol=1e-5, seed=0, lit_kv=None):
-    leaves, params, kpm, gates = make_case(mask, order, B, H, L, D, DV, pad, seed, dtype)
+            tol=1e-5, seed=0, lit_kv=None, per_head=True):
+    leaves, params, kpm, gates = make_case(mask, order, B, H, L, D, DV, pad, seed, dtype, per_head)
     q, k, v = leaves
     kw = dict(feature_map=FEATURE[mask], scale=D ** -0.5, normalize=normalize, key_padding_mask=kpm)
     log_a, orders = gates(params)
@@ -107,6 +108,7 @@ CPU_CASES = [  # (mask, order, normalize, pad, L, B)
     ("Lit", "Normal", True, False, 21, 2), ("Lit", "Normal", False, True, 17, 1),
     ("Decay", "Normal", True, False, 37, 1), ("Decay", "Normal", False, True, 21, 2),
     ("Selective", "Normal", True, True, 33, 2), ("Selective", "Normal", False, False, 17, 1),
+    ("Selective", "Normal", True, False, 35, 2),
     ("Decay", "S", True, False, 17, 2), ("Selective", "S", True, False, 26, 1),
     ("Selective", "S", False, True, 21, 2),
 ]
@@ -116,6 +118,13 @@ CPU_CASES = [  # (mask, order, normalize, pad, L, B)
 def test_fused_matches_reference(mask, order, normalize, pad, L, B):
     """Forward and gradients of q, k, v (raw, through φ) and every gate parameter, fp32, against fp64."""
     compare(mask, order, B=B, L=L, normalize=normalize, pad=pad, seed=L + B, lit_kv=False)
+
+
+@pytest.mark.parametrize("order,L,B", [("Normal", 22, 2), ("S", 17, 1)])
+def test_decay_gates_per_token_match_per_head(order, L, B):
+    """LION-D's gates given as (B, H, L) take the prefix-sum path; as (H,) the λ^|i−j| path: both exact."""
+    compare("Decay", order, B=B, L=L, seed=L, per_head=False, lit_kv=False)
+    compare("Decay", order, B=B, L=L, seed=L, per_head=True, lit_kv=False)
 
 
 @pytest.mark.parametrize("L", [5, 33])
@@ -190,12 +199,16 @@ def test_dispatch_picks_the_fused_kernel():
         lion_attention(x, x, x, backend="cuda")
 
 
-def test_torch_compile_traces_the_custom_op():
-    """fullgraph=True: dynamo must not break the graph at the fused op; forward and gradients match eager."""
-    leaves, params, _, gates = make_case("Selective", "Normal", 2, 2, 17, 8, 8, False, seed=9)
+@pytest.mark.parametrize("mask,order", [("Selective", "Normal"), ("Decay", "S")])
+def test_torch_compile_traces_the_custom_op(mask, order):
+    """fullgraph=True: dynamo must not break the graph at the fused op (nor at the ♮ ranks); forward and gradients
+    match eager. Selective: per-token gates (prefix sums in-kernel); Decay ♮: per-head gates and two orders."""
+    leaves, params, _, gates = make_case(mask, order, 2, 2, 17, 8, 8, False, seed=9)
 
-    def f(q, k, v, z):
-        return lion_attention(q, k, v, gates([z])[0], feature_map="normalized_silu", scale=0.5, backend="triton")
+    def f(q, k, v, *p):
+        log_a, orders = gates(list(p))
+        return lion_attention(q, k, v, log_a, orders=orders, feature_map="normalized_silu", scale=0.5,
+                              backend="triton")
 
     compiled = torch.compile(f, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
     y, yc = f(*leaves, *params), compiled(*leaves, *params)
@@ -224,7 +237,7 @@ def test_cpu_without_interpreter_fails_clearly():
     ("Selective", "Normal", True, False, 8, 6, 197, torch.bfloat16), ("Decay", "S", True, False, 4, 6, 197, torch.bfloat16),
     ("Selective", "S", True, False, 4, 6, 197, torch.float32), ("Lit", "Normal", False, True, 8, 12, 128, torch.bfloat16),
     ("Selective", "Normal", False, True, 8, 12, 128, torch.bfloat16),
-    ("Selective", "Normal", True, False, 1, 2, 50, torch.float32)])
+    ("Selective", "Normal", True, False, 1, 2, 50, torch.float32), ("Decay", "S", True, False, 2, 6, 197, torch.float32)])
 def test_gpu_model_shapes(mask, order, normalize, pad, B, H, L, dtype):
     """fp32 (IEEE dots) ≤ 1e-4, bf16 ≤ 2e-2 against fp64 on the same inputs."""
     tol = 1e-4 if dtype == torch.float32 else 2e-2

@@ -21,10 +21,15 @@ One pass over the score tiles (as FlashAttention-2's backward): a program owns a
 the column sums of G in registers and walks every query block once, adding its share of dφq and of the row sums of
 G with fp32 atomics; a last small kernel applies φ's backward to dq. Each score, dpv and mask tile is formed once.
 dq, dk, dv land in one (B, L, 3, H, d) buffer (``lion.unpack_qkv`` returns it as the qkv gradient, no copy).
-The prefix sums' own backward (reverse cumsums into log a, the ♮ gathers of (B, H, L) gates) is left to autograd.
+
+The gates reach the kernels in one of three ways (``_gate_mode``): LION-D's per-head log λ, from which the kernels
+form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; per-token log gates of the natural order, whose
+prefix sums the kernels form as running sums over the blocks (the last kernel turns dP, dC into d log a); or, with
+padding or the ♮ orders' per-token gates, prefix sums P, C computed by torch (their backward left to autograd).
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -77,32 +82,79 @@ def _key_keep(KEEP, b, L, offs, in_rows, HAS_KEEP: tl.constexpr):
 
 
 @triton.jit
-def _order_mask(P, C, R, base, r_base, offs_m, offs_n, in_m, in_n, NATURAL: tl.constexpr):
-    """(M, lower) of one order on a tile; M = 0 outside the valid rows and columns."""
-    p_i = tl.load(P + base + offs_m, mask=in_m, other=0.0)
-    c_i = tl.load(C + base + offs_m, mask=in_m, other=0.0)
-    p_j = tl.load(P + base + offs_n, mask=in_n, other=0.0)
-    c_j = tl.load(C + base + offs_n, mask=in_n, other=0.0)
+def _order_mask(P, C, R, base, r_base, lam, offs_m, offs_n, in_m, in_n, NATURAL: tl.constexpr,
+                DECAY: tl.constexpr):
+    """(M, aux) of one order on a tile, M = 0 outside the valid rows and columns. aux: the tile's lower triangle in
+    that order (r_i ≥ r_j); with DECAY (one gate λ per head, log λ = ``lam``) M = λ^|r_i − r_j| and aux = |r_i − r_j|."""
     if NATURAL:
-        lower = offs_m[:, None] >= offs_n[None, :]
+        r_i = offs_m
+        r_j = offs_n
     else:
         r_i = tl.load(R + r_base + offs_m, mask=in_m, other=0)
         r_j = tl.load(R + r_base + offs_n, mask=in_n, other=0)
-        lower = r_i[:, None] >= r_j[None, :]
-    log_m = tl.where(lower, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None])
+    if DECAY:
+        aux = tl.abs(r_i[:, None] - r_j[None, :]).to(tl.float32)
+        log_m = aux * lam
+    else:
+        p_i = tl.load(P + base + offs_m, mask=in_m, other=0.0)
+        c_i = tl.load(C + base + offs_m, mask=in_m, other=0.0)
+        p_j = tl.load(P + base + offs_n, mask=in_n, other=0.0)
+        c_j = tl.load(C + base + offs_n, mask=in_n, other=0.0)
+        aux = r_i[:, None] >= r_j[None, :]
+        log_m = tl.where(aux, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None])
     valid = in_m[:, None] & in_n[None, :]
-    return tl.exp(tl.where(valid, log_m, float("-inf"))), lower
+    return tl.exp(tl.where(valid, log_m, float("-inf"))), aux
 
 
 @triton.jit
-def _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, NORD: tl.constexpr, NATURAL: tl.constexpr):
-    """M of the tile (the mean over the orders) and each order's own (M_o, lower_o); P, C, R stack the orders."""
-    m1, lo1 = _order_mask(P, C, R, bh * L, 0, offs_m, offs_n, in_m, in_n, NATURAL)
-    m, m2, lo2 = m1, m1, lo1
+def _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD: tl.constexpr,
+               NATURAL: tl.constexpr, DECAY: tl.constexpr):
+    """M of the tile (the mean over the orders) and each order's own (M_o, aux_o); P, C, R stack the orders."""
+    m1, aux1 = _order_mask(P, C, R, bh * L, 0, lam1, offs_m, offs_n, in_m, in_n, NATURAL, DECAY)
+    m, m2, aux2 = m1, m1, aux1
     if NORD == 2:
-        m2, lo2 = _order_mask(P, C, R, BHL + bh * L, L, offs_m, offs_n, in_m, in_n, NATURAL)
+        m2, aux2 = _order_mask(P, C, R, BHL + bh * L, L, lam2, offs_m, offs_n, in_m, in_n, NATURAL, DECAY)
         m = 0.5 * (m1 + m2)
-    return m, m1, lo1, m2, lo2
+    return m, m1, aux1, m2, aux2
+
+
+@triton.jit
+def _decay_gates(P, h, H, NORD: tl.constexpr, DECAY: tl.constexpr):
+    """log λ of this head in each order (DECAY: P holds (orders, H) log gates), else unused zeros."""
+    lam1 = 0.0
+    lam2 = 0.0
+    if DECAY:
+        lam1 = tl.load(P + h)
+        if NORD == 2:
+            lam2 = tl.load(P + H + h)
+    return lam1, lam2
+
+
+@triton.jit
+def _prefix_total(la_ptr, sal, end, BLOCK: tl.constexpr):
+    """Σ_{t<end} log a_t of one head's per-token gates."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, end, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        acc += tl.load(la_ptr + offs * sal, mask=offs < end, other=0.0)
+    return tl.sum(acc, axis=0)
+
+
+@triton.jit
+def _block_sums(la_ptr, sal, offs, in_r, before):
+    """Exclusive and inclusive prefix sums (P, C) of the gates on a token block, given the sum ``before`` it,
+    and the block's own total."""
+    la = tl.load(la_ptr + offs * sal, mask=in_r, other=0.0)
+    c = before + tl.cumsum(la, 0)
+    return c - la, c, tl.sum(la, 0)
+
+
+@triton.jit
+def _sums_mask(p_i, c_i, p_j, c_j, offs_m, offs_n, in_m, in_n):
+    """(M, lower) of the natural order on a tile from the rows' and columns' prefix sums."""
+    lower = offs_m[:, None] >= offs_n[None, :]
+    log_m = tl.where(lower, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None])
+    return tl.exp(tl.where(in_m[:, None] & in_n[None, :], log_m, float("-inf"))), lower
 
 
 @triton.jit
@@ -173,14 +225,16 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
 
 @triton.jit
 def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
-                sqb, sqh, sql, svb, svh, svl, syb, syh, syl,
+                sqb, sqh, sql, svb, svh, svl, syb, syh, syl, sab, sah, sal,
                 H, L, D, DV, scale, eps, dropout_p, inv_keep,
-                NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
-                DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, SCAN: tl.constexpr,
+                FEATURE: tl.constexpr,
+                NORMALIZE: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
     bh, b, h, offs_m, in_m = _token_block(H, L, BLOCK_M)
     BHL = tl.num_programs(1) * L
+    lam1, lam2 = _decay_gates(P, h, H, NORD, DECAY)
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -189,6 +243,11 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
     v_ptr = V + b * svb + h * svh
     if DROPOUT:
         seed = tl.load(SEED) + bh
+    if SCAN:  # P holds per-token log gates: the prefix sums are formed here, a running sum over the key blocks
+        la_ptr = P + b * sab + h * sah
+        p_i, c_i, own_total = _block_sums(la_ptr, sal, offs_m, in_m,
+                                  _prefix_total(la_ptr, sal, tl.program_id(0) * BLOCK_M, BLOCK_N))
+        run = tl.sum(tl.zeros((BLOCK_N,), dtype=tl.float32), axis=0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     den = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for start_n in range(0, L, BLOCK_N):
@@ -198,8 +257,14 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
         v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
                     mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
         a = tl.dot(q, tl.trans(k), input_precision=PREC)
-        if NORD > 0:
-            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, NORD, NATURAL)
+        if SCAN:
+            p_j, c_j, total = _block_sums(la_ptr, sal, offs_n, in_n, run)
+            run += total
+            m, lower = _sums_mask(p_i, c_i, p_j, c_j, offs_m, offs_n, in_m, in_n)
+            a = a * m
+        elif NORD > 0:
+            m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
+                                               NATURAL, DECAY)
             a = a * m
         if NORMALIZE:
             den += tl.sum(a, axis=1)
@@ -215,16 +280,19 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
 
 @triton.jit
 def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, DC,
-                     skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
+                     skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl, sab, sah, sal,
                      H, L, D, DV, dropout_p, inv_keep,
-                     NORD: tl.constexpr, NATURAL: tl.constexpr, FEATURE: tl.constexpr, NORMALIZE: tl.constexpr,
-                     HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
+                     NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, SCAN: tl.constexpr,
+                     FEATURE: tl.constexpr,
+                     NORMALIZE: tl.constexpr, HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """One pass over the score tiles: the program owns BLOCK_N keys (dk, dv and the column sums of G in registers)
     and walks every query block once, adding its share of dφq (fp32, DQA) and of the row sums of G (DP, DC) with
-    atomics. Each score tile, dpv tile and mask is computed once. DQA, DP, DC must be zero on entry."""
+    atomics. Each score tile, dpv tile and mask is computed once. DQA, DP, DC must be zero on entry.
+    DECAY: DP is the (orders, H) gradient of log λ, Σ_ij G_ij |r_i − r_j|, one atomic per program and order."""
     bh, b, h, offs_n, in_n = _token_block(H, L, BLOCK_N)
     BHL = tl.num_programs(1) * L
+    lam1, lam2 = _decay_gates(P, h, H, NORD, DECAY)
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -241,6 +309,11 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
     clo2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     cup2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     dqa_base = (bh * L).to(tl.int64)
+    if SCAN:  # as in the forward: P holds per-token log gates, prefix sums formed here
+        la_ptr = P + b * sab + h * sah
+        p_j, c_j, own_total = _block_sums(la_ptr, sal, offs_n, in_n,
+                                  _prefix_total(la_ptr, sal, tl.program_id(0) * BLOCK_N, BLOCK_M))
+        run = tl.sum(tl.zeros((BLOCK_M,), dtype=tl.float32), axis=0)
     for start_m in range(0, L, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         in_m = offs_m < L
@@ -249,8 +322,15 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         s = tl.dot(q, tl.trans(k_b), input_precision=PREC)
         dpv = tl.dot(dyn, tl.trans(v_b), input_precision=PREC)
         a = s
-        if NORD > 0:
-            m, m1, lo1, m2, lo2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, NORD, NATURAL)
+        if SCAN:
+            p_i, c_i, total = _block_sums(la_ptr, sal, offs_m, in_m, run)
+            run += total
+            m, aux1 = _sums_mask(p_i, c_i, p_j, c_j, offs_m, offs_n, in_m, in_n)
+            m1 = m
+            a = s * m
+        elif NORD > 0:
+            m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
+                                               NATURAL, DECAY)
             a = s * m
         a_drop = a
         if DROPOUT:
@@ -266,20 +346,26 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         if NORD > 0:
             ds = da * m
             g1 = da * s * m1 * w
-            lo, up = _triangle_sums(g1, lo1, 0)
-            clo += lo
-            cup += up
-            lo, up = _triangle_sums(g1, lo1, 1)
-            tl.atomic_add(DP + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
-            tl.atomic_add(DC + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
+            if DECAY:
+                clo += tl.sum(g1 * aux1, axis=0)
+            else:
+                lo, up = _triangle_sums(g1, aux1, 0)
+                clo += lo
+                cup += up
+                lo, up = _triangle_sums(g1, aux1, 1)
+                tl.atomic_add(DP + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
+                tl.atomic_add(DC + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
             if NORD == 2:
                 g2 = da * s * m2 * w
-                lo, up = _triangle_sums(g2, lo2, 0)
-                clo2 += lo
-                cup2 += up
-                lo, up = _triangle_sums(g2, lo2, 1)
-                tl.atomic_add(DP + BHL + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
-                tl.atomic_add(DC + BHL + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
+                if DECAY:
+                    clo2 += tl.sum(g2 * aux2, axis=0)
+                else:
+                    lo, up = _triangle_sums(g2, aux2, 0)
+                    clo2 += lo
+                    cup2 += up
+                    lo, up = _triangle_sums(g2, aux2, 1)
+                    tl.atomic_add(DP + BHL + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
+                    tl.atomic_add(DC + BHL + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
         dsc = ds.to(dt)
         dk += tl.dot(tl.trans(dsc), q, input_precision=PREC)
         dq = tl.dot(dsc, k_b, input_precision=PREC)
@@ -291,7 +377,11 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
              mask=in_n[:, None] & (offs_d[None, :] < D))
     tl.store(DVV + b * sgvb + h * sgvh + offs_n[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
              mask=in_n[:, None] & (offs_dv[None, :] < DV))
-    if NORD > 0:
+    if DECAY:
+        tl.atomic_add(DP + h, tl.sum(clo, axis=0), sem="relaxed")
+        if NORD == 2:
+            tl.atomic_add(DP + H + h, tl.sum(clo2, axis=0), sem="relaxed")
+    elif NORD > 0:
         tl.atomic_add(DP + bh * L + offs_n, -clo, mask=in_n, sem="relaxed")
         tl.atomic_add(DC + bh * L + offs_n, cup, mask=in_n, sem="relaxed")
         if NORD == 2:
@@ -300,15 +390,27 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
 
 
 @triton.jit
-def _bwd_q_kernel(Q, DQA, DQ, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
-                  BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout."""
+def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
+                  SCAN: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout. SCAN: also the
+    gradient of the per-token log gates from those of their prefix sums (P = C − log a, C_t = Σ_{s≤t} log a_s):
+    d log a_t = Σ_{s≥t} (dP_s + dC_s) − dP_t."""
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
     dq = _phi_bwd(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)
     tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=in_r[:, None] & (offs_d[None, :] < D))
+    if SCAN:
+        row = (bh * L).to(tl.int64)
+        after = tl.zeros((BLOCK,), dtype=tl.float32)
+        for start in range((tl.program_id(0) + 1) * BLOCK, L, BLOCK):
+            o = start + tl.arange(0, BLOCK)
+            after += tl.load(DP + row + o, mask=o < L, other=0.0) + tl.load(DC + row + o, mask=o < L, other=0.0)
+        dp = tl.load(DP + row + offs, mask=in_r, other=0.0)
+        x = dp + tl.load(DC + row + offs, mask=in_r, other=0.0)
+        suffix = tl.sum(after, axis=0) + tl.sum(x, axis=0) - tl.cumsum(x, 0) + x
+        tl.store(DLA + row + offs, suffix - dp, mask=in_r)
 
 
 # ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
@@ -425,7 +527,7 @@ def _bwd_configs():  # (32, 64) with 8 warps spills ≤ 16 bytes (♮: 92); (64,
             for bm, bn, w, st in [(32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)]]
 
 
-_KEY = ["L", "D", "DV", "NORD", "NATURAL", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
+_KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "SCAN", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
 _fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
 _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1,
@@ -449,10 +551,27 @@ def _token_major(B, H, L, n, like, dtype):
 
 
 def _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p):
-    return dict(NORD=0 if P is None else P.shape[0], NATURAL=R is None, FEATURE=feature, NORMALIZE=normalize,
+    n_orders, mode = _gate_mode(P)
+    return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", SCAN=mode == "scan",
+                FEATURE=feature, NORMALIZE=normalize,
                 HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
                 PREC="ieee" if v.dtype == torch.float32 else "tf32",
                 BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
+
+
+def _gate_mode(P):
+    """(orders, mode) of the kernels' gate input P: 'sums' (orders, B, H, L) prefix sums with C; 'decay' (orders, H)
+    log λ per head; 'scan' (B, H, L) per-token log gates of the natural order (any strides), whose prefix sums the
+    kernels form themselves; (0, None) without gates (Lit)."""
+    if P is None:
+        return 0, None
+    if P.dim() == 3:
+        return 1, "scan"
+    return P.shape[0], "decay" if P.dim() == 2 else "sums"
+
+
+def _scan_strides(P):
+    return tuple(P.stride()) if P is not None and P.dim() == 3 else (0, 0, 0)
 
 
 def _ptrs(q, P, C, R, keep, seed, den):
@@ -494,7 +613,7 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     Pp, Cp, Rp, _, Sp, _ = _ptrs(q, P, C, R, keep, seed, None)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
     _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
-         *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
+         *y.stride()[:3], *_scan_strides(P), H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return y, den
 
 
@@ -516,6 +635,13 @@ def _(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
             q.new_empty((B, H, L) if normalize else (0,), dtype=torch.float32))
 
 
+def _zeros(device, *shapes):
+    """fp32 zero tensors of the given shapes, carved from one allocation (one fill instead of several)."""
+    sizes = [math.prod(sh) for sh in shapes]
+    flat = torch.zeros(sum(sizes), device=device, dtype=torch.float32)
+    return tuple(part.view(sh) for part, sh in zip(flat.split(sizes), shapes))
+
+
 def _grad_buffer(B, H, L, D, DV, like, dtype):
     """One buffer for dq, dk, dv: (B, L, 3, H, d) when D == DV, laid out as a model's fused qkv projection so
     that ``lion.unpack_qkv``'s backward returns it without a copy; else (B, L, H, 2·D + DV)."""
@@ -527,7 +653,8 @@ def _grad_buffer(B, H, L, D, DV, like, dtype):
 def _grad_views(buf, D, DV):
     """(dq, dk, dv) as (B, H, L, ·) views of a ``_grad_buffer``."""
     if buf.dim() == 5:
-        return tuple(buf[:, :, i].transpose(1, 2) for i in range(3))
+        dq, dk, dv = buf.unbind(2)
+        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
     return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))
 
 
@@ -537,21 +664,35 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     DV = v.shape[-1]
     dqkv = _grad_buffer(B, H, L, D, DV, q, v.dtype)
     dq, dk, dv = _grad_views(dqkv, D, DV)
-    g_shape = P.shape if P is not None else (0,)
-    dP, dC = (torch.zeros(g_shape, device=q.device, dtype=torch.float32) for _ in range(2))
+    # dφq (fp32, accumulated over key blocks) and the gate gradients: atomically accumulated, one zeroed buffer
+    scan = _gate_mode(P)[1] == "scan"
+    if scan:  # the kernel accumulates dP, dC per token; _bwd_q_kernel turns them into d log a (dgates)
+        dqa, dPC = _zeros(q.device, (B, H, L, D), (2, B, H, L))
+        dP, dC = dPC.unbind(0)
+        dgates = torch.empty(_gates_grad_shape(P, C), device=q.device, dtype=torch.float32)
+    else:
+        dqa, dgates = _zeros(q.device, (B, H, L, D), _gates_grad_shape(P, C))
+        dP, dC = dgates.unbind(0) if C is not None else (dgates[0] if P is not None else dgates, dgates)
     meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype)
     Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, den)
-    dqa = torch.zeros(B, H, L, D, device=q.device, dtype=torch.float32)  # dφq, accumulated over key blocks
     grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
     _bwd(grid, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
-              *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
+              *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *_scan_strides(P),
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     block = 16 if INTERPRET else 32
-    _bwd_q_kernel[(triton.cdiv(L, block), B * H)](q, dqa, dq, *q.stride()[:3], *dq.stride()[:3], H, L, D, scale,
-                                                   FEATURE=feature, BLOCK=block, BLOCK_D=meta["BLOCK_D"],
-                                                   num_warps=1 if INTERPRET else 4)
-    return dqkv, dP, dC
+    _bwd_q_kernel[(triton.cdiv(L, block), B * H)](q, dqa, dq, dP, dC, dgates, *q.stride()[:3], *dq.stride()[:3],
+                                                   H, L, D, scale, FEATURE=feature, SCAN=scan, BLOCK=block,
+                                                   BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4)
+    return dqkv, dgates
+
+
+def _gates_grad_shape(P, C):
+    """(2, *P.shape) for prefix sums (dP, dC), (1, *P.shape) for decay or per-token gates (d log λ, d log a),
+    (0,) without gates."""
+    if P is None:
+        return (0,)
+    return (1 if C is None else 2, *P.shape)
 
 
 @torch.library.custom_op("lion::attention_bwd", mutates_args=())
@@ -559,17 +700,17 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
                   C: Optional[torch.Tensor], R: Optional[torch.Tensor], keep: Optional[torch.Tensor],
                   seed: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor, dy: torch.Tensor, scale: float,
                   eps: float, feature: int, normalize: bool, dropout_p: float
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dqkv, dP, dC): dq, dk, dv in one ``_grad_buffer`` (read them with ``_grad_views``), dP, dC like P."""
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dqkv, dgates): dq, dk, dv in one ``_grad_buffer`` (read them with ``_grad_views``); the gradients of P and
+    C stacked (``_gates_grad_shape``)."""
     return _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p)
 
 
 @attention_bwd.register_fake
 def _(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
     B, H, L, D = q.shape
-    g_shape = P.shape if P is not None else (0,)
     return (_grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype),
-            q.new_empty(g_shape, dtype=torch.float32), q.new_empty(g_shape, dtype=torch.float32))
+            q.new_empty(_gates_grad_shape(P, C), dtype=torch.float32))
 
 
 def _save(ctx, q, k, v, P, C, R, keep, seed, y, den, scale, eps, feature, normalize, dropout_p):
@@ -582,10 +723,9 @@ def _grads(ctx, dy, bwd):
     q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(y)
-    dqkv, dP, dC = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
-    has_gates = P is not None
-    return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dP if has_gates else None, dC if has_gates else None) \
-        + (None,) * 8
+    dqkv, dgates = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+    return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dgates[0] if P is not None else None,
+            dgates[1] if C is not None else None) + (None,) * 8
 
 
 def _setup_context(ctx, inputs, output):
@@ -725,28 +865,61 @@ def _prefix_sums(log_a, pad_of_order):
     return c - la, c
 
 
-def _gate_inputs(log_a, orders, key_padding_mask, device_type):
-    """(P, C, R) for the kernels: (orders, B, H, L) prefix sums in natural token order and (orders, L) int32 ranks
-    (R None: the natural order). All None for Lit. Small (B, H, L) torch ops, differentiable by autograd."""
+_RANKS: dict = {}  # id(perms) → (perms, version, int32 ranks, int64 inverses): the orders repeat every layer
+
+
+def _ranks(perms):
+    """(orders, L) int32 ranks (each token's position in each order) and the inverse permutations, cached per
+    permutation tensor (the models pass the same cached ♮ permutations to every layer)."""
+    if torch.compiler.is_compiling():  # traced once per graph: no cache (ids of traced tensors mean nothing)
+        inv = [inverse_permutation(p) for p in perms]
+        return torch.stack(inv).to(torch.int32), inv
+    key = tuple(id(p) for p in perms)
+    hit = _RANKS.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], perms)) and hit[1] == [p._version for p in perms]:
+        return hit[2], hit[3]
+    inv = [inverse_permutation(p) for p in perms]
+    ranks = torch.stack(inv).to(torch.int32)
+    if len(_RANKS) >= 64:
+        _RANKS.clear()
+    _RANKS[key] = (tuple(perms), [p._version for p in perms], ranks, inv)
+    return ranks, inv
+
+
+def _per_token(la, B, L):
+    """(H,) per-head log gates as the (B, H, L) per-token gates they stand for; (B, H, L) gates as given."""
+    return la[None, :, None].expand(B, la.shape[0], L) if la.dim() == 1 else la
+
+
+def _gate_inputs(log_a, orders, key_padding_mask, device_type, shape=None):
+    """(P, C, R) for the kernels; R: (orders, L) int32 ranks (None: the natural order); all None for Lit.
+    Per-token gates (B, H, L): P, C the (orders, B, H, L) prefix sums in natural token order (small torch ops,
+    differentiable by autograd). Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and
+    C None: the kernels form M = λ^|r_i − r_j| and return d log λ, no prefix sums. ``shape``: (B, L), needed only
+    to expand per-head gates when there is padding."""
     pad = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)
+    las = [log_a] if orders is None else [la for _, la in orders]
+    if all(la is None for la in las):  # M = 1 in every order: Lit
+        return None, None, None
+    if any(la is None for la in las):
+        raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
+    R, inv = (None, None) if orders is None else _ranks([p for p, _ in orders])
+    if pad is None and all(la.dim() == 1 for la in las):
+        return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
+    if pad is None and orders is None:  # one natural order: the kernels take the log gates themselves
+        return _per_token(log_a, *shape).float() if shape is not None else log_a.float(), None, None
+    if shape is not None:
+        las = [_per_token(la, *shape) for la in las]
     with torch.autocast(device_type=device_type, enabled=False):
         if orders is None:
-            if log_a is None:
-                return None, None, None
-            P, C = _prefix_sums(log_a, pad)
+            P, C = _prefix_sums(las[0], pad)
             return P[None], C[None], None
-        if all(la is None for _, la in orders):  # M = 1 in every order: Lit
-            return None, None, None
-        if any(la is None for _, la in orders):
-            raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
-        Ps, Cs, Rs = [], [], []
-        for perm, la in orders:
-            inv = inverse_permutation(perm)
+        Ps, Cs = [], []
+        for (perm, _), la, iv in zip(orders, las, inv):
             p, c = _prefix_sums(la, None if pad is None else pad[:, perm])
-            Ps.append(p[..., inv])
-            Cs.append(c[..., inv])
-            Rs.append(inv)
-        return torch.stack(Ps), torch.stack(Cs), torch.stack(Rs).to(torch.int32)
+            Ps.append(p[..., iv])
+            Cs.append(c[..., iv])
+        return torch.stack(Ps), torch.stack(Cs), R
 
 
 def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
@@ -765,8 +938,8 @@ def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
         raise ValueError(f"feature_map must be one of {tuple(FEATURES)}, got {feature_map!r}")
     dt = _compute_dtype(q, k, v)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
-    P, C, R = _gate_inputs(log_a, orders, key_padding_mask, q.device.type)
     L, D = q.shape[-2], q.shape[-1]
+    P, C, R = _gate_inputs(log_a, orders, key_padding_mask, q.device.type, (q.shape[0], L))
     keep = None if key_padding_mask is None else key_padding_mask.to(torch.bool).contiguous()
     if P is None and normalize and dropout_p == 0.0 and (lit_kv if lit_kv is not None else L >= D):
         args = (q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])

@@ -1,0 +1,116 @@
+"""Host time of one attention layer, LION against DeiT's: where an eager training step spends its CPU time.
+
+At batch 1 the GPU work of a ViT-S attention layer is tiny, so the time per forward + backward is the host's: Python,
+the dispatcher, autograd and the kernel launches. An eager step whose host time exceeds its GPU time is host-bound
+(the ViT-S step is, on the H200 host), and then this is what a LION layer costs beyond DeiT's. Also prints the host
+time of each Triton launch (``--launches``).
+
+    python benchmarks/host_overhead.py [--length 197] [--reps 200] [--launches]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+VARIANTS = {"DeiT": None, "Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
+            "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
+
+
+def layer_step(variant: str, length: int, dim: int = 384, heads: int = 6):
+    """One forward + backward of a ViT-S attention layer at batch 1 under bf16 autocast."""
+    from timm.models.vision_transformer import Attention
+
+    from image_classification.models_lion import LionAttention
+
+    x = torch.randn(1, length, dim, device="cuda", requires_grad=True)
+    if VARIANTS[variant] is None:
+        module = Attention(dim, heads, qkv_bias=True)
+    else:
+        mask_type, order = VARIANTS[variant]
+        module = LionAttention(dim, heads, qkv_bias=True, mask_type=mask_type, order=order)
+    module = module.cuda()
+
+    def step():
+        with torch.autocast("cuda", torch.bfloat16):
+            y = module(x)
+        y.sum().backward()
+    return step
+
+
+def host_us(step, reps: int) -> tuple[float, float]:
+    """(µs to enqueue one step, µs per step until the GPU is done), after warm-up."""
+    for _ in range(10):
+        step()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        step()
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    return (t1 - t0) / reps * 1e6, (t2 - t0) / reps * 1e6
+
+
+def launch_us(step, reps: int) -> dict[str, tuple[float, float]]:
+    """Per Triton kernel: (launches per step, host µs per launch), timing triton's JITFunction.run."""
+    from triton.runtime.jit import JITFunction
+
+    totals = collections.defaultdict(lambda: [0, 0.0])
+    run = JITFunction.run
+
+    def timed(self, *args, **kwargs):
+        t = time.perf_counter()
+        out = run(self, *args, **kwargs)
+        entry = totals[self.fn.__name__]
+        entry[0] += 1
+        entry[1] += time.perf_counter() - t
+        return out
+
+    for _ in range(5):
+        step()
+    JITFunction.run = timed
+    try:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    finally:
+        JITFunction.run = run
+    return {name: (n / reps, t / n * 1e6) for name, (n, t) in sorted(totals.items())}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--length", type=int, default=197, help="tokens (a square patch grid + 1 for the ♮ variants)")
+    ap.add_argument("--reps", type=int, default=200)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--launches", action="store_true", help="also the host time of each Triton launch")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("host_overhead.py needs a CUDA GPU")
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; one ViT-S attention layer, batch 1, "
+          f"{args.length} tokens, bf16 autocast, forward + backward")
+    print("| layer | host µs to enqueue | µs per step | ÷ DeiT |\n|---|---|---|---|")
+    base = None
+    for variant in args.variants:
+        enqueue, wall = host_us(layer_step(variant, args.length), args.reps)
+        base = base or (wall if variant == "DeiT" else None)
+        print(f"| {variant} | {enqueue:.0f} | {wall:.0f} | {wall / base:.2f} |" if base else
+              f"| {variant} | {enqueue:.0f} | {wall:.0f} | – |", flush=True)
+    if args.launches:
+        for variant in args.variants:
+            if VARIANTS[variant] is None:
+                continue
+            rows = launch_us(layer_step(variant, args.length), 100)
+            print(f"\nTriton launches per step of LION-{variant}: " +
+                  ", ".join(f"{name} ×{n:g} {us:.0f} µs" for name, (n, us) in rows.items()))
+
+
+if __name__ == "__main__":
+    main()
