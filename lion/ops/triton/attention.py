@@ -163,6 +163,22 @@ def _triangle_sums(g, lower, axis: tl.constexpr):
 
 
 @triton.jit
+def _gate_grads(g, aux, col_lo, col_up, DP, DC, rows, in_m, DECAY: tl.constexpr):
+    """One order's share of a tile's G = dA ⊙ A·∂log M: DECAY adds Σ_i G_ij |r_i − r_j| per key column to col_lo;
+    otherwise the lower/upper column sums go to (col_lo, col_up) and the row sums to DP, DC at ``rows``."""
+    if DECAY:
+        col_lo += tl.sum(g * aux, axis=0)
+    else:
+        lo, up = _triangle_sums(g, aux, 0)
+        col_lo += lo
+        col_up += up
+        lo, up = _triangle_sums(g, aux, 1)
+        tl.atomic_add(DP + rows, lo, mask=in_m, sem="relaxed")
+        tl.atomic_add(DC + rows, -up, mask=in_m, sem="relaxed")
+    return col_lo, col_up
+
+
+@triton.jit
 def _dropout_keep(seed, offs_m, offs_n, L, dropout_p):
     return tl.rand(seed, offs_m[:, None] * L + offs_n[None, :]) >= dropout_p
 
@@ -345,27 +361,10 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         ds = da
         if NORD > 0:
             ds = da * m
-            g1 = da * s * m1 * w
-            if DECAY:
-                clo += tl.sum(g1 * aux1, axis=0)
-            else:
-                lo, up = _triangle_sums(g1, aux1, 0)
-                clo += lo
-                cup += up
-                lo, up = _triangle_sums(g1, aux1, 1)
-                tl.atomic_add(DP + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
-                tl.atomic_add(DC + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
+            clo, cup = _gate_grads(da * s * m1 * w, aux1, clo, cup, DP, DC, bh * L + offs_m, in_m, DECAY)
             if NORD == 2:
-                g2 = da * s * m2 * w
-                if DECAY:
-                    clo2 += tl.sum(g2 * aux2, axis=0)
-                else:
-                    lo, up = _triangle_sums(g2, aux2, 0)
-                    clo2 += lo
-                    cup2 += up
-                    lo, up = _triangle_sums(g2, aux2, 1)
-                    tl.atomic_add(DP + BHL + bh * L + offs_m, lo, mask=in_m, sem="relaxed")
-                    tl.atomic_add(DC + BHL + bh * L + offs_m, -up, mask=in_m, sem="relaxed")
+                clo2, cup2 = _gate_grads(da * s * m2 * w, aux2, clo2, cup2, DP, DC, BHL + bh * L + offs_m, in_m,
+                                         DECAY)
         dsc = ds.to(dt)
         dk += tl.dot(tl.trans(dsc), q, input_precision=PREC)
         dq = tl.dot(dsc, k_b, input_precision=PREC)
