@@ -5,7 +5,11 @@ the dispatcher, autograd and the kernel launches. An eager step whose host time 
 (the ViT-S step is, on the H200 host), and then this is what a LION layer costs beyond DeiT's. Also prints the host
 time of each Triton launch (``--launches``).
 
-    python benchmarks/host_overhead.py [--length 197] [--reps 200] [--launches]
+``--device cpu`` needs no GPU: the same layers on CPU tensors with LION's Triton launches replaced by no-ops, so the
+table shows the host work LION adds around its kernels (Python wrappers, autograd nodes, the small torch ops), each
+op's CPU compute at batch 1 included; a Triton launch itself costs ≈ 40–100 µs more per kernel on a GPU host.
+
+    python benchmarks/host_overhead.py [--length 197] [--reps 200] [--launches] [--device cpu]
 """
 from __future__ import annotations
 
@@ -23,37 +27,63 @@ VARIANTS = {"DeiT": None, "Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
 
 
-def layer_step(variant: str, length: int, dim: int = 384, heads: int = 6):
-    """One forward + backward of a ViT-S attention layer at batch 1 under bf16 autocast."""
+def layer_step(variant: str, length: int, device: str = "cuda", dim: int = 384, heads: int = 6):
+    """One forward + backward of a ViT-S attention layer at batch 1 (under bf16 autocast on CUDA)."""
     from timm.models.vision_transformer import Attention
 
     from image_classification.models_lion import LionAttention
 
-    x = torch.randn(1, length, dim, device="cuda", requires_grad=True)
+    x = torch.randn(1, length, dim, device=device, requires_grad=True)
     if VARIANTS[variant] is None:
         module = Attention(dim, heads, qkv_bias=True)
     else:
         mask_type, order = VARIANTS[variant]
-        module = LionAttention(dim, heads, qkv_bias=True, mask_type=mask_type, order=order)
-    module = module.cuda()
+        module = LionAttention(dim, heads, qkv_bias=True, mask_type=mask_type, order=order,
+                               backend="triton" if device == "cpu" else None)
+    module = module.to(device)
 
     def step():
-        with torch.autocast("cuda", torch.bfloat16):
+        with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda"):
             y = module(x)
         y.sum().backward()
     return step
 
 
-def host_us(step, reps: int) -> tuple[float, float]:
+class _NoLaunch:
+    """Stands in for a Triton kernel or launcher: ``k[grid](...)`` and ``k(grid, ...)`` do nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+    def __call__(self, *args, **kwargs):
+        return None
+
+
+def stub_kernels():
+    """CPU mode: the fused attention form's launches become no-ops (its outputs are then uninitialised memory;
+    only the host work around them is timed)."""
+    import lion.ops.triton.attention as attention
+
+    attention.INTERPRET = True  # accept CPU tensors
+    for name in ("_prep_kernel", "_bwd_q_kernel", "_fwd", "_bwd", "_lit_fwd", "_lit_bwd"):
+        setattr(attention, name, _NoLaunch())
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def host_us(step, reps: int, device: str = "cuda") -> tuple[float, float]:
     """(µs to enqueue one step, µs per step until the GPU is done), after warm-up."""
     for _ in range(10):
         step()
-    torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     for _ in range(reps):
         step()
     t1 = time.perf_counter()
-    torch.cuda.synchronize()
+    _sync(device)
     t2 = time.perf_counter()
     return (t1 - t0) / reps * 1e6, (t2 - t0) / reps * 1e6
 
@@ -87,27 +117,39 @@ def launch_us(step, reps: int) -> dict[str, tuple[float, float]]:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--length", type=int, default=197, help="tokens (a square patch grid + 1 for the ♮ variants)")
+    ap.add_argument("--length", type=int, help="tokens, a square patch grid + 1 for the ♮ variants (default: 197 on "
+                    "CUDA; 17 on CPU, where the layers' own compute must stay small against the host work)")
+    ap.add_argument("--dim", type=int, help="width, 6 heads (default: 384, ViT-S; 96 on CPU)")
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--launches", action="store_true", help="also the host time of each Triton launch")
+    ap.add_argument("--launches", action="store_true", help="also the host time of each Triton launch (CUDA)")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
+                    help="cpu: no GPU needed, LION's Triton launches replaced by no-ops (see above)")
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        sys.exit("host_overhead.py needs a CUDA GPU")
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}; one ViT-S attention layer, batch 1, "
-          f"{args.length} tokens, bf16 autocast, forward + backward")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("host_overhead.py --device cuda needs a CUDA GPU (or use --device cpu)")
+    cpu = args.device == "cpu"
+    args.length = args.length or (17 if cpu else 197)
+    args.dim = args.dim or (96 if cpu else 384)
+    if cpu:
+        stub_kernels()
+        where = f"CPU ({torch.get_num_threads()} threads), Triton launches stubbed out"
+    else:
+        where = f"{torch.cuda.get_device_name()}, bf16 autocast"
+    print(f"{where}, torch {torch.__version__}; one attention layer of width {args.dim}, 6 heads, batch 1, "
+          f"{args.length} tokens, forward + backward")
     print("| layer | host µs to enqueue | µs per step | ÷ DeiT |\n|---|---|---|---|")
     base = None
     for variant in args.variants:
-        enqueue, wall = host_us(layer_step(variant, args.length), args.reps)
+        enqueue, wall = host_us(layer_step(variant, args.length, args.device, args.dim), args.reps, args.device)
         base = base or (wall if variant == "DeiT" else None)
         print(f"| {variant} | {enqueue:.0f} | {wall:.0f} | {wall / base:.2f} |" if base else
               f"| {variant} | {enqueue:.0f} | {wall:.0f} | – |", flush=True)
-    if args.launches:
+    if args.launches and args.device == "cuda":
         for variant in args.variants:
             if VARIANTS[variant] is None:
                 continue
-            rows = launch_us(layer_step(variant, args.length), 100)
+            rows = launch_us(layer_step(variant, args.length, args.device, args.dim), 100)
             print(f"\nTriton launches per step of LION-{variant}: " +
                   ", ".join(f"{name} ×{n:g} {us:.0f} µs" for name, (n, us) in rows.items()))
 
