@@ -210,7 +210,9 @@ def test_torch_compile_traces_the_custom_op(mask, order):
         return lion_attention(q, k, v, log_a, orders=orders, feature_map="normalized_silu", scale=0.5,
                               backend="triton")
 
-    compiled = torch.compile(f, fullgraph=True, backend="inductor" if CUDA else "aot_eager")
+    # inductor once (on the GPU); the ♮ case only needs dynamo's tracing, which aot_eager checks as well, faster
+    backend = "inductor" if CUDA and order == "Normal" else "aot_eager"
+    compiled = torch.compile(f, fullgraph=True, backend=backend)
     y, yc = f(*leaves, *params), compiled(*leaves, *params)
     assert rel_err(yc, y) < 1e-5
     g = torch.autograd.grad(y.sum(), leaves + params)
