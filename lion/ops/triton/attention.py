@@ -85,7 +85,8 @@ def _key_keep(KEEP, b, L, offs, in_rows, HAS_KEEP: tl.constexpr):
 def _order_mask(P, C, R, base, r_base, lam, offs_m, offs_n, in_m, in_n, NATURAL: tl.constexpr,
                 DECAY: tl.constexpr):
     """(M, aux) of one order on a tile, M = 0 outside the valid rows and columns. aux: the tile's lower triangle in
-    that order (r_i ≥ r_j); with DECAY (one gate λ per head, log λ = ``lam``) M = λ^|r_i − r_j| and aux = |r_i − r_j|."""
+    that order (r_i ≥ r_j); with DECAY (one gate λ per head, log λ = ``lam``) M = λ^|r_i − r_j| (docs/lion.md §1.2) and
+    aux = |r_i − r_j|."""
     if NATURAL:
         r_i = offs_m
         r_j = offs_n
