@@ -95,16 +95,21 @@ def _order_mask(P, C, R, base, r_base, lam, offs_m, offs_n, in_m, in_n, NATURAL:
         r_j = tl.load(R + r_base + offs_n, mask=in_n, other=0)
     if DECAY:
         aux = tl.abs(r_i[:, None] - r_j[None, :]).to(tl.float32)
-        log_m = aux * lam
+        m = _exp_mask(aux * lam, in_m, in_n)
     else:
         p_i = tl.load(P + base + offs_m, mask=in_m, other=0.0)
         c_i = tl.load(C + base + offs_m, mask=in_m, other=0.0)
         p_j = tl.load(P + base + offs_n, mask=in_n, other=0.0)
         c_j = tl.load(C + base + offs_n, mask=in_n, other=0.0)
         aux = r_i[:, None] >= r_j[None, :]
-        log_m = tl.where(aux, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None])
-    valid = in_m[:, None] & in_n[None, :]
-    return tl.exp(tl.where(valid, log_m, float("-inf"))), aux
+        m = _sums_mask(p_i, c_i, p_j, c_j, aux, in_m, in_n)
+    return m, aux
+
+
+@triton.jit
+def _exp_mask(log_m, in_m, in_n):
+    """exp of a tile's log mask, 0 outside the valid rows and columns."""
+    return tl.exp(tl.where(in_m[:, None] & in_n[None, :], log_m, float("-inf")))
 
 
 @triton.jit
@@ -151,11 +156,9 @@ def _block_sums(la_ptr, sal, offs, in_r, before):
 
 
 @triton.jit
-def _sums_mask(p_i, c_i, p_j, c_j, offs_m, offs_n, in_m, in_n):
-    """(M, lower) of the natural order on a tile from the rows' and columns' prefix sums."""
-    lower = offs_m[:, None] >= offs_n[None, :]
-    log_m = tl.where(lower, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None])
-    return tl.exp(tl.where(in_m[:, None] & in_n[None, :], log_m, float("-inf"))), lower
+def _sums_mask(p_i, c_i, p_j, c_j, lower, in_m, in_n):
+    """M of a tile from the rows' and columns' prefix sums (docs/lion.md §1.2); ``lower``: r_i ≥ r_j."""
+    return _exp_mask(tl.where(lower, p_i[:, None] - p_j[None, :], c_j[None, :] - c_i[:, None]), in_m, in_n)
 
 
 @triton.jit
@@ -277,8 +280,7 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
         if SCAN:
             p_j, c_j, total = _block_sums(la_ptr, sal, offs_n, in_n, run)
             run += total
-            m, lower = _sums_mask(p_i, c_i, p_j, c_j, offs_m, offs_n, in_m, in_n)
-            a = a * m
+            a = a * _sums_mask(p_i, c_i, p_j, c_j, offs_m[:, None] >= offs_n[None, :], in_m, in_n)
         elif NORD > 0:
             m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
                                                NATURAL, DECAY)
@@ -342,7 +344,8 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         if SCAN:
             p_i, c_i, total = _block_sums(la_ptr, sal, offs_m, in_m, run)
             run += total
-            m, aux1 = _sums_mask(p_i, c_i, p_j, c_j, offs_m, offs_n, in_m, in_n)
+            aux1 = offs_m[:, None] >= offs_n[None, :]
+            m = _sums_mask(p_i, c_i, p_j, c_j, aux1, in_m, in_n)
             m1 = m
             a = s * m
         elif NORD > 0:
@@ -672,7 +675,8 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
         dgates = torch.empty(_gates_grad_shape(P, C), device=q.device, dtype=torch.float32)
     else:
         dqa, dgates = _zeros(q.device, (B, H, L, D), _gates_grad_shape(P, C))
-        dP, dC = dgates.unbind(0) if C is not None else (dgates[0] if P is not None else dgates, dgates)
+        dP = dgates[0] if P is not None else dgates  # decay: d log λ (orders, H); Lit: not read
+        dC = dgates[1] if C is not None else dP  # not read without C
     meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype)
     Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, den)
