@@ -18,7 +18,7 @@ import torch
 from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
-from lion.masks import upcast
+from lion.masks import per_token_gates, upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
 logger = logging.getLogger(__name__)
@@ -93,13 +93,6 @@ def _sums(q, k, v, log_a, scale, form, chunk_size, with_den, dropout_p, training
     return chunk_sums(q, k, v, log_a, scale, 32 if chunk_size is None else chunk_size, with_den)
 
 
-def _per_token(log_a, batch, length):
-    """Per-head log gates (H,) (LION-D) → the (B, H, L) per-token gates they stand for (a broadcast view)."""
-    if log_a is None or log_a.dim() != 1:
-        return log_a
-    return log_a[None, :, None].expand(batch, log_a.shape[0], length)
-
-
 def lion_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -142,9 +135,9 @@ def lion_attention(
                                key_padding_mask=key_padding_mask, orders=orders,
                                dropout_p=dropout_p if training else 0.0)
     B, L = q.shape[0], q.shape[-2]
-    log_a = _per_token(log_a, B, L)
+    log_a = per_token_gates(log_a, B, L)
     if orders is not None:
-        orders = [(p, _per_token(la, B, L)) for p, la in orders]
+        orders = [(p, per_token_gates(la, B, L)) for p, la in orders]
     if form != "attention":
         kernel = chunk_attention if form == "chunk" else recurrent_attention
         if not _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \

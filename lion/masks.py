@@ -28,9 +28,15 @@ def decay_log_gates(a: torch.Tensor, length: int | None = None, batch: int | Non
     """LION-D: λ_h = sigmoid(a_h); returns log λ_h in fp32, per head (H,) when ``length`` is None (what
     ``lion_attention`` takes most cheaply), else broadcast to (B, H, L)."""
     log_lam = F.logsigmoid(upcast(a))
-    if length is None:
-        return log_lam
-    return log_lam[None, :, None].expand(batch, a.shape[0], length)
+    return log_lam if length is None else per_token_gates(log_lam, batch, length)
+
+
+def per_token_gates(log_a: torch.Tensor | None, batch: int, length: int) -> torch.Tensor | None:
+    """Per-head log gates (H,) as the (B, H, L) per-token gates they stand for (a broadcast view); per-token gates
+    and None are returned as given."""
+    if log_a is None or log_a.dim() != 1:
+        return log_a
+    return log_a[None, :, None].expand(batch, log_a.shape[0], length)
 
 
 def selective_log_gates(z: torch.Tensor, first_gate_one: bool = True) -> torch.Tensor:

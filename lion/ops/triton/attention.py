@@ -37,6 +37,7 @@ import triton
 import triton.language as tl
 
 from lion.curves import inverse_permutation
+from lion.masks import per_token_gates
 from lion.ops.triton.utils import INTERPRET, Launcher, block_size
 
 FEATURES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
@@ -890,11 +891,6 @@ def _ranks(perms):
     return ranks, inv
 
 
-def _per_token(la, B, L):
-    """(H,) per-head log gates as the (B, H, L) per-token gates they stand for; (B, H, L) gates as given."""
-    return la[None, :, None].expand(B, la.shape[0], L) if la.dim() == 1 else la
-
-
 def _gate_inputs(log_a, orders, key_padding_mask, device_type, shape=None):
     """(P, C, R) for the kernels; R: (orders, L) int32 ranks (None: the natural order); all None for Lit.
     Per-token gates (B, H, L): P, C the (orders, B, H, L) prefix sums in natural token order (small torch ops,
@@ -911,9 +907,9 @@ def _gate_inputs(log_a, orders, key_padding_mask, device_type, shape=None):
     if pad is None and all(la.dim() == 1 for la in las):
         return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
     if pad is None and orders is None:  # one natural order: the kernels take the log gates themselves
-        return _per_token(log_a, *shape).float() if shape is not None else log_a.float(), None, None
+        return log_a.float(), None, None  # (B, H, L): per-head gates without padding took the branch above
     if shape is not None:
-        las = [_per_token(la, *shape) for la in las]
+        las = [per_token_gates(la, *shape) for la in las]
     with torch.autocast(device_type=device_type, enabled=False):
         if orders is None:
             P, C = _prefix_sums(las[0], pad)
