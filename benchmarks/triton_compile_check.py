@@ -1,7 +1,7 @@
 """Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels and the Vim baseline's
 selective-scan kernels) for sm_90 without a GPU and reports registers and spills
 (Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
-configs spill (the config lists in lion/ops/triton/attention.py keep only spill-free ones).
+configs spill (the config lists in lion/ops/triton/attention.py are chosen by measured time; some spill a little).
 
     python benchmarks/triton_compile_check.py [--regs]
 """

@@ -221,6 +221,21 @@ def test_torch_compile_traces_the_custom_op(mask, order):
         assert rel_err(a, b) < 1e-5
 
 
+def test_natural_orders_made_in_inference_mode():
+    """♮ permutations created under inference_mode (as a model builds its orders on its first eval forward) carry
+    no version counter: the fused op must not rely on one, and must equal the torch form."""
+    leaves, params, _, gates = make_case("Decay", "S", 2, 2, 17, 8, 8, False, seed=10)
+    with torch.inference_mode():
+        log_a, orders = gates(list(p.detach().clone() for p in params))
+        orders = [(p.clone(), la) for p, la in orders]
+        assert orders[0][0].is_inference()
+        kw = dict(orders=orders, feature_map="normalized_silu", scale=0.5)
+        q, k, v = (t.detach() for t in leaves)
+        for _ in range(2):  # the second call would hit a cache keyed on versions
+            y = lion_attention(q, k, v, log_a, backend="triton", **kw)
+            assert rel_err(y, lion_attention(q, k, v, log_a, backend="torch", **kw)) < 1e-5
+
+
 def test_cpu_without_interpreter_fails_clearly():
     """In a process without TRITON_INTERPRET, backend='triton' on CPU tensors names the fix instead of crashing."""
     code = ("import torch, pytest, lion\n"

@@ -521,14 +521,17 @@ def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
 # ------------------------------------------------------------------------------------------------ launch configs
 # Register reports: benchmarks/triton_compile_check.py --regs (ptxas -v). The first entry of each list is the one
 # used without autotuning (LION_TRITON_AUTOTUNE=0, tests).
+# The lists hold the fastest tiles of a sweep of each kernel alone on an H200 (B128, L197 H6 and L128 H12, LION-D
+# and LION-S, bf16; benchmarks/RESULTS.md): 4 warps beat 8 in both kernels (the backward's 8-warp tiles ran 1.3–1.7×
+# slower: one program per multiprocessor at 166 registers a thread).
 def _fwd_configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in [(64, 32, 8, 2), (64, 64, 8, 2), (128, 32, 8, 2), (64, 32, 4, 2), (32, 32, 4, 2)]]
+            for bm, bn, w, st in [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)]]
 
 
-def _bwd_configs():  # (32, 64) with 8 warps spills ≤ 16 bytes (♮: 92); (64, ·) tiles spill kilobytes
+def _bwd_configs():
     return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
-            for bm, bn, w, st in [(32, 64, 8, 2), (32, 64, 8, 3), (32, 32, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)]]
+            for bm, bn, w, st in [(32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 2, 2), (32, 128, 8, 2), (16, 64, 4, 2)]]
 
 
 _KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "SCAN", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
@@ -876,7 +879,8 @@ _RANKS: dict = {}  # id(perms) → (perms, version, int32 ranks, int64 inverses)
 def _ranks(perms):
     """(orders, L) int32 ranks (each token's position in each order) and the inverse permutations, cached per
     permutation tensor (the models pass the same cached ♮ permutations to every layer)."""
-    if torch.compiler.is_compiling():  # traced once per graph: no cache (ids of traced tensors mean nothing)
+    if torch.compiler.is_compiling() or any(p.is_inference() for p in perms):
+        # no cache: ids of traced tensors mean nothing, and inference tensors keep no version counter
         inv = [inverse_permutation(p) for p in perms]
         return torch.stack(inv).to(torch.int32), inv
     key = tuple(id(p) for p in perms)

@@ -346,6 +346,9 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
                  FEATURE=FEATURE_CODES[feature_map], LOWP=lowp, PREC="ieee",
                  BLOCK_C=block_c, BLOCK_DK=block_dk, BLOCK_DV=block_dv, DVP=n_dv * block_dv)
     warps = num_warps or (4 if block_c <= 64 else 8)  # measured: C = 64 with 4 warps, C = 128 with 8
+    # C = 64 with 4 warps: capping registers at 128 a thread (from 146) fits a fourth program per multiprocessor,
+    # 8–9 % faster at 3137 and 12545 tokens on an H200 (benchmarks/kernel_sweep.py chunk); C = 128 lost with it
+    maxnreg = 128 if block_c == 64 and warps == 4 and lowp else None
     la = gates if gates is not None else dummy
     la_strides = strides_or_zero(gates, 4)
     perm = perms if perms is not None else dummy
@@ -353,7 +356,7 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     keep_stride = keep.stride(0) if keep is not None else 0
     _chunk_states[(n_orders * B * H, n, n_dv)](
         k, v, la, perm, kp, states, zs, gs, *k.stride(), *v.stride(), *la_strides, keep_stride,
-        B * H, H, L, DK, DV, n, chunk, WITH_DEN=normalize, num_warps=warps, **flags)
+        B * H, H, L, DK, DV, n, chunk, WITH_DEN=normalize, num_warps=warps, maxnreg=maxnreg, **flags)
     rows = min(scan_rows, block_dk)
     _scan_states[(n_orders * B * H, 2, block_dk // rows)](
         states, zs, gs, n, HAS_GATES=gates is not None, WITH_DEN=normalize, BLOCK_DK=block_dk,
@@ -368,5 +371,5 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
             q, k, v, la, perm, kp, states, zs, out, numbuf, denbuf,
             *q.stride(), *k.stride(), *v.stride(), *la_strides, keep_stride, *out.stride(),
             o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders,
-            NORMALIZE=normalize, PASS=pass_, num_warps=warps, **flags)
+            NORMALIZE=normalize, PASS=pass_, num_warps=warps, maxnreg=maxnreg, **flags)
     return out.permute(0, 2, 1, 3)

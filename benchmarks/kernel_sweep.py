@@ -1,0 +1,127 @@
+"""GPU time of each LION kernel alone, per launch setting: how the config lists and defaults were chosen.
+
+``attn``: the fused attention form's forward and backward kernels (lion/ops/triton/attention.py), one tile config
+at a time (autotuning off), inside a forward + backward of LION-D (per-head gates) and LION-S (per-token gates)
+at ViT-S (B128 H6 L197) and BERT (B128 H12 L128, LION-D) shapes, bf16; SDPA's forward + backward for reference.
+``chunk``: the chunk form's three kernels (lion/ops/triton/chunk.py) at 896 and 1792 px (B8 H6 d64, bf16, LION-S
+gates) for chunk sizes and warp counts. Times are torch.profiler kernel times in µs (mean over the calls), so host
+launch time does not count. Needs a CUDA GPU.
+
+    python benchmarks/kernel_sweep.py attn [--reps 10]
+    python benchmarks/kernel_sweep.py chunk [--reps 20]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# (BLOCK_M, BLOCK_N, warps, stages, maxnreg)
+FWD_TILES = [(64, 32, 8, 2, None), (64, 64, 8, 2, None), (128, 32, 8, 2, None), (64, 32, 4, 2, None),
+             (32, 32, 4, 2, None), (64, 64, 4, 2, None), (64, 64, 4, 3, None), (128, 64, 8, 2, None),
+             (64, 64, 8, 2, 128)]
+BWD_TILES = [(32, 64, 8, 2, None), (32, 64, 8, 3, None), (32, 32, 8, 2, None), (32, 32, 4, 2, None),
+             (16, 64, 4, 2, None), (32, 64, 4, 2, None), (16, 32, 2, 2, None), (32, 128, 8, 2, None),
+             (64, 64, 8, 2, None), (32, 64, 8, 2, 128), (32, 32, 4, 2, 128)]
+CHUNK_SETTINGS = [(64, None), (64, 8), (32, 4), (128, 8), (128, 4)]  # (chunk size, warps); None: the default
+
+
+def kernel_us(fn, reps: int) -> dict[str, float]:
+    """Mean GPU time per call of ``fn``, µs, per kernel name (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    per: dict[str, float] = {}
+    for evt in prof.events():
+        if str(getattr(evt, "device_type", "")).endswith("CUDA"):
+            per[evt.name[:24]] = per.get(evt.name[:24], 0.0) + evt.time_range.elapsed_us() / reps
+    return per
+
+
+def _line(per: dict[str, float]) -> str:
+    return f"total {sum(per.values()):8.1f} | " + " ".join(f"{k}={v:.1f}" for k, v in sorted(per.items()))
+
+
+def attn(reps: int) -> None:
+    import triton
+
+    import lion
+    import lion.ops.triton.utils as utils
+    from lion.ops.triton import attention as A
+
+    utils.AUTOTUNE = False  # each Launcher then takes configs[0]: the tile under test
+    saved = A._fwd.configs, A._bwd.configs
+    tile = lambda bm, bn, w, st, mr: triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w,  # noqa: E731
+                                                   num_stages=st, maxnreg=mr)
+    try:
+        for B, H, L, masks in ((128, 6, 197, ("D", "S")), (128, 12, 128, ("D",))):
+            qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+            dy = torch.randn(B, H, L, 64, device="cuda", dtype=torch.bfloat16)
+            a = torch.randn(H, device="cuda", requires_grad=True)
+            z = torch.randn(B, H, L, device="cuda", requires_grad=True)
+            for mask in masks:
+                gate_leaf = a if mask == "D" else z
+
+                def step():
+                    log_a = lion.decay_log_gates(a) if mask == "D" else F.logsigmoid(z)
+                    y = A.fused_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125)
+                    torch.autograd.grad(y, (qkv, gate_leaf), dy)
+
+                for which, tiles, kernel in (("fwd", FWD_TILES, "_fwd_kernel"), ("bwd", BWD_TILES, "_bwd_kernel")):
+                    A._fwd.configs, A._bwd.configs = [tile(*FWD_TILES[6])], [tile(*BWD_TILES[3])]
+                    for t in tiles:
+                        (A._fwd if which == "fwd" else A._bwd).configs = [tile(*t)]
+                        try:
+                            per = kernel_us(step, reps)
+                            print(f"attn B{B} H{H} L{L} LION-{mask} {which} {t}: {kernel} {per.get(kernel, 0):7.1f} µs"
+                                  f" | {_line(per)}", flush=True)
+                        except Exception as err:  # a tile the compiler refuses (shared memory) is reported
+                            print(f"attn B{B} H{H} L{L} LION-{mask} {which} {t}: failed, {type(err).__name__}",
+                                  flush=True)
+            sdpa = lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (qkv,), dy)  # noqa: E731
+            print(f"attn B{B} H{H} L{L} SDPA fwd+bwd: {_line(kernel_us(sdpa, reps))}", flush=True)
+    finally:
+        A._fwd.configs, A._bwd.configs = saved
+        utils.AUTOTUNE = True
+
+
+def chunk(reps: int) -> None:
+    from lion import selective_log_gates
+    from lion.ops.triton.chunk import chunk_attention
+
+    B, H, d = 8, 6, 64
+    for L in (3137, 12545):
+        qkv = torch.randn(B, L, 3, H, d, device="cuda", dtype=torch.bfloat16)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        log_a = selective_log_gates(torch.randn(B, L, H, device="cuda"))
+        with torch.inference_mode():
+            for size, warps in CHUNK_SETTINGS:
+                per = kernel_us(lambda: chunk_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125,
+                                                        chunk_size=size, num_warps=warps), reps)
+                print(f"chunk L={L} C={size} warps={warps or 'default'}: {_line(per)}", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("part", choices=["attn", "chunk"])
+    ap.add_argument("--reps", type=int, default=None, help="profiled calls per setting (default 10 attn, 20 chunk)")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("kernel_sweep.py times GPU kernels: it needs a CUDA device")
+    (attn if args.part == "attn" else chunk)(args.reps or (10 if args.part == "attn" else 20))
+
+
+if __name__ == "__main__":
+    main()
