@@ -3,11 +3,12 @@
 ``attn``: the fused attention form's forward and backward kernels (lion/ops/triton/attention.py), one tile config
 at a time (autotuning off), inside a forward + backward of LION-D (per-head gates) and LION-S (per-token gates)
 at ViT-S (B128 H6 L197) and BERT (B128 H12 L128, LION-D) shapes, bf16; SDPA's forward + backward for reference.
+The backward's tiles include its two-loop variant (SPLIT), which is not in the autotuned list yet.
 ``chunk``: the chunk form's three kernels (lion/ops/triton/chunk.py) at 896 and 1792 px (B8 H6 d64, bf16, LION-S
 gates) for chunk sizes and warp counts. Times are torch.profiler kernel times in µs (mean over the calls), so host
 launch time does not count. Needs a CUDA GPU.
 
-    python benchmarks/kernel_sweep.py attn [--reps 10]
+    python benchmarks/kernel_sweep.py attn [--reps 10] [--only fwd bwd]
     python benchmarks/kernel_sweep.py chunk [--reps 20]
 """
 from __future__ import annotations
@@ -21,13 +22,15 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# (BLOCK_M, BLOCK_N, warps, stages, maxnreg)
+# (BLOCK_M, BLOCK_N, warps, stages, maxnreg[, SPLIT: the backward's two-loop variant])
 FWD_TILES = [(64, 32, 8, 2, None), (64, 64, 8, 2, None), (128, 32, 8, 2, None), (64, 32, 4, 2, None),
              (32, 32, 4, 2, None), (64, 64, 4, 2, None), (64, 64, 4, 3, None), (128, 64, 8, 2, None),
              (64, 64, 8, 2, 128)]
 BWD_TILES = [(32, 64, 8, 2, None), (32, 64, 8, 3, None), (32, 32, 8, 2, None), (32, 32, 4, 2, None),
              (16, 64, 4, 2, None), (32, 64, 4, 2, None), (16, 32, 2, 2, None), (32, 128, 8, 2, None),
-             (64, 64, 8, 2, None), (32, 64, 8, 2, 128), (32, 32, 4, 2, 128)]
+             (64, 64, 8, 2, None), (32, 64, 8, 2, 128), (32, 32, 4, 2, 128),
+             (32, 64, 4, 2, None, True), (64, 64, 4, 2, None, True), (32, 32, 4, 2, None, True),
+             (64, 64, 8, 2, None, True), (64, 32, 4, 2, None, True)]
 CHUNK_SETTINGS = [(64, None), (64, 8), (32, 4), (128, 8), (128, 4)]  # (chunk size, warps); None: the default
 
 
@@ -53,7 +56,7 @@ def _line(per: dict[str, float]) -> str:
     return f"total {sum(per.values()):8.1f} | " + " ".join(f"{k}={v:.1f}" for k, v in sorted(per.items()))
 
 
-def attn(reps: int) -> None:
+def attn(reps: int, only=("fwd", "bwd")) -> None:
     import triton
 
     import lion
@@ -62,8 +65,9 @@ def attn(reps: int) -> None:
 
     utils.AUTOTUNE = False  # each Launcher then takes configs[0]: the tile under test
     saved = A._fwd.configs, A._bwd.configs
-    tile = lambda bm, bn, w, st, mr: triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w,  # noqa: E731
-                                                   num_stages=st, maxnreg=mr)
+    def tile(bm, bn, w, st, mr, split=None):
+        kw = {"BLOCK_M": bm, "BLOCK_N": bn} if split is None else {"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT": split}
+        return triton.Config(kw, num_warps=w, num_stages=st, maxnreg=mr)
     try:
         for B, H, L, masks in ((128, 6, 197, ("D", "S")), (128, 12, 128, ("D",))):
             qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -80,6 +84,8 @@ def attn(reps: int) -> None:
                     torch.autograd.grad(y, (qkv, gate_leaf), dy)
 
                 for which, tiles, kernel in (("fwd", FWD_TILES, "_fwd_kernel"), ("bwd", BWD_TILES, "_bwd_kernel")):
+                    if which not in only:
+                        continue
                     A._fwd.configs, A._bwd.configs = [tile(*FWD_TILES[6])], [tile(*BWD_TILES[3])]
                     for t in tiles:
                         (A._fwd if which == "fwd" else A._bwd).configs = [tile(*t)]
@@ -117,10 +123,14 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=["attn", "chunk"])
     ap.add_argument("--reps", type=int, default=None, help="profiled calls per setting (default 10 attn, 20 chunk)")
+    ap.add_argument("--only", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"], help="attn: which kernels")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_sweep.py times GPU kernels: it needs a CUDA device")
-    (attn if args.part == "attn" else chunk)(args.reps or (10 if args.part == "attn" else 20))
+    if args.part == "attn":
+        attn(args.reps or 10, args.only)
+    else:
+        chunk(args.reps or 20)
 
 
 if __name__ == "__main__":
