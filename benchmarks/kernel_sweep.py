@@ -22,6 +22,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import kernel_ms  # noqa: E402
+
 # (BLOCK_M, BLOCK_N, warps, stages, maxnreg[, SPLIT: the backward's two-loop variant])
 FWD_TILES = [(64, 32, 8, 2, None), (64, 64, 8, 2, None), (128, 32, 8, 2, None), (64, 32, 4, 2, None),
              (32, 32, 4, 2, None), (64, 64, 4, 2, None), (64, 64, 4, 3, None), (128, 64, 8, 2, None),
@@ -35,20 +37,10 @@ CHUNK_SETTINGS = [(64, None), (64, 8), (32, 4), (128, 8), (128, 4)]  # (chunk si
 
 
 def kernel_us(fn, reps: int) -> dict[str, float]:
-    """Mean GPU time per call of ``fn``, µs, per kernel name (torch.profiler)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(reps):
-            fn()
-        torch.cuda.synchronize()
+    """Mean GPU time per call of ``fn``, µs, per kernel (name cut to 24 characters)."""
     per: dict[str, float] = {}
-    for evt in prof.events():
-        if str(getattr(evt, "device_type", "")).endswith("CUDA"):
-            per[evt.name[:24]] = per.get(evt.name[:24], 0.0) + evt.time_range.elapsed_us() / reps
+    for name, ms in kernel_ms(fn, warmup=3, reps=reps).items():
+        per[name[:24]] = per.get(name[:24], 0.0) + ms * 1e3
     return per
 
 
@@ -65,6 +57,7 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
 
     utils.AUTOTUNE = False  # each Launcher then takes configs[0]: the tile under test
     saved = A._fwd.configs, A._bwd.configs
+
     def tile(bm, bn, w, st, mr, split=None):
         kw = {"BLOCK_M": bm, "BLOCK_N": bn} if split is None else {"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT": split}
         return triton.Config(kw, num_warps=w, num_stages=st, maxnreg=mr)
@@ -76,12 +69,10 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
             a = torch.randn(H, device="cuda", requires_grad=True)
             z = torch.randn(B, H, L, device="cuda", requires_grad=True)
             for mask in masks:
-                gate_leaf = a if mask == "D" else z
-
-                def step():
+                def step(mask=mask, q=q, k=k, v=v, qkv=qkv, a=a, z=z, dy=dy):
                     log_a = lion.decay_log_gates(a) if mask == "D" else F.logsigmoid(z)
                     y = A.fused_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125)
-                    torch.autograd.grad(y, (qkv, gate_leaf), dy)
+                    torch.autograd.grad(y, (qkv, a if mask == "D" else z), dy)
 
                 for which, tiles, kernel in (("fwd", FWD_TILES, "_fwd_kernel"), ("bwd", BWD_TILES, "_bwd_kernel")):
                     if which not in only:
@@ -96,7 +87,8 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
                         except Exception as err:  # a tile the compiler refuses (shared memory) is reported
                             print(f"attn B{B} H{H} L{L} LION-{mask} {which} {t}: failed, {type(err).__name__}",
                                   flush=True)
-            sdpa = lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (qkv,), dy)  # noqa: E731
+            def sdpa(q=q, k=k, v=v, qkv=qkv, dy=dy):
+                torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (qkv,), dy)
             print(f"attn B{B} H{H} L{L} SDPA fwd+bwd: {_line(kernel_us(sdpa, reps))}", flush=True)
     finally:
         A._fwd.configs, A._bwd.configs = saved
@@ -114,8 +106,10 @@ def chunk(reps: int) -> None:
         log_a = selective_log_gates(torch.randn(B, L, H, device="cuda"))
         with torch.inference_mode():
             for size, warps in CHUNK_SETTINGS:
-                per = kernel_us(lambda: chunk_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125,
-                                                        chunk_size=size, num_warps=warps), reps)
+                def forward(q=q, k=k, v=v, log_a=log_a, size=size, warps=warps):
+                    chunk_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125, chunk_size=size,
+                                    num_warps=warps)
+                per = kernel_us(forward, reps)
                 print(f"chunk L={L} C={size} warps={warps or 'default'}: {_line(per)}", flush=True)
 
 

@@ -59,20 +59,27 @@ KERNEL_CATEGORIES = [
 ]
 
 
-def kernel_time_by_category(fn: Callable[[], object], warmup: int = 3) -> tuple[dict, list]:
-    """CUDA time (ms) of one call of ``fn`` per kernel category, and the (name, ms) of its 15 costliest kernels."""
+def kernel_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 1) -> dict[str, float]:
+    """CUDA time (ms) per call of ``fn`` of each kernel name (torch.profiler), the mean over ``reps`` calls."""
     from torch.profiler import ProfilerActivity, profile
 
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        fn()
+        for _ in range(reps):
+            fn()
         torch.cuda.synchronize()
     per_kernel: dict[str, float] = {}
     for evt in prof.events():
         if str(getattr(evt, "device_type", "")).endswith("CUDA"):
-            per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + evt.time_range.elapsed_us() / 1e3
+            per_kernel[evt.name] = per_kernel.get(evt.name, 0.0) + evt.time_range.elapsed_us() / 1e3 / reps
+    return per_kernel
+
+
+def kernel_time_by_category(fn: Callable[[], object], warmup: int = 3) -> tuple[dict, list]:
+    """CUDA time (ms) of one call of ``fn`` per kernel category, and the (name, ms) of its 15 costliest kernels."""
+    per_kernel = kernel_ms(fn, warmup)
     cats: dict[str, float] = {}
     for name, ms in per_kernel.items():
         low = name.lower()
