@@ -14,7 +14,6 @@ op's CPU compute at batch 1 included; a Triton launch itself costs ≈ 40–100 
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 import time
 from pathlib import Path
@@ -50,10 +49,7 @@ def layer_step(variant: str, length: int, device: str = "cuda", dim: int = 384, 
 
 
 class _NoLaunch:
-    """Stands in for a Triton kernel or launcher: ``k[grid](...)`` and ``k(grid, ...)`` do nothing."""
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: None
+    """Stands in for an autotuned launcher: ``k(grid, ...)`` does nothing."""
 
     def __call__(self, *args, **kwargs):
         return None
@@ -65,8 +61,9 @@ def stub_kernels():
     import lion.ops.triton.attention as attention
 
     attention.INTERPRET = True  # accept CPU tensors
-    for name in ("_prep_kernel", "_bwd_q_kernel", "_fwd", "_bwd", "_lit_fwd", "_lit_bwd"):
+    for name in ("_fwd", "_bwd", "_lit_fwd", "_lit_bwd"):  # the autotuned launchers
         setattr(attention, name, _NoLaunch())
+    attention.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
 
 
 def _sync(device):
@@ -89,29 +86,20 @@ def host_us(step, reps: int, device: str = "cuda") -> tuple[float, float]:
 
 
 def launch_us(step, reps: int) -> dict[str, tuple[float, float]]:
-    """Per Triton kernel: (launches per step, host µs per launch), timing triton's JITFunction.run."""
-    from triton.runtime.jit import JITFunction
-
-    totals = collections.defaultdict(lambda: [0, 0.0])
-    run = JITFunction.run
-
-    def timed(self, *args, **kwargs):
-        t = time.perf_counter()
-        out = run(self, *args, **kwargs)
-        entry = totals[self.fn.__name__]
-        entry[0] += 1
-        entry[1] += time.perf_counter() - t
-        return out
+    """Per Triton kernel: (launches per step, host µs per launch), as lion.ops.triton.utils.launch times them
+    (its direct path after warm-up; LION_TRITON_FAST_LAUNCH=0 times triton's own launch path)."""
+    from lion.ops.triton import utils
 
     for _ in range(5):
         step()
-    JITFunction.run = timed
+    utils.LAUNCH_TIMES = {}
     try:
         for _ in range(reps):
             step()
         torch.cuda.synchronize()
+        totals = utils.LAUNCH_TIMES
     finally:
-        JITFunction.run = run
+        utils.LAUNCH_TIMES = None
     return {name: (n / reps, t / n * 1e6) for name, (n, t) in sorted(totals.items())}
 
 

@@ -310,11 +310,10 @@ def main():
         if args.profile:
             return profile(args, args.profile)
         data = dict(env=environment(args), rows=measure(args))
-        _write_json(data, Path(args.out))
     if args.note:  # kept in the json, so that a later --report writes them again
         data["env"]["notes"] = data["env"].get("notes", []) + args.note
-        if args.report:
-            _write_json(data, Path(args.report))
+    if args.note or not args.report:
+        _write_json(data, Path(args.report or args.out))
     section = markdown(data["env"], data["rows"])
     print("\n".join(target_lines(data["rows"])))
     if args.results_md:

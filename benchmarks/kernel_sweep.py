@@ -3,7 +3,6 @@
 ``attn``: the fused attention form's forward and backward kernels (lion/ops/triton/attention.py), one tile config
 at a time (autotuning off), inside a forward + backward of LION-D (per-head gates) and LION-S (per-token gates)
 at ViT-S (B128 H6 L197) and BERT (B128 H12 L128, LION-D) shapes, bf16; SDPA's forward + backward for reference.
-The backward's tiles include its two-loop variant (SPLIT), which is not in the autotuned list yet.
 ``chunk``: the chunk form's three kernels (lion/ops/triton/chunk.py) at 896 and 1792 px (B8 H6 d64, bf16, LION-S
 gates) for chunk sizes and warp counts. Times are torch.profiler kernel times in µs (mean over the calls), so host
 launch time does not count. Needs a CUDA GPU.
@@ -24,15 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import kernel_ms  # noqa: E402
 
-# (BLOCK_M, BLOCK_N, warps, stages, maxnreg[, SPLIT: the backward's two-loop variant])
+# (BLOCK_M, BLOCK_N, warps, stages, maxnreg)
 FWD_TILES = [(64, 32, 8, 2, None), (64, 64, 8, 2, None), (128, 32, 8, 2, None), (64, 32, 4, 2, None),
              (32, 32, 4, 2, None), (64, 64, 4, 2, None), (64, 64, 4, 3, None), (128, 64, 8, 2, None),
              (64, 64, 8, 2, 128)]
 BWD_TILES = [(32, 64, 8, 2, None), (32, 64, 8, 3, None), (32, 32, 8, 2, None), (32, 32, 4, 2, None),
              (16, 64, 4, 2, None), (32, 64, 4, 2, None), (16, 32, 2, 2, None), (32, 128, 8, 2, None),
-             (64, 64, 8, 2, None), (32, 64, 8, 2, 128), (32, 32, 4, 2, 128),
-             (32, 64, 4, 2, None, True), (64, 64, 4, 2, None, True), (32, 32, 4, 2, None, True),
-             (64, 64, 8, 2, None, True), (64, 32, 4, 2, None, True)]
+             (64, 64, 8, 2, None), (32, 64, 8, 2, 128), (32, 32, 4, 2, 128), (32, 64, 4, 2, 128)]
 CHUNK_SETTINGS = [(64, None), (64, 8), (32, 4), (128, 8), (128, 4)]  # (chunk size, warps); None: the default
 
 
@@ -58,9 +55,8 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
     utils.AUTOTUNE = False  # each Launcher then takes configs[0]: the tile under test
     saved = A._fwd.configs, A._bwd.configs
 
-    def tile(bm, bn, w, st, mr, split=None):
-        kw = {"BLOCK_M": bm, "BLOCK_N": bn} if split is None else {"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT": split}
-        return triton.Config(kw, num_warps=w, num_stages=st, maxnreg=mr)
+    def tile(bm, bn, w, st, mr):
+        return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st, maxnreg=mr)
     try:
         for B, H, L, masks in ((128, 6, 197, ("D", "S")), (128, 12, 128, ("D",))):
             qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)

@@ -86,38 +86,73 @@ def bench_model(build, batch, loss_fn, args) -> float:
         torch.cuda.empty_cache()
 
 
-def profile_step(size: str, variant: str, args) -> str:
-    """Where the time of one training step goes: CUDA time per kernel category for DeiT and a ViT LION variant
-    (torch.profiler, after warm-up, same batch), their difference, and the variant's costliest kernels."""
-    mask_type, order = VARIANTS[variant]
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, 1000, (args.batch,), device="cuda")
-    loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
-    runs, host = {}, {}
-    for name, build in (("DeiT", lambda: timm.create_model(f"deit_{size}_patch16_224")),
-                        (f"LION-{variant}", lambda: timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type,
-                                                                     order=order))):
+def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
+    """Where the time of one training step goes: CUDA time per kernel category of a baseline and a LION model
+    (torch.profiler, after warm-up, same batch), their difference, the host time to enqueue a step, and the LION
+    model's costliest kernels. ``builds``: {baseline name: constructor, LION name: constructor}."""
+    runs, host, ops = {}, {}, {}
+    for name, build in builds.items():
         model = build().cuda()
-        step = train_step_fn(model, (x, y), loss, args.compile, args.compile_mode)
+        step = train_step_fn(model, batch, loss_fn, args.compile, args.compile_mode)
         runs[name] = kernel_time_by_category(step, warmup=args.warmup)
         host[name] = host_and_wall_ms(step)
-        del model
+        ops[name] = host_ops_ms(step)
+        del model, step
+        gc.collect()
         torch.cuda.empty_cache()
-    (base, _), (ours, top) = runs["DeiT"], runs[f"LION-{variant}"]
-    lines = [f"Kernel time of one ViT-{size[0].upper()} training step by category (ms, CUDA time, "
-             f"{'compiled' if args.compile else 'eager'}, batch {args.batch}):", "",
-             f"| category | DeiT | LION-{variant} | difference |", "|---|---|---|---|"]
+    (bname, (base, _)), (oname, (ours, top)) = runs.items()
+    lines = [f"{title} ({'compiled, mode ' + args.compile_mode if args.compile else 'eager'}; ms, CUDA time):", "",
+             f"| category | {bname} | {oname} | difference |", "|---|---|---|---|"]
     for cat in sorted(set(base) | set(ours), key=lambda c: -(ours.get(c, 0) + base.get(c, 0))):
         lines.append(f"| {cat} | {base.get(cat, 0):.2f} | {ours.get(cat, 0):.2f} | "
                      f"{ours.get(cat, 0) - base.get(cat, 0):+.2f} |")
     lines.append(f"| **kernel total** | {sum(base.values()):.2f} | {sum(ours.values()):.2f} | "
                  f"{sum(ours.values()) - sum(base.values()):+.2f} |")
-    (hb, wb), (ho, wo) = host["DeiT"], host[f"LION-{variant}"]
+    (hb, wb), (ho, wo) = host[bname], host[oname]
     lines.append(f"| host time to enqueue the step | {hb:.2f} | {ho:.2f} | {ho - hb:+.2f} |")
     lines.append(f"| step wall time | {wb:.2f} | {wo:.2f} | {wo - wb:+.2f} |")
-    lines += ["", f"Costliest kernels of LION-{variant}:", "", "| kernel | ms |", "|---|---|"]
+    lines += ["", f"Costliest kernels of {oname}:", "", "| kernel | ms |", "|---|---|"]
     lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
+    for name, (total, heavy) in ops.items():
+        lines += ["", f"Host work of one {name} step (torch.profiler CPU events, self time, ms, profiler overhead "
+                  f"included): {total:.1f} in all; " + ", ".join(f"`{op}` {ms:.2f}" for op, ms in heavy)]
     return "\n".join(lines)
+
+
+def host_ops_ms(step, reps: int = 2) -> tuple[float, list]:
+    """Self CPU time (ms) of one ``step()`` under torch.profiler, and its 8 costliest ops: what the host does."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(reps):
+            step()
+        torch.cuda.synchronize()
+    rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in rows) / 1e3 / reps
+    return total, [(e.key, e.self_cpu_time_total / 1e3 / reps) for e in rows[:8]]
+
+
+def profile_step(size: str, variant: str, args) -> str:
+    """profile_pair for DeiT against a ViT LION variant."""
+    mask_type, order = VARIANTS[variant]
+    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
+    y = torch.randint(0, 1000, (args.batch,), device="cuda")
+    loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
+    builds = {"DeiT": lambda: timm.create_model(f"deit_{size}_patch16_224"),
+              f"LION-{variant}": lambda: timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type,
+                                                           order=order)}
+    return profile_pair(f"Kernel time of one ViT-{size[0].upper()} training step by category, batch {args.batch}",
+                        builds, (x, y), loss, args)
+
+
+def profile_mlm(variant: str, dropout: float, args) -> str:
+    """profile_pair for softmax BERT-base against a LION MLM variant, both with attention dropout ``dropout``."""
+    build, batch, loss = mlm_setup(args)
+    builds = {"BERT": lambda: build("attention", dropout),
+              f"LION-{variant}": lambda: build(MLM_ARCHS[variant], dropout)}
+    return profile_pair(f"Kernel time of one BERT-base MLM training step by category, batch {args.mlm_batch}×128, "
+                        f"attention dropout {dropout}", builds, batch, loss, args)
 
 
 def host_and_wall_ms(step, reps: int = 5) -> tuple[float, float]:
@@ -166,12 +201,10 @@ def vit_rows(size: str, args, out: dict) -> dict:
     return ms
 
 
-def mlm_rows(args, out: dict) -> dict | None:
-    try:
-        from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
-    except Exception as e:  # the MLM model lives in another work package
-        print(f"MLM skipped: mlm.src.bert_layers does not import ({e!r})")
-        return None
+def mlm_setup(args):
+    """(build(arch, attention dropout), batch, loss_fn) of the MLM rows: BERT-base's default config, random ids,
+    30 % of them labelled, no padding (the attention mask is passed all True, as a data loader passes it)."""
+    from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
     B, L = args.mlm_batch, 128
     g = torch.Generator(device="cuda").manual_seed(0)
     ids = torch.randint(1, 30522, (B, L), device="cuda", generator=g)
@@ -186,7 +219,16 @@ def mlm_rows(args, out: dict) -> dict | None:
         cfg = LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"), attention_probs_dropout_prob=p,
                              **extra)
         return LionBertForMaskedLM(cfg)
+    return build, (ids, labels, mask), loss_fn
 
+
+def mlm_rows(args, out: dict) -> dict | None:
+    try:
+        build, batch, loss_fn = mlm_setup(args)
+    except Exception as e:  # the MLM model lives in another work package
+        print(f"MLM skipped: mlm.src.bert_layers does not import ({e!r})")
+        return None
+    ids, labels, mask = batch
     for p in args.mlm_dropout:
         ms = out.setdefault(f"p={p}", {})
         ms["BERT"] = bench_model(lambda: build("attention", p), (ids, labels, mask), loss_fn, args)
@@ -331,15 +373,21 @@ def main():
     ap.add_argument("--profile", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
                     help="only print where the kernel time of one step goes, DeiT vs these ViT variants "
                          "(first --sizes; with --compile, compiled)")
+    ap.add_argument("--profile-mlm", nargs="+", default=[], choices=list(MLM_ARCHS), metavar="VARIANT",
+                    help="only print where the kernel time of one MLM step goes, softmax BERT vs these LION "
+                         "variants, for each --mlm-dropout")
     ap.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append to ('' = none)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
-    if args.profile:
+    if args.profile or args.profile_mlm:
         for variant in args.profile:
             print(profile_step(args.sizes[0], variant, args) + "\n", flush=True)
+        for variant in args.profile_mlm:
+            for p in args.mlm_dropout:
+                print(profile_mlm(variant, p, args) + "\n", flush=True)
         return
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
                "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends}

@@ -64,8 +64,6 @@ def variants():
             yield "fwd", A._fwd_kernel, dict(c, **cfg.kwargs), cfg.num_warps
         for cfg in A._bwd_configs():
             yield "bwd", A._bwd_kernel, dict(c, HAS_KEEP=True, **cfg.kwargs), cfg.num_warps
-        split = A._bwd_configs()[0]  # the backward's two-loop variant, not yet autotuned
-        yield "bwd split", A._bwd_kernel, dict(c, HAS_KEEP=True, **dict(split.kwargs, SPLIT=True)), split.num_warps
     for feature, keep in itertools.product([1, 2], [True, False]):
         for cfg in A._LIT_CONFIGS:
             for name in ("lit_fwd", "lit_bwd"):

@@ -11,12 +11,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _tiles(configs):
-    return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages, c.kwargs.get("SPLIT", False))
-            for c in configs}
+    return {(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, c.num_stages) for c in configs}
 
 
 def _swept(tiles):
-    return {(*t[:4], bool(t[5]) if len(t) > 5 else False) for t in tiles if t[4] is None}
+    return {t[:4] for t in tiles if t[4] is None}
 
 
 def test_sweep_covers_the_autotuned_tiles():

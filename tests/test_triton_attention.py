@@ -164,32 +164,6 @@ def test_dropout_matches_reference_with_kernel_mask(normalize):
         assert rel_err(x, r) < 1e-5, (name, rel_err(x, r))
 
 
-@pytest.fixture
-def split_backward(monkeypatch):
-    """The backward's two-loop variant (SPLIT: no atomics per tile) as the config the tests launch."""
-    import triton
-
-    import lion.ops.triton.attention as A
-    split = triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "SPLIT": True}, num_warps=1, num_stages=1)
-    monkeypatch.setattr(A._bwd, "interpret_config", split)
-    gpu = triton.Config({"BLOCK_M": 32, "BLOCK_N": 64, "SPLIT": True}, num_warps=4, num_stages=2)
-    monkeypatch.setattr(A._bwd, "configs", [gpu] + list(A._bwd.configs))
-
-
-@pytest.mark.parametrize("mask,order,normalize,pad,L,B", [
-    ("Decay", "Normal", True, False, 37, 2), ("Selective", "Normal", True, False, 35, 2),
-    ("Selective", "Normal", False, True, 33, 1), ("Decay", "S", True, True, 17, 2),
-    ("Selective", "S", True, False, 26, 1), ("Lit", "Normal", True, True, 21, 2)])
-def test_split_backward_matches_reference(split_backward, mask, order, normalize, pad, L, B):
-    """Every gate path (per-head λ, per-token in-kernel sums, torch prefix sums, ♮, padding, Lit) through the
-    backward's two-loop variant: gradients of q, k, v and the gates equal the fp64 reference."""
-    compare(mask, order, B=B, L=L, normalize=normalize, pad=pad, seed=L + B + 1, lit_kv=False)
-
-
-def test_split_backward_with_dropout(split_backward):
-    test_dropout_matches_reference_with_kernel_mask(True)
-
-
 def test_dropout_p_zero_is_exact_and_training_draws_new_masks():
     leaves, params, kpm, gates = make_case("Decay", "Normal", 1, 2, 17, 8, 8, False, seed=5)
     log_a, _ = gates(params)

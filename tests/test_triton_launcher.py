@@ -1,4 +1,5 @@
-"""lion.ops.triton.utils.Launcher: the autotuner runs once per key, later calls launch the chosen config directly."""
+"""lion.ops.triton.utils: Launcher (the autotuner runs once per key, later calls launch the chosen config directly)
+and launch (after triton's own path has launched a key twice, its compiled kernel's launcher is called directly)."""
 import pytest
 import torch
 
@@ -34,6 +35,7 @@ class FakeTuned:
 def launcher(monkeypatch):
     monkeypatch.setattr(utils, "INTERPRET", False)
     monkeypatch.setattr(utils, "AUTOTUNE", True)
+    monkeypatch.setattr(utils, "FAST_LAUNCH", False)  # launches reach the fake kernel as kernel[grid](...)
     made = []
 
     def autotune(configs, key, reset_to_zero=None):
@@ -76,3 +78,175 @@ def test_key_meta_arguments_count(launcher):
     launch(grid, x, 197, 64, FLAG=True)
     launch(grid, x, 197, 64, FLAG=False)
     assert len(made[-1].calls) == 2 and len(kernel.direct) == 1
+
+
+# --- launch: the direct path
+class Param:
+    def __init__(self, name, is_constexpr, default=None):
+        self.name, self.is_constexpr, self.default = name, is_constexpr, default
+
+
+class FakeCompiled:
+    """Stands in for triton's CompiledKernel: ``run`` is its launcher (grid, stream, handles, hooks, arguments)."""
+
+    def __init__(self):
+        self.function, self.packed_metadata, self.launched = object(), object(), []
+        self.run = lambda *a: self.launched.append(a)
+
+
+class FakeCompiledProperty(FakeCompiled):
+    """triton ≥ 3.4: ``run`` is a read-only property over the launcher, which lives in another attribute."""
+
+    def __init__(self):
+        self.function, self.packed_metadata, self.launched = object(), object(), []
+        self._launcher = lambda *a: self.launched.append(a)
+
+    @property
+    def run(self):
+        return self._launcher
+
+
+class FakeJit:
+    """Stands in for a @triton.jit function with runtime parameters X, N and a constexpr BLOCK (default 16):
+    ``kernel[grid](...)`` compiles once per (alignment, N % 16, BLOCK) and calls the compiled kernel's launcher as
+    triton ≥ 3.3 does (every parameter's value after the hooks); ``all_params=False``: the runtime ones only."""
+    params = [Param("X", False), Param("N", False), Param("BLOCK", True, 16)]
+
+    class fn:
+        __name__ = "fake_kernel"
+
+    def __init__(self, all_params=True, hook=None, compiled=FakeCompiled):
+        self.cache, self.via_triton, self.all_params, self.hook, self.compiled = {}, 0, all_params, hook, compiled
+
+    def __getitem__(self, grid):
+        def run(x, n, BLOCK=16, num_warps=4):
+            self.via_triton += 1
+            key = (x.data_ptr() % 16 == 0, n % 16 == 0, BLOCK, num_warps)
+            compiled = self.cache.setdefault(key, self.compiled())
+            g = tuple(grid) + (1, 1)
+            tail = (x, n, BLOCK) if self.all_params else (x, n)
+            compiled.run(g[0], g[1], g[2], "stream-0", compiled.function, compiled.packed_metadata, None,
+                         self.hook, self.hook, *tail)
+            return compiled
+        return run
+
+
+@pytest.fixture
+def direct(monkeypatch):
+    monkeypatch.setattr(utils, "INTERPRET", False)
+    monkeypatch.setattr(utils, "FAST_LAUNCH", True)
+    monkeypatch.setattr(utils, "_LAUNCHES", {})
+    monkeypatch.setattr(utils.torch.cuda, "current_device", lambda: 0)
+    streams = iter(f"stream-{i}" for i in range(1, 100))
+    monkeypatch.setattr(utils, "_stream", lambda device: next(streams))
+
+
+@pytest.mark.parametrize("compiled", [FakeCompiled, FakeCompiledProperty])
+def test_launch_goes_direct_from_the_third_call_with_triton_argument_layout(direct, compiled):
+    kernel = FakeJit(compiled=compiled)
+    x = torch.zeros(64)
+    for _ in range(4):
+        utils.launch(kernel, (3, 2), (x, 197), dict(BLOCK=32, num_warps=4))
+    assert kernel.via_triton == 2  # first: compiles; second: recorded; then direct
+    (compiled,) = kernel.cache.values()
+    first, recorded, third, fourth = compiled.launched
+    assert third[:3] == (3, 2, 1) and third[3] == "stream-1" and fourth[3] == "stream-2"  # the current stream
+    assert third[4:] == first[4:] and third[9] is x  # handles, hooks, then X, N and BLOCK's value
+    y = torch.zeros(64)
+    utils.launch(kernel, (3, 2), (y, 197), dict(BLOCK=32, num_warps=4))  # another tensor, same key
+    assert compiled.launched[-1][9] is y and kernel.via_triton == 2
+
+
+@pytest.mark.parametrize("change", ["alignment", "int value", "constexpr", "options"])
+def test_launch_keys_on_what_triton_specialises(direct, change):
+    kernel = FakeJit()
+    x = torch.zeros(64)
+    args, meta = (x, 197), dict(BLOCK=32, num_warps=4)
+    for _ in range(3):
+        utils.launch(kernel, (1,), args, meta)
+    if change == "alignment":
+        args = (x[1:], 197)  # 4 bytes off: not 16-byte aligned, another compiled kernel
+    elif change == "int value":
+        args = (x, 192)  # divisible by 16
+    elif change == "constexpr":
+        meta = dict(BLOCK=64, num_warps=4)
+    else:
+        meta = dict(BLOCK=32, num_warps=8)
+    utils.launch(kernel, (1,), args, meta)
+    assert kernel.via_triton == 3 and len(kernel.cache) == 2
+
+
+def test_launch_runtime_arguments_only_layout(direct):
+    kernel = FakeJit(all_params=False)
+    x = torch.zeros(64)
+    for _ in range(3):
+        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+    assert kernel.via_triton == 2
+    assert next(iter(kernel.cache.values())).launched[-1][9:] == (x, 5)
+
+
+class Chain:
+    """Stands in for triton's HookChain (knobs.runtime's launch hooks in triton ≥ 3.4)."""
+
+    def __init__(self, calls):
+        self.calls = calls
+
+
+def test_launch_with_hooks(direct, monkeypatch):
+    x = torch.zeros(64)
+    kernel = FakeJit(hook=Chain([]))  # an empty hook chain is no hook: direct launches
+    for _ in range(4):
+        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+    assert kernel.via_triton == 2
+    kernel = FakeJit(hook=Chain([print]))  # a profiler's hook: triton's path every time
+    for _ in range(4):
+        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+    assert kernel.via_triton == 4
+    kernel = FakeJit()
+    monkeypatch.setattr(utils, "_hooks_set", lambda: True)  # a hook set after the key went direct
+    for _ in range(4):
+        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+    assert kernel.via_triton == 4
+
+
+def test_launch_switch_off(direct, monkeypatch):
+    monkeypatch.setattr(utils, "FAST_LAUNCH", False)
+    kernel = FakeJit()
+    for _ in range(4):
+        utils.launch(kernel, (1,), (torch.zeros(4), 5), dict(BLOCK=16))
+    assert kernel.via_triton == 4
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real triton launches need a GPU")
+def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
+    """The real kernels (attention form forward and backward, chunk form) launched directly give what triton's own
+    launches give: the forward and chunk outputs bit for bit, the gradients (fp32 atomics) to rounding."""
+    import lion
+    from lion.ops.triton.attention import fused_attention
+    from lion.ops.triton.chunk import chunk_attention
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(4, 197, 3, 6, 64, device="cuda", generator=g).transpose(1, 3)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(2))
+    z = torch.randn(4, 197, 6, device="cuda", generator=g, requires_grad=True)
+    dy = torch.randn(4, 6, 197, 64, device="cuda", generator=g)
+
+    def run():
+        y = fused_attention(q, k, v, lion.selective_log_gates(z), feature_map="normalized_silu", scale=0.125)
+        grads = torch.autograd.grad(y, (q, k, v, z), dy)
+        with torch.no_grad():
+            c = chunk_attention(q, k, v, lion.selective_log_gates(z), feature_map="normalized_silu", scale=0.125)
+        return y, grads, c
+
+    monkeypatch.setattr(utils, "FAST_LAUNCH", False)
+    ref = run()
+    monkeypatch.setattr(utils, "FAST_LAUNCH", True)
+    monkeypatch.setattr(utils, "_LAUNCHES", {})
+    for _ in range(3):
+        out = run()
+    direct = {key[0].fn.__name__ for key, entry in utils._LAUNCHES.items() if isinstance(entry, utils._Direct)}
+    assert {"_prep_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_q_kernel", "_chunk_states", "_scan_states",
+            "_chunk_output"} <= direct
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])
+    for a, b in zip(out[1], ref[1]):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)

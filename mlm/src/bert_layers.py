@@ -18,6 +18,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
+from lion.masks import per_token_gates
 from lion.checks import KEEP, check_chunk_size
 from lion.ops.naive import naive_scores
 from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORM_ALIASES, FORMS, LionBertConfig, check_choice
@@ -75,9 +76,10 @@ class LionBertSelfAttention(nn.Module):
         return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
 
     def _log_gates(self, hidden_states: torch.Tensor):
-        batch, length, _ = hidden_states.shape
+        """Log gates: (H,) for LION-D (one λ per head, the form lion_attention takes most cheaply), (B, H, L) for
+        LION-S, None for Lit."""
         if self.config.arch_type == "lion-d":
-            return decay_log_gates(self.ai, length, batch)
+            return decay_log_gates(self.ai)
         if self.config.arch_type == "lion-s":
             return selective_log_gates_eps(self.Wa_i(hidden_states))
         return None
@@ -88,7 +90,7 @@ class LionBertSelfAttention(nn.Module):
         if self.config.arch_type == "attention":
             scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
             return scores.masked_fill(~keys, torch.finfo(scores.dtype).min).softmax(-1).to(q.dtype)
-        log_a = self._log_gates(hidden_states)
+        log_a = per_token_gates(self._log_gates(hidden_states), q.shape[0], q.shape[2])
         if log_a is not None:  # padded tokens: gate 1, as lion_attention does
             log_a = log_a.masked_fill(~attention_mask[:, None, :], 0.0)
         scores = naive_scores(q, k, log_a, 1.0 / math.sqrt(self.head_dim))

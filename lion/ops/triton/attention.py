@@ -23,9 +23,10 @@ G with fp32 atomics; a last small kernel applies φ's backward to dq. Each score
 dq, dk, dv land in one (B, L, 3, H, d) buffer (``lion.unpack_qkv`` returns it as the qkv gradient, no copy).
 
 The gates reach the kernels in one of three ways (``_gate_mode``): LION-D's per-head log λ, from which the kernels
-form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; per-token log gates of the natural order, whose
-prefix sums the kernels form as running sums over the blocks (the last kernel turns dP, dC into d log a); or, with
-padding or the ♮ orders' per-token gates, prefix sums P, C computed by torch (their backward left to autograd).
+form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; per-token log gates of the natural order (padded
+tokens' set to 0, i.e. gate 1), whose prefix sums the kernels form as running sums over the blocks (the last kernel
+turns dP, dC into d log a); or, for the ♮ orders' per-token gates, prefix sums P, C computed by torch (their backward
+left to autograd).
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ import triton.language as tl
 
 from lion.curves import inverse_permutation
 from lion.masks import per_token_gates
-from lion.ops.triton.utils import INTERPRET, Launcher, block_size
+from lion.ops.triton.utils import INTERPRET, Launcher, block_size, launch
 
 FEATURES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
 
@@ -168,19 +169,18 @@ def _triangle_sums(g, lower, axis: tl.constexpr):
 
 
 @triton.jit
-def _gate_grads(g, aux, col_lo, col_up, DP, DC, rows, in_m, DECAY: tl.constexpr, ROWS: tl.constexpr):
+def _gate_grads(g, aux, col_lo, col_up, DP, DC, rows, in_m, DECAY: tl.constexpr):
     """One order's share of a tile's G = dA ⊙ A·∂log M: DECAY adds Σ_i G_ij |r_i − r_j| per key column to col_lo;
-    otherwise the lower/upper column sums go to (col_lo, col_up) and (ROWS) the row sums to DP, DC at ``rows``."""
+    otherwise the lower/upper column sums go to (col_lo, col_up) and the row sums to DP, DC at ``rows``."""
     if DECAY:
         col_lo += tl.sum(g * aux, axis=0)
     else:
         lo, up = _triangle_sums(g, aux, 0)
         col_lo += lo
         col_up += up
-        if ROWS:
-            lo, up = _triangle_sums(g, aux, 1)
-            tl.atomic_add(DP + rows, lo, mask=in_m, sem="relaxed")
-            tl.atomic_add(DC + rows, -up, mask=in_m, sem="relaxed")
+        lo, up = _triangle_sums(g, aux, 1)
+        tl.atomic_add(DP + rows, lo, mask=in_m, sem="relaxed")
+        tl.atomic_add(DC + rows, -up, mask=in_m, sem="relaxed")
     return col_lo, col_up
 
 
@@ -300,66 +300,19 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
 
 
 @triton.jit
-def _bwd_scores(q, dyn, k, v, P, C, R, seed, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2,
-                p_i, c_i, p_j, c_j, dropout_p, inv_keep, NORD: tl.constexpr, NATURAL: tl.constexpr,
-                DECAY: tl.constexpr, SCAN: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr):
-    """One (query rows offs_m) × (key columns offs_n) tile of the backward: the scores s, A after dropout (for dv),
-    dy·v after dropout, the mask M and each order's M_o, aux_o (for the gate gradient).
-    SCAN: (p_i, c_i), (p_j, c_j) are the rows' and columns' prefix sums."""
-    s = tl.dot(q, tl.trans(k), input_precision=PREC)
-    dpv = tl.dot(dyn, tl.trans(v), input_precision=PREC)
-    a = s
-    m = s
-    m1 = s
-    aux1 = offs_m[:, None] >= offs_n[None, :]
-    m2 = s
-    aux2 = aux1
-    if SCAN:
-        m = _sums_mask(p_i, c_i, p_j, c_j, aux1, in_m, in_n)
-        m1 = m
-        a = s * m
-    elif NORD > 0:
-        m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
-                                           NATURAL, DECAY)
-        a = s * m
-    a_drop = a
-    if DROPOUT:
-        keep = _dropout_keep(seed, offs_m, offs_n, L, dropout_p)
-        a_drop = tl.where(keep, a * inv_keep, 0.0)
-        dpv = tl.where(keep, dpv * inv_keep, 0.0)
-    return s, a_drop, dpv, m, m1, aux1, m2, aux2
-
-
-@triton.jit
-def _bwd_ds(dpv, m, DLT, bh, L, offs_m, in_m, in_n, NORD: tl.constexpr, NORMALIZE: tl.constexpr):
-    """dA of the tile (zero outside its valid part) and dS = dA ⊙ M."""
-    da = dpv
-    if NORMALIZE:
-        da = dpv - tl.load(DLT + bh * L + offs_m, mask=in_m, other=0.0)[:, None]
-    da = tl.where(in_m[:, None] & in_n[None, :], da, 0.0)
-    ds = da
-    if NORD > 0:
-        ds = da * m
-    return da, ds
-
-
-@triton.jit
 def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, DC,
                      skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl, sab, sah, sal,
                      H, L, D, DV, dropout_p, inv_keep,
                      NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, SCAN: tl.constexpr,
                      FEATURE: tl.constexpr,
                      NORMALIZE: tl.constexpr, HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-                     SPLIT: tl.constexpr = False):
-    """The program owns BLOCK_N keys (dk, dv and the column sums of G in registers) and walks every query block.
-    One pass (SPLIT False): each score tile, dpv tile and mask is computed once, and the program adds its share of
-    dφq (fp32, DQA) and of the row sums of G (DP, DC) with atomics. SPLIT: no atomics per tile; a second loop owns
-    the same BLOCK_N tokens as queries, walks every key block again (scores recomputed, through _bwd_scores) and
-    stores their dφq and row sums once (FlashAttention-2's two-loop backward), a candidate for the autotuner's list
-    once it is timed on a GPU (benchmarks/kernel_sweep.py attn). The first loop keeps its tile code inline: that is
-    the code the config lists were timed with. DQA, DP, DC must be zero on entry. DECAY: DP is the (orders, H)
-    gradient of log λ, Σ_ij G_ij |r_i − r_j|, one atomic per program and order."""
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+    """The program owns BLOCK_N keys (dk, dv and the column sums of G in registers) and walks every query block
+    once: each score tile, dpv tile and mask is computed once, and the program adds its share of dφq (fp32, DQA) and
+    of the row sums of G (DP, DC) with atomics. (A two-loop variant without atomics, FlashAttention-2's, recomputing
+    the scores for dφq, was 6–14 % slower at ViT and BERT shapes on an H200: benchmarks/RESULTS.md.) DQA, DP, DC
+    must be zero on entry. DECAY: DP is the (orders, H) gradient of log λ, Σ_ij G_ij |r_i − r_j|, one atomic per
+    program and order."""
     bh, b, h, offs_n, in_n = _token_block(H, L, BLOCK_N)
     BHL = tl.num_programs(1) * L
     lam1, lam2 = _decay_gates(P, h, H, NORD, DECAY)
@@ -416,17 +369,15 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         ds = da
         if NORD > 0:
             ds = da * m
-            clo, cup = _gate_grads(da * s * m1 * w, aux1, clo, cup, DP, DC, bh * L + offs_m, in_m, DECAY,
-                                   not SPLIT)
+            clo, cup = _gate_grads(da * s * m1 * w, aux1, clo, cup, DP, DC, bh * L + offs_m, in_m, DECAY)
             if NORD == 2:
                 clo2, cup2 = _gate_grads(da * s * m2 * w, aux2, clo2, cup2, DP, DC, BHL + bh * L + offs_m, in_m,
-                                         DECAY, not SPLIT)
+                                         DECAY)
         dsc = ds.to(dt)
         dk += tl.dot(tl.trans(dsc), q, input_precision=PREC)
-        if not SPLIT:
-            dq = tl.dot(dsc, k_b, input_precision=PREC)
-            tl.atomic_add(DQA + (dqa_base + offs_m)[:, None] * D + offs_d[None, :], dq,
-                          mask=in_m[:, None] & (offs_d[None, :] < D), sem="relaxed")
+        dq = tl.dot(dsc, k_b, input_precision=PREC)
+        tl.atomic_add(DQA + (dqa_base + offs_m)[:, None] * D + offs_d[None, :], dq,
+                      mask=in_m[:, None] & (offs_d[None, :] < D), sem="relaxed")
     kk_b = _key_keep(KEEP, b, L, offs_n, in_n, HAS_KEEP)
     dk = _phi_bwd(_load_rows(K + b * skb + h * skh, offs_n, in_n, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
     tl.store(DK + b * sgb + h * sgh + offs_n[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
@@ -443,57 +394,6 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         if NORD == 2:
             tl.atomic_add(DP + BHL + bh * L + offs_n, -clo2, mask=in_n, sem="relaxed")
             tl.atomic_add(DC + BHL + bh * L + offs_n, cup2, mask=in_n, sem="relaxed")
-    if SPLIT:  # the same BLOCK_N tokens as queries: dφq and the row sums of G, over every key block
-        seed2 = 0
-        if DROPOUT:
-            seed2 = tl.load(SEED) + bh
-        la_ptr2 = P
-        p_q = clo
-        c_q = clo
-        if SCAN:
-            la_ptr2 = P + b * sab + h * sah
-            p_q, c_q, own_total = _block_sums(la_ptr2, sal, offs_n, in_n,
-                                      _prefix_total(la_ptr2, sal, tl.program_id(0) * BLOCK_N, BLOCK_M))
-        q_b = _load_feat(QF, bh, L, offs_n, in_n, offs_d, D)
-        dyn_b = _load_feat(DYN, bh, L, offs_n, in_n, offs_dv, DV)
-        dq = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
-        rlo = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        rup = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        rlo2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        rup2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        run = tl.sum(tl.zeros((BLOCK_M,), dtype=tl.float32), axis=0)
-        for start_k in range(0, L, BLOCK_M):
-            offs_k = start_k + tl.arange(0, BLOCK_M)
-            in_k = offs_k < L
-            k = _load_feat(KF, bh, L, offs_k, in_k, offs_d, D)
-            v = tl.load(V + b * svb + h * svh + offs_k[:, None] * svl + offs_dv[None, :],
-                        mask=in_k[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
-            p_k = run
-            c_k = run
-            if SCAN:
-                p_k, c_k, total = _block_sums(la_ptr2, sal, offs_k, in_k, run)
-                run += total
-            s, a_drop, dpv, m, m1, aux1, m2, aux2 = _bwd_scores(
-                q_b, dyn_b, k, v, P, C, R, seed2, bh, BHL, L, offs_n, offs_k, in_n, in_k, lam1, lam2,
-                p_q, c_q, p_k, c_k, dropout_p, inv_keep, NORD, NATURAL, DECAY, SCAN, DROPOUT, PREC)
-            da, ds = _bwd_ds(dpv, m, DLT, bh, L, offs_n, in_n, in_k, NORD, NORMALIZE)
-            dq += tl.dot(ds.to(dt), k, input_precision=PREC)
-            if NORD > 0 and not DECAY:
-                lo, up = _triangle_sums(da * s * m1 * w, aux1, 1)
-                rlo += lo
-                rup += up
-                if NORD == 2:
-                    lo, up = _triangle_sums(da * s * m2 * w, aux2, 1)
-                    rlo2 += lo
-                    rup2 += up
-        tl.store(DQA + (dqa_base + offs_n)[:, None] * D + offs_d[None, :], dq,
-                 mask=in_n[:, None] & (offs_d[None, :] < D))
-        if NORD > 0 and not DECAY:
-            tl.atomic_add(DP + bh * L + offs_n, rlo, mask=in_n, sem="relaxed")
-            tl.atomic_add(DC + bh * L + offs_n, -rup, mask=in_n, sem="relaxed")
-            if NORD == 2:
-                tl.atomic_add(DP + BHL + bh * L + offs_n, rlo2, mask=in_n, sem="relaxed")
-                tl.atomic_add(DC + BHL + bh * L + offs_n, -rup2, mask=in_n, sem="relaxed")
 
 
 @triton.jit
@@ -632,16 +532,16 @@ def _fwd_configs():
             for bm, bn, w, st in [(64, 32, 4, 2), (64, 64, 4, 3), (64, 64, 4, 2), (128, 32, 8, 2), (128, 64, 8, 2)]]
 
 
-def _bwd_configs():  # the one-pass backward; its two-loop variant (SPLIT) is not in the list until timed on a GPU
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "SPLIT": False}, num_warps=w, num_stages=st)
+def _bwd_configs():
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=st)
             for bm, bn, w, st in [(32, 64, 4, 2), (32, 32, 4, 2), (16, 32, 2, 2), (32, 128, 8, 2), (16, 64, 4, 2)]]
 
 
 _KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "SCAN", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
 _fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
-_bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16, "SPLIT": False},
-                                                                  num_warps=1, num_stages=1),
+_bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1,
+                                                                  num_stages=1),
                 reset_to_zero=["DQA", "DP", "DC"])  # accumulated with atomics
 _LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)  # spill-free (32 rows; 64 rows spill)
                 for bl, w, st in [(32, 8, 2), (32, 4, 2), (16, 4, 2)]]
@@ -703,11 +603,11 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
     y, dy, den = (q if t is None else t for t in (y, dy, den))
     block = 16 if INTERPRET else 32  # 64 rows with 4 warps spill (ptxas -v, sm_90)
-    _prep_kernel[(triton.cdiv(L, block), B * H)](
+    launch(_prep_kernel, (triton.cdiv(L, block), B * H), (
         q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, *q.stride()[:3], *k.stride()[:3],
-        *y.stride()[:3], *dy.stride()[:3], H, L, D, DV, scale, eps, FEATURE=feature, HAS_KEEP=keep is not None,
-        WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize, BLOCK=block, BLOCK_D=block_size(D),
-        BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4)
+        *y.stride()[:3], *dy.stride()[:3], H, L, D, DV, scale, eps), dict(
+        FEATURE=feature, HAS_KEEP=keep is not None, WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize,
+        BLOCK=block, BLOCK_D=block_size(D), BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
     return qf, kf, dyn, dlt
 
 
@@ -792,9 +692,9 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
               *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *_scan_strides(P),
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     block = 16 if INTERPRET else 32
-    _bwd_q_kernel[(triton.cdiv(L, block), B * H)](q, dqa, dq, dP, dC, dgates, *q.stride()[:3], *dq.stride()[:3],
-                                                   H, L, D, scale, FEATURE=feature, SCAN=scan, BLOCK=block,
-                                                   BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4)
+    launch(_bwd_q_kernel, (triton.cdiv(L, block), B * H),
+           (q, dqa, dq, dP, dC, dgates, *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
+           dict(FEATURE=feature, SCAN=scan, BLOCK=block, BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
     return dqkv, dgates
 
 
@@ -1000,10 +900,11 @@ def _ranks(perms):
 
 def _gate_inputs(log_a, orders, key_padding_mask, device_type, shape=None):
     """(P, C, R) for the kernels; R: (orders, L) int32 ranks (None: the natural order); all None for Lit.
-    Per-token gates (B, H, L): P, C the (orders, B, H, L) prefix sums in natural token order (small torch ops,
-    differentiable by autograd). Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and
-    C None: the kernels form M = λ^|r_i − r_j| and return d log λ, no prefix sums. ``shape``: (B, L), needed only
-    to expand per-head gates when there is padding."""
+    Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and C None: the kernels form
+    M = λ^|r_i − r_j| and return d log λ, no prefix sums. One natural order otherwise: P is the (B, H, L) per-token
+    log gates (padded tokens' set to 0), whose prefix sums the kernels form. The ♮ orders' per-token gates: P, C the
+    (orders, B, H, L) prefix sums in natural token order (small torch ops, differentiable by autograd). ``shape``:
+    (B, L), needed only to expand per-head gates when there is padding or per-token gates in another order."""
     pad = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)
     las = [log_a] if orders is None else [la for _, la in orders]
     if all(la is None for la in las):  # M = 1 in every order: Lit
@@ -1013,14 +914,12 @@ def _gate_inputs(log_a, orders, key_padding_mask, device_type, shape=None):
     R, inv = (None, None) if orders is None else _ranks([p for p, _ in orders])
     if pad is None and all(la.dim() == 1 for la in las):
         return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
-    if pad is None and orders is None:  # one natural order: the kernels take the log gates themselves
-        return log_a.float(), None, None  # (B, H, L): per-head gates without padding took the branch above
     if shape is not None:
         las = [per_token_gates(la, *shape) for la in las]
+    if orders is None:  # one natural order: the kernels form the prefix sums of the (B, H, L) gates themselves
+        la = las[0].float()  # per-head gates without padding took the branch above
+        return (la if pad is None else la.masked_fill(pad[:, None, :], 0.0)), None, None  # padded keys: gate 1
     with torch.autocast(device_type=device_type, enabled=False):
-        if orders is None:
-            P, C = _prefix_sums(las[0], pad)
-            return P[None], C[None], None
         Ps, Cs = [], []
         for (perm, _), la, iv in zip(orders, las, inv):
             p, c = _prefix_sums(la, None if pad is None else pad[:, perm])

@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from lion.checks import check_chunk_size
+from lion.ops.triton.utils import launch
 
 FEATURE_CODES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
 MAX_KERNEL_CHUNK = 128  # larger chunk sizes run as chunks of 128 (the result does not depend on the chunk size)
@@ -354,22 +355,22 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     perm = perms if perms is not None else dummy
     kp = keep if keep is not None else dummy
     keep_stride = keep.stride(0) if keep is not None else 0
-    _chunk_states[(n_orders * B * H, n, n_dv)](
+    launch(_chunk_states, (n_orders * B * H, n, n_dv), (
         k, v, la, perm, kp, states, zs, gs, *k.stride(), *v.stride(), *la_strides, keep_stride,
-        B * H, H, L, DK, DV, n, chunk, WITH_DEN=normalize, num_warps=warps, maxnreg=maxnreg, **flags)
+        B * H, H, L, DK, DV, n, chunk), dict(WITH_DEN=normalize, num_warps=warps, maxnreg=maxnreg, **flags))
     rows = min(scan_rows, block_dk)
-    _scan_states[(n_orders * B * H, 2, block_dk // rows)](
-        states, zs, gs, n, HAS_GATES=gates is not None, WITH_DEN=normalize, BLOCK_DK=block_dk,
-        DVP=n_dv * block_dv, ROWS=rows, num_warps=4)
+    launch(_scan_states, (n_orders * B * H, 2, block_dk // rows), (states, zs, gs, n), dict(
+        HAS_GATES=gates is not None, WITH_DEN=normalize, BLOCK_DK=block_dk, DVP=n_dv * block_dv, ROWS=rows,
+        num_warps=4))
     numbuf = denbuf = dummy
     if n_orders > 1:
         numbuf = torch.empty(B, L, H, DV, device=dev, dtype=torch.float32)
         denbuf = torch.empty(n_dv, B, L, H, device=dev, dtype=torch.float32) if normalize else dummy
     for o in range(n_orders):
         pass_ = 0 if n_orders == 1 else (1 if o == 0 else (2 if o == n_orders - 1 else 3))
-        _chunk_output[(B * H, n, n_dv)](
+        launch(_chunk_output, (B * H, n, n_dv), (
             q, k, v, la, perm, kp, states, zs, out, numbuf, denbuf,
             *q.stride(), *k.stride(), *v.stride(), *la_strides, keep_stride, *out.stride(),
-            o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders,
-            NORMALIZE=normalize, PASS=pass_, num_warps=warps, maxnreg=maxnreg, **flags)
+            o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders),
+            dict(NORMALIZE=normalize, PASS=pass_, num_warps=warps, maxnreg=maxnreg, **flags))
     return out.permute(0, 2, 1, 3)

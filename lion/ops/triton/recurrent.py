@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from lion.ops.triton.chunk import FEATURE_CODES, feature_map, prepare, strides_or_zero
+from lion.ops.triton.utils import launch
 
 # measured on an H200 (benchmarks/RESULTS.md): tokens per load, value columns per program, warps per program
 BLOCK_T, BLOCK_DV, NUM_WARPS = 4, 16, 1
@@ -148,17 +149,16 @@ def recurrent_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = Non
     num = torch.zeros(B, L, H, DV, device=dev, dtype=torch.float32)
     den = torch.zeros(B, L, H, device=dev, dtype=torch.float32) if normalize else num
     dummy = num
-    _rnn_kernel[(n_orders * B * H, triton.cdiv(DV, block_dv), 2)](
+    launch(_rnn_kernel, (n_orders * B * H, triton.cdiv(DV, block_dv), 2), (
         q, k, v, gates if gates is not None else dummy, perms if perms is not None else dummy,
         keep if keep is not None else dummy, num, den,
         *q.stride(), *k.stride(), *v.stride(), *strides_or_zero(gates, 4), keep.stride(0) if keep is not None else 0,
-        *num.stride(), B * H, H, L, DK, DV, float(scale),
+        *num.stride(), B * H, H, L, DK, DV, float(scale)), dict(
         HAS_GATES=gates is not None, HAS_PERM=perms is not None, HAS_KEEP=keep is not None, NORMALIZE=normalize,
         FEATURE=FEATURE_CODES[feature_map], BLOCK_T=block_t, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
-        num_warps=num_warps)
+        num_warps=num_warps))
     out = num if v.dtype == torch.float32 else torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
     rows = 32
-    _normalize[(triton.cdiv(B * L * H, rows),)](num, den, out, B * L * H, DV, float(eps), 1.0 / n_orders,
-                                                NORMALIZE=normalize, ROWS=rows,
-                                                BLOCK_DV=triton.next_power_of_2(DV), num_warps=4)
+    launch(_normalize, (triton.cdiv(B * L * H, rows),), (num, den, out, B * L * H, DV, float(eps), 1.0 / n_orders),
+           dict(NORMALIZE=normalize, ROWS=rows, BLOCK_DV=triton.next_power_of_2(DV), num_warps=4))
     return out.permute(0, 2, 1, 3)

@@ -1,0 +1,36 @@
+"""benchmarks/inference.py without a GPU: --report rewrites RESULTS.md's inference section from a json, and a
+--note lands in the json (so that a later --report writes it again) and in the section."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _rows():
+    rows = []
+    for path in ("amp", "bf16"):
+        for model, form, ms in (("DeiT-S", "SDPA", 10.0), ("LION-D", "Chunk", 6.5), ("LION-D", "RNN", 30.0),
+                                ("LION-S", "Chunk", 8.0), ("LION-S", "RNN", 31.0)):
+            rows.append(dict(path=path, model=model, form=form, res=896, tokens=3137, batch=8, ms=ms, gib=0.25))
+    return rows
+
+
+def test_report_writes_section_and_keeps_notes(tmp_path):
+    data = tmp_path / "results.json"
+    env = dict(date="2026-01-01 00:00 UTC", gpu="GPU", torch="2.x", triton="3.x", python="3.11", batch=8,
+               command="python benchmarks/inference.py")
+    data.write_text(json.dumps(dict(env=env, rows=_rows())))
+    md = tmp_path / "RESULTS.md"
+    md.write_text("# Benchmark results\n\nkept\n\n<!-- inference:begin -->\nold\n<!-- inference:end -->\n\ntail\n")
+    run = subprocess.run([sys.executable, "benchmarks/inference.py", "--report", str(data), "--results-md", str(md),
+                          "--plot", "", "--note", "a note about this run"], cwd=ROOT, capture_output=True, text=True,
+                         env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=120)
+    assert run.returncode == 0, run.stderr
+    text = md.read_text()
+    assert "kept" in text and "tail" in text and "old" not in text
+    assert "- a note about this run" in text
+    assert "| amp | LION-D | 896 | Chunk | 6.50 | 0.65 |" in text  # 6.5 ms over DeiT-S's 10 ms
+    assert json.loads(data.read_text())["env"]["notes"] == ["a note about this run"]
