@@ -2,11 +2,11 @@
 from lion.attention import BACKENDS, FORMS, canonical_form, lion_attention, set_backend
 from lion.curves import CURVES, curve_permutation, grid_size, inverse_permutation
 from lion.feature_maps import elu_plus_one, normalized_silu
-from lion.qkv import unpack_qkv
 from lion.masks import MASK_TYPES, decay_log_gates, log_mask, mask, selective_log_gates, selective_log_gates_eps
+from lion.qkv import unpack_qkv
 
 __all__ = [
-    "BACKENDS", "set_backend", "FORMS", "CURVES", "MASK_TYPES", "lion_attention", "canonical_form", "curve_permutation", "grid_size",
-    "inverse_permutation", "elu_plus_one", "normalized_silu", "decay_log_gates", "selective_log_gates",
-    "selective_log_gates_eps", "log_mask", "mask", "unpack_qkv",
+    "BACKENDS", "set_backend", "FORMS", "CURVES", "MASK_TYPES", "lion_attention", "canonical_form",
+    "curve_permutation", "grid_size", "inverse_permutation", "elu_plus_one", "normalized_silu", "decay_log_gates",
+    "selective_log_gates", "selective_log_gates_eps", "log_mask", "mask", "unpack_qkv",
 ]

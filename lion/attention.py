@@ -64,7 +64,8 @@ def _use_fused(q: torch.Tensor, backend: Optional[str], available: bool, form: s
         return False
     if backend == "triton":
         if not available:
-            raise ValueError(f"backend='triton' but no fused kernel is available for form {form!r} (is triton installed?)")
+            raise ValueError(f"backend='triton' but no fused kernel is available for form {form!r} "
+                             "(is triton installed?)")
         return True
     return available and q.is_cuda
 

@@ -18,8 +18,8 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
-from lion.masks import per_token_gates
 from lion.checks import KEEP, check_chunk_size
+from lion.masks import per_token_gates
 from lion.ops.naive import naive_scores
 from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORM_ALIASES, FORMS, LionBertConfig, check_choice
 from mlm.src.hydra import HydraLayer, HydraMixer
