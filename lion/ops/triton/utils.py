@@ -36,10 +36,11 @@ class Launcher:
         self._chosen = {}  # our key → the config the autotuner picked: later calls launch it directly
         self._key_pos = [(k, kernel.arg_names.index(k)) for k in key]
 
-    def __call__(self, grid, *args, **meta):
+    def __call__(self, grid, *args, **meta) -> None:
         if INTERPRET or not AUTOTUNE:  # AUTOTUNE read at call time: tests may switch it off
             cfg = self.interpret_config if INTERPRET else self.configs[0]
-            return launch(self.kernel, grid(cfg.kwargs), args, {**meta, **cfg.all_kwargs()})
+            launch(self.kernel, grid(cfg.kwargs), args, {**meta, **cfg.all_kwargs()})
+            return
         # The autotuner's own lookup costs ~70 µs of host time per launch (it rebuilds a dict of every argument);
         # after the first call per key, the chosen config is launched directly (same kernel, same tiles).
         key = self._key(args, meta)
@@ -48,11 +49,11 @@ class Launcher:
             if self._tuned is None:
                 self._tuned = triton.autotune(configs=self.configs, key=self.key,
                                               reset_to_zero=self.reset_to_zero)(self.kernel)
-            out = self._tuned[grid](*args, **meta)
+            self._tuned[grid](*args, **meta)
             self._chosen[key] = (self._tuned.best_config.kwargs, self._tuned.best_config.all_kwargs())
-            return out
+            return
         tiles, options = cfg
-        return launch(self.kernel, grid(tiles), args, {**meta, **options})
+        launch(self.kernel, grid(tiles), args, {**meta, **options})
 
     def _key(self, args, meta):
         """What the autotuner keys on: the ``key`` arguments' values and every tensor argument's dtype."""
@@ -148,27 +149,26 @@ def _record(compiled, kernel, grid, args, meta):
     return None
 
 
-def launch(kernel, grid, args, meta):
+def launch(kernel, grid, args, meta) -> None:
     """``kernel[grid](*args, **meta)`` (``args`` the runtime arguments in order, ``meta`` the constexprs and launch
     options), through triton's path the first two times per key and directly after that (see above)."""
     t0 = time.perf_counter() if LAUNCH_TIMES is not None else 0.0
     if INTERPRET or not FAST_LAUNCH or _hooks_set():
-        out = kernel[grid](*args, **meta)
+        kernel[grid](*args, **meta)
     else:
         device = torch.cuda.current_device()
         key = (kernel, device, tuple(meta.items()), _spec(args))
         entry = _LAUNCHES.get(key, False)
         if entry.__class__ is _Direct:
             g = tuple(grid) + (1, 1)
-            out = entry.run(g[0], g[1], g[2], _stream(device), *entry.head, *args, *entry.tail)
-        elif entry is False:
-            out = _LAUNCHES[key] = kernel[grid](*args, **meta)
+            entry.run(g[0], g[1], g[2], _stream(device), *entry.head, *args, *entry.tail)
+        elif entry is False:  # first launch: triton compiles (or finds) the kernel and returns it
+            _LAUNCHES[key] = kernel[grid](*args, **meta)
         elif entry is None:
-            out = kernel[grid](*args, **meta)
+            kernel[grid](*args, **meta)
         else:
-            out = _LAUNCHES[key] = _record(entry, kernel, grid, args, meta)
+            _LAUNCHES[key] = _record(entry, kernel, grid, args, meta)
     if LAUNCH_TIMES is not None:
         stats = LAUNCH_TIMES.setdefault(kernel.fn.__name__, [0, 0.0])
         stats[0] += 1
         stats[1] += time.perf_counter() - t0
-    return out
