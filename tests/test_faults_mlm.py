@@ -438,12 +438,13 @@ def test_compile_config_reaches_composer_and_trains_a_step(tmp_path, corpus):
     trainer.close()
 
 
-def test_ruff_keeps_mlm_clean():
+@pytest.mark.parametrize("package", ["mlm", "lion"])
+def test_ruff_keeps_package_clean(package):
     ruff = os.path.join(os.path.dirname(sys.executable), "ruff")  # the venv's (requirements.txt pins it)
     ruff = ruff if os.path.isfile(ruff) else shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed")
-    proc = subprocess.run([ruff, "check", "mlm"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([ruff, "check", package], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:]
 
 
