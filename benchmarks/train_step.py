@@ -228,14 +228,13 @@ def mlm_rows(args, out: dict) -> dict | None:
     except Exception as e:  # the MLM model lives in another work package
         print(f"MLM skipped: mlm.src.bert_layers does not import ({e!r})")
         return None
-    ids, labels, mask = batch
     for p in args.mlm_dropout:
         ms = out.setdefault(f"p={p}", {})
-        ms["BERT"] = bench_model(lambda: build("attention", p), (ids, labels, mask), loss_fn, args)
+        ms["BERT"] = bench_model(lambda: build("attention", p), batch, loss_fn, args)
         print(f"  BERT-base softmax (SDPA), attention dropout {p}: {ms['BERT']:.2f} ms", flush=True)
         for name, arch in {**MLM_ARCHS, **({"Hydra": "hydra"} if args.baselines else {})}.items():
             try:
-                ms[name] = bench_model(lambda: build(arch, p), (ids, labels, mask), loss_fn, args)
+                ms[name] = bench_model(lambda: build(arch, p), batch, loss_fn, args)
                 print(f"  BERT-base {arch}, dropout {p}: {ms[name]:.2f} ms ({ms[name] / ms['BERT']:.2f}x)", flush=True)
             except Exception:
                 traceback.print_exc()
