@@ -1,15 +1,20 @@
-"""One timing helper for benchmarks/ and experiments/: median wall time of a callable on its device.
+"""Timing helpers for benchmarks/ and experiments/: median wall time of a callable on its device.
 
 On CUDA each call is bracketed by CUDA events (no host overhead in the number, one sync per call); on the CPU by
 ``time.perf_counter``. The first ``warmup`` calls (compilation, autotuning, allocator growth) are not counted.
+``interleaved_median_ms`` times several callables round by round, so that drift of the machine's speed over time
+lands on all of them alike.
 """
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def median_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 10, device: str = "cuda") -> float:
@@ -32,6 +37,55 @@ def median_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 10, device:
             fn()
             times.append(1e3 * (time.perf_counter() - t0))
     return statistics.median(times)
+
+
+def _call_ms(fn: Callable[[], object], device: str) -> float:
+    """Milliseconds of one call of ``fn``: CUDA events around it on CUDA, ``time.perf_counter`` elsewhere."""
+    if device == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return 1e3 * (time.perf_counter() - t0)
+
+
+def interleaved_median_ms(fns: dict[str, Callable[[], object]], warmup: int = 3, reps: int = 10,
+                          device: str = "cuda") -> dict[str, float]:
+    """Median milliseconds per name of ``fns``, timed side by side.
+
+    First ``warmup`` untimed calls of each fn, one fn's after the other's; then ``reps`` rounds, each timing one
+    call of every fn as ``median_ms`` does (CUDA events and a sync on ``device`` "cuda", ``time.perf_counter``
+    otherwise). Round r starts at the (r mod n)-th of the n fns still running and goes on in ``fns``' order,
+    wrapping around, so that no fn always runs right after the same other one. A fn that raises is logged
+    (``logger.exception``), not called again and left out of the result.
+    """
+    live = list(fns)
+    for name in fns:
+        try:
+            for _ in range(warmup):
+                fns[name]()
+        except Exception:
+            logger.exception("%s failed during warm-up; dropped", name)
+            live.remove(name)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    times: dict[str, list[float]] = {name: [] for name in live}
+    for r in range(reps):
+        if not live:
+            break
+        k = r % len(live)
+        for name in live[k:] + live[:k]:
+            try:
+                times[name].append(_call_ms(fns[name], device))
+            except Exception:
+                logger.exception("%s failed while timed; dropped", name)
+                live.remove(name)
+                del times[name]
+    return {name: statistics.median(ts) for name, ts in times.items() if ts}
 
 
 def peak_activation_gib(fn: Callable[[], object]) -> float:

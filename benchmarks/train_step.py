@@ -9,15 +9,24 @@ eager or --compile (regional: every block .compile()d, baselines too). Also time
 With --baselines, the paper's other baselines get rows too: Vim (timm vim_{small,base}_patch16_224, Triton scan)
 against DeiT and Hydra-base (arch_type 'hydra', 23 layers) against softmax BERT.
 
+The models of one table row (one ViT size; one MLM attention dropout) are timed interleaved by default: all of
+them are built, then each round times one step of every model, the order rotated by one each round. The eager step
+is host-bound and the host's speed drifts from minute to minute, so a baseline timed a minute before a LION model
+is not side by side with it; interleaved, each ratio is measured round by round under the same drift. --sequential
+times one model at a time instead (built, warmed up, timed, freed): lower peak memory, drift-prone ratios.
+
     python benchmarks/train_step.py [--sizes small base] [--variants Lit D S] [--compile] [--no-mlm] [--no-op]
-                                    [--mlm-dropout 0.1 0.0] [--results benchmarks/RESULTS.md] [--json out.json]
+                                    [--mlm-dropout 0.1 0.0] [--sequential] [--results benchmarks/RESULTS.md]
+                                    [--json out.json]
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import gc
 import json
+import logging
 import signal
 import statistics
 import sys
@@ -34,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import image_classification.models_lion  # noqa: F401  (registers lion_* in timm)
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baseline in timm)
 import lion
-from benchmarks.timing import kernel_time_by_category, median_ms
+from benchmarks.timing import interleaved_median_ms, kernel_time_by_category, median_ms
 
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
@@ -84,6 +93,48 @@ def bench_model(build, batch, loss_fn, args) -> float:
         del model
         gc.collect()
         torch.cuda.empty_cache()
+
+
+def time_models(models: dict, batch, loss_fn, args, ms: dict) -> None:
+    """Time the training step of each of ``models`` ({key: (label, constructor)}, the first the baseline), store
+    its median ms in ``ms[key]`` and print a line per model with its ratio to the baseline. Interleaved: all models
+    are built, then timed round by round with interleaved_median_ms, then freed; with --sequential one at a time
+    (bench_model). A model that fails to build or to run is reported (traceback) and left out."""
+    base = next(iter(models))
+
+    def report(key):
+        label = models[key][0]
+        if key not in ms:
+            print(f"  {label}: not measured (failed, traceback above)", flush=True)
+        elif key == base or base not in ms:
+            print(f"  {label}: {ms[key]:.2f} ms", flush=True)
+        else:
+            print(f"  {label}: {ms[key]:.2f} ms ({ms[key] / ms[base]:.2f}x)", flush=True)
+
+    if args.sequential:
+        for key, (_, build) in models.items():
+            try:
+                ms[key] = bench_model(build, batch, loss_fn, args)
+            except Exception:  # one failing model must not hide the others
+                traceback.print_exc()
+            report(key)
+        return
+    steps = {}
+    for key, (_, build) in models.items():
+        try:
+            steps[key] = train_step_fn(build().cuda(), batch, loss_fn, args.compile, args.compile_mode)
+        except Exception:
+            traceback.print_exc()
+    print(f"  timing {len(steps)} models interleaved: {args.warmup} warm-up steps each, {args.steps} rounds",
+          flush=True)
+    try:
+        ms.update(interleaved_median_ms(steps, warmup=args.warmup, reps=args.steps))
+    finally:
+        del steps
+        gc.collect()
+        torch.cuda.empty_cache()
+    for key in models:
+        report(key)
 
 
 def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
@@ -178,27 +229,21 @@ def vit_rows(size: str, args, out: dict) -> dict:
     def loss_fn(model, b):
         return F.cross_entropy(model(b[0]).float(), b[1])
 
-    ms = out
-    ms["DeiT"] = bench_model(lambda: timm.create_model(f"deit_{size}_patch16_224"), batch, loss_fn, args)
-    print(f"  ViT-{size[0].upper()} DeiT (SDPA): {ms['DeiT']:.2f} ms", flush=True)
+    def create(name, **kwargs):  # a constructor: the model is built when time_models calls it
+        return functools.partial(timm.create_model, name, **kwargs)
+
+    vit = f"ViT-{size[0].upper()}"
+    models = {"DeiT": (f"{vit} DeiT (SDPA)", create(f"deit_{size}_patch16_224"))}
     for name in args.variants:
         mask_type, order = VARIANTS[name]
         for backend in args.backends:
             key = name if backend == args.backends[0] else f"{name} [{backend}]"
-            try:
-                ms[key] = bench_model(lambda: timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type,
-                                                                order=order, backend=backend), batch, loss_fn, args)
-                print(f"  ViT-{size[0].upper()} LION-{key}: {ms[key]:.2f} ms ({ms[key] / ms['DeiT']:.2f}x)", flush=True)
-            except Exception:  # one failing variant must not hide the others
-                traceback.print_exc()
+            models[key] = (f"{vit} LION-{key}", create(f"lion_{size}_patch16_224", mask_type=mask_type, order=order,
+                                                       backend=backend))
     if args.baselines:
-        try:
-            ms["Vim"] = bench_model(lambda: timm.create_model(f"vim_{size}_patch16_224"), batch, loss_fn, args)
-            print(f"  ViT-{size[0].upper()} Vim (Triton scan): {ms['Vim']:.2f} ms ({ms['Vim'] / ms['DeiT']:.2f}x)",
-                  flush=True)
-        except Exception:
-            traceback.print_exc()
-    return ms
+        models["Vim"] = (f"{vit} Vim (Triton scan)", create(f"vim_{size}_patch16_224"))
+    time_models(models, batch, loss_fn, args, out)
+    return out
 
 
 def mlm_setup(args):
@@ -229,15 +274,11 @@ def mlm_rows(args, out: dict) -> dict | None:
         print(f"MLM skipped: mlm.src.bert_layers does not import ({e!r})")
         return None
     for p in args.mlm_dropout:
-        ms = out.setdefault(f"p={p}", {})
-        ms["BERT"] = bench_model(lambda: build("attention", p), batch, loss_fn, args)
-        print(f"  BERT-base softmax (SDPA), attention dropout {p}: {ms['BERT']:.2f} ms", flush=True)
+        models = {"BERT": (f"BERT-base softmax (SDPA), attention dropout {p}",
+                           functools.partial(build, "attention", p))}
         for name, arch in {**MLM_ARCHS, **({"Hydra": "hydra"} if args.baselines else {})}.items():
-            try:
-                ms[name] = bench_model(lambda: build(arch, p), batch, loss_fn, args)
-                print(f"  BERT-base {arch}, dropout {p}: {ms[name]:.2f} ms ({ms[name] / ms['BERT']:.2f}x)", flush=True)
-            except Exception:
-                traceback.print_exc()
+            models[name] = (f"BERT-base {arch}, dropout {p}", functools.partial(build, arch, p))
+        time_models(models, batch, loss_fn, args, out.setdefault(f"p={p}", {}))
     return out
 
 
@@ -362,6 +403,11 @@ def main():
                     help="torch.compile every transformer block (regional compilation; baselines too)")
     ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"],
                     help="torch.compile mode for --compile ('reduce-overhead': each block as a CUDA graph)")
+    ap.add_argument("--sequential", action="store_true",
+                    help="time one model at a time (build, warm up, time, free) instead of interleaved: lower peak "
+                         "memory. The default, interleaved, builds the models of a row together and times one step "
+                         "of each per round, the order rotated each round: the host's speed drifts over minutes and "
+                         "the eager step is host-bound, so each ratio is measured round by round, side by side")
     ap.add_argument("--baselines", action="store_true", help="also time Vim (ViT rows) and Hydra-base (MLM rows)")
     ap.add_argument("--no-mlm", action="store_true")
     ap.add_argument("--no-vit", action="store_true")
@@ -378,6 +424,7 @@ def main():
     ap.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append to ('' = none)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # models failing while timed
     if not torch.cuda.is_available():
         sys.exit("train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -389,7 +436,8 @@ def main():
                 print(profile_mlm(variant, p, args) + "\n", flush=True)
         return
     results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
-               "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends}
+               "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends,
+               "timing": "sequential" if args.sequential else "interleaved"}
     try:
         results["matmul_tflops"] = matmul_tflops()
         print(f"bf16 matmul 8192³: {results['matmul_tflops']:.0f} TFLOP/s", flush=True)
@@ -409,10 +457,13 @@ def main():
                 results["mlm"] = None
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured", flush=True)
+    timing = ("sequentially, one model at a time" if args.sequential else
+              "interleaved, one step of each model per round, the order rotated each round")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     head = (f"### Training step, {stamp}: {results['gpu']}, torch {results['torch']}, batch {args.batch} "
             f"(MLM {args.mlm_batch}×128 tokens), bf16 autocast, AdamW, {f'torch.compile (each block, mode {args.compile_mode})' if args.compile else 'eager'}, "
-            f"LION backend {args.backends[0]}; median of {args.steps} steps after {args.warmup} warm-up")
+            f"LION backend {args.backends[0]}; models timed {timing}, median of {args.steps} steps after "
+            f"{args.warmup} warm-up")
     section = "\n\n".join(s for s in (head, ratio_table(results), op_table(results)) if s)
     if results.get("mlm") is None and not args.no_mlm:
         section += "\n\nMLM: not measured (interrupted before the MLM rows, or mlm.src.bert_layers did not import)."

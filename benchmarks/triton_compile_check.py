@@ -22,7 +22,8 @@ from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
-                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32)
+                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32, LA2=F32,
+                PC=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
                           DENBUF=F32, NUM=F32, DEN=F32)
@@ -53,7 +54,8 @@ def ptxas_report(compiled) -> str:
 
 def variants():
     dims = dict(PREC="tf32", BLOCK_D=64, BLOCK_DV=64)
-    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay"), (1, "scan")]  # attention._gate_mode
+    # attention._gate_mode; 'sums': the ♮ orders' per-token gates ('ranked'), whose prefix sums _prep_kernel forms
+    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay"), (1, "scan")]
     for (nord, mode), natural, feature, normalize, drop in itertools.product(gates, [True, False], [1, 2],
                                                                              [True, False], [False, True]):
         if (nord == 0 or mode == "scan") and not natural:
@@ -69,11 +71,12 @@ def variants():
             for name in ("lit_fwd", "lit_bwd"):
                 yield name, getattr(A, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **cfg.kwargs), \
                     cfg.num_warps
-    for wq, wdy, norm in itertools.product([True, False], repeat=3):
-        yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm, BLOCK=32,
-                                           BLOCK_D=64, BLOCK_DV=64), 4
-    for scan in (False, True):
-        yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, SCAN=scan, BLOCK=32, BLOCK_D=64), 4
+    for wq, wdy, norm, (ranked, nord) in itertools.product([True, False], [True, False], [True, False],
+                                                           [(False, 1), (True, 1), (True, 2)]):
+        yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm,
+                                           RANKED=ranked, NORD=nord, BLOCK=32, BLOCK_D=64, BLOCK_DV=64), 4
+    for scan, ranked, nord in [(False, False, 1), (True, False, 1), (False, True, 1), (False, True, 2)]:
+        yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, SCAN=scan, RANKED=ranked, NORD=nord, BLOCK=32, BLOCK_D=64), 4
 
 
 def inference_variants():

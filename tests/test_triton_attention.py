@@ -149,7 +149,7 @@ def test_dropout_matches_reference_with_kernel_mask(normalize):
     leaves, params, kpm, gates = make_case("Selective", "Normal", B, H, L, D, D, True, seed=3)
     log_a, _ = gates(params)
     seed = torch.tensor([1234], device=DEV)
-    P, C, R = _gate_inputs(log_a, None, kpm, DEV)
+    P, C, R = _gate_inputs(log_a, None, kpm)
     y, _ = attention_fwd(*leaves, P, C, R, kpm, seed, D ** -0.5, 1e-6, FEATURES["normalized_silu"], normalize, p)
     keep = dropout_keep_mask(seed, B, H, L, p)
     assert 0.5 < keep.float().mean().item() < 0.9  # p = 0.3
@@ -174,6 +174,26 @@ def test_dropout_p_zero_is_exact_and_training_draws_new_masks():
     y1, y2 = (fused_attention(*leaves, log_a, dropout_p=0.5, **kw) for _ in range(2))
     assert not torch.allclose(y1, y2)
     assert rel_err(y1, ref) > 0.05  # dropout did act
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_one_permuted_order_matches_reference(pad):
+    """A single token order other than the natural one (per-token gates in its own indexing, ranks in-kernel)."""
+    B, H, L, D = 2, 2, 19, 8
+    leaves, params, kpm, gates = make_case("Selective", "Normal", B, H, L, D, D, pad, seed=11)
+    perm = torch.randperm(L, generator=torch.Generator().manual_seed(4)).to(DEV)
+    kw = dict(feature_map="normalized_silu", scale=D ** -0.5, key_padding_mask=kpm)
+    z = params[0]
+    y = fused_attention(*leaves, orders=[(perm, selective_log_gates(z[:, perm]))], **kw)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves + params]
+    ref = lion_attention(*ref_leaves[:3], orders=[(perm, selective_log_gates(ref_leaves[3][:, perm]))],
+                         backend="torch", **kw)
+    assert rel_err(y, ref) < 1e-5
+    gy = torch.randn(ref.shape, dtype=torch.float64, device=DEV)
+    grads = torch.autograd.grad((y.double() * gy).sum(), leaves + params)
+    rgrads = torch.autograd.grad((ref * gy).sum(), ref_leaves)
+    for name, x, r in zip(("q", "k", "v", "z"), grads, rgrads):
+        assert rel_err(x, r) < 1e-5, (name, rel_err(x, r))
 
 
 @pytest.mark.parametrize("L", [33, 40])

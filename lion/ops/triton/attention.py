@@ -25,8 +25,9 @@ dq, dk, dv land in one (B, L, 3, H, d) buffer (``lion.unpack_qkv`` returns it as
 The gates reach the kernels in one of three ways (``_gate_mode``): LION-D's per-head log λ, from which the kernels
 form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; per-token log gates of the natural order (padded
 tokens' set to 0, i.e. gate 1), whose prefix sums the kernels form as running sums over the blocks (the last kernel
-turns dP, dC into d log a); or, for the ♮ orders' per-token gates, prefix sums P, C computed by torch (their backward
-left to autograd).
+turns dP, dC into d log a); or the ♮ orders' per-token gates, each in its order's indexing, whose prefix sums the
+first kernel forms at every token from the ranks (P_t = Σ_{r < r_t} log a_r, no gathers) and the last kernel turns
+back into d log a.
 """
 from __future__ import annotations
 
@@ -202,6 +203,37 @@ def _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_rows, sdyl, syl, offs_
 
 # ----------------------------------------------------------------------------------------------------- kernels
 @triton.jit
+def _ranked_sums(la_ptr, sal, R, offs, in_r, L, BLOCK: tl.constexpr):
+    """Exclusive and inclusive prefix sums (P, C) in one token order of that order's per-token gates, at the
+    natural positions ``offs``. The gates are stored in the order's own indexing (entry r: the r-th token of the
+    order) and R holds each token's rank r_t: P_t = Σ_{r < r_t} la_r, C_t = P_t + la_{r_t}. O(L) compares per
+    token instead of gathers and a scan."""
+    r_t = tl.load(R + offs, mask=in_r, other=0)
+    p = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        o = start + tl.arange(0, BLOCK)
+        la = tl.load(la_ptr + o * sal, mask=o < L, other=0.0)
+        p += tl.sum(tl.where(o[None, :] < r_t[:, None], la[None, :], 0.0), axis=1)
+    return p, p + tl.load(la_ptr + r_t * sal, mask=in_r, other=0.0)
+
+
+@triton.jit
+def _ranked_sums_grad(DP, DC, R, row, offs, L, BLOCK: tl.constexpr):
+    """Backward of ``_ranked_sums``: d la_r = Σ_t [r < r_t] dP_t + [r ≤ r_t] dC_t for the order indices r = offs,
+    given dP, dC at the natural positions t (``row``: this head's first token)."""
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for start in range(0, L, BLOCK):
+        t = start + tl.arange(0, BLOCK)
+        in_t = t < L
+        r_t = tl.load(R + t, mask=in_t, other=-1)[None, :]
+        before = offs[:, None] < r_t
+        dp = tl.load(DP + row + t, mask=in_t, other=0.0)[None, :]
+        dc = tl.load(DC + row + t, mask=in_t, other=0.0)[None, :]
+        acc += tl.sum(tl.where(before, dp + dc, tl.where(offs[:, None] == r_t, dc, 0.0)), axis=1)
+    return acc
+
+
+@triton.jit
 def _load_feat(ptr, bh, L, offs, in_rows, offs_d, D):
     """Rows of a prepared (B, H, L, D) contiguous tensor (φ(q)·scale, φ(k) or dy/D), in its stored dtype."""
     base = (bh * L).to(tl.int64)
@@ -218,13 +250,15 @@ def _token_block(H, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
-                 sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl,
+def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, R, PC,
+                 sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl, s1b, s1h, s1l, s2b, s2h, s2l,
                  H, L, D, DV, scale, eps,
                  FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, WITH_Q: tl.constexpr, WITH_DY: tl.constexpr,
-                 NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                 NORMALIZE: tl.constexpr, RANKED: tl.constexpr, NORD: tl.constexpr, BLOCK: tl.constexpr,
+                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Once per token, so that the L×L loops only load: φ(k)·keep → KF; φ(q)·scale → QF (WITH_Q);
-    dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32."""
+    dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32.
+    RANKED: each order's prefix sums P, C of its per-token gates LA1 (LA2), at every token → PC (2, orders, B, H, L)."""
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -243,6 +277,15 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT,
                  mask=in_r[:, None] & (offs_dv[None, :] < DV))
         if NORMALIZE:
             tl.store(DLT + row, dlt, mask=in_r)
+    if RANKED:
+        BHL = tl.num_programs(1) * L
+        p, c = _ranked_sums(LA1 + b * s1b + h * s1h, s1l, R, offs, in_r, L, BLOCK)
+        tl.store(PC + row, p, mask=in_r)
+        tl.store(PC + NORD * BHL + row, c, mask=in_r)
+        if NORD == 2:
+            p, c = _ranked_sums(LA2 + b * s2b + h * s2h, s2l, R + L, offs, in_r, L, BLOCK)
+            tl.store(PC + BHL + row, p, mask=in_r)
+            tl.store(PC + 3 * BHL + row, c, mask=in_r)
 
 
 @triton.jit
@@ -397,19 +440,21 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
 
 
 @triton.jit
-def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
-                  SCAN: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, R, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
+                  SCAN: tl.constexpr, RANKED: tl.constexpr, NORD: tl.constexpr, BLOCK: tl.constexpr,
+                  BLOCK_D: tl.constexpr):
     """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout. SCAN: also the
     gradient of the per-token log gates from those of their prefix sums (P = C − log a, C_t = Σ_{s≤t} log a_s):
-    d log a_t = Σ_{s≥t} (dP_s + dC_s) − dP_t."""
+    d log a_t = Σ_{s≥t} (dP_s + dC_s) − dP_t. RANKED: the same for each order's gates (``_ranked_sums_grad``), DP
+    and DC (orders, B, H, L) at natural positions, DLA (orders, B, H, L) in each order's indexing."""
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
     dq = _phi_bwd(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)
     tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=in_r[:, None] & (offs_d[None, :] < D))
+    row = (bh * L).to(tl.int64)
     if SCAN:
-        row = (bh * L).to(tl.int64)
         after = tl.zeros((BLOCK,), dtype=tl.float32)
         for start in range((tl.program_id(0) + 1) * BLOCK, L, BLOCK):
             o = start + tl.arange(0, BLOCK)
@@ -418,6 +463,12 @@ def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, sqb, sqh, sql, sgb, sgh, sgl, H, L, D
         x = dp + tl.load(DC + row + offs, mask=in_r, other=0.0)
         suffix = tl.sum(after, axis=0) + tl.sum(x, axis=0) - tl.cumsum(x, 0) + x
         tl.store(DLA + row + offs, suffix - dp, mask=in_r)
+    if RANKED:
+        BHL = tl.num_programs(1) * L
+        tl.store(DLA + row + offs, _ranked_sums_grad(DP, DC, R, row, offs, L, BLOCK), mask=in_r)
+        if NORD == 2:
+            tl.store(DLA + BHL + row + offs, _ranked_sums_grad(DP + BHL, DC + BHL, R + L, row, offs, L, BLOCK),
+                     mask=in_r)
 
 
 # ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
@@ -560,8 +611,8 @@ def _token_major(B, H, L, n, like, dtype):
     return torch.empty(B, L, H, n, device=like.device, dtype=dtype).transpose(1, 2)
 
 
-def _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p):
-    n_orders, mode = _gate_mode(P)
+def _meta(q, v, P, C, R, keep, seed, feature, normalize, dropout_p):
+    n_orders, mode = _gate_mode(P, C, R)
     return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", SCAN=mode == "scan",
                 FEATURE=feature, NORMALIZE=normalize,
                 HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
@@ -569,19 +620,34 @@ def _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p):
                 BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
 
 
-def _gate_mode(P):
-    """(orders, mode) of the kernels' gate input P: 'sums' (orders, B, H, L) prefix sums with C; 'decay' (orders, H)
-    log λ per head; 'scan' (B, H, L) per-token log gates of the natural order (any strides), whose prefix sums the
-    kernels form themselves; (0, None) without gates (Lit)."""
+def _gate_mode(P, C, R):
+    """(orders, mode) of the gate inputs: 'decay' P (orders, H) log λ per head; 'scan' P (B, H, L) per-token log
+    gates of the natural order, whose prefix sums the fwd/bwd kernels form as running sums; 'ranked' P (and C for
+    a second order) (B, H, L) per-token log gates of the orders ranked by R, each in its order's indexing, whose
+    prefix sums _prep_kernel forms (the fwd/bwd kernels then read them as precomputed sums); (0, None): Lit.
+    Per-token gates may have any strides."""
     if P is None:
         return 0, None
-    if P.dim() == 3:
+    if P.dim() == 2:
+        return P.shape[0], "decay"
+    if R is None:
         return 1, "scan"
-    return P.shape[0], "decay" if P.dim() == 2 else "sums"
+    return (1 if C is None else 2), "ranked"
 
 
 def _scan_strides(P):
     return tuple(P.stride()) if P is not None and P.dim() == 3 else (0, 0, 0)
+
+
+def _kernel_gates(q, P, C, R):
+    """The gate pointers of the fwd/bwd kernels and, in 'ranked' mode, the (2, orders, B, H, L) buffer of prefix
+    sums that _prep_kernel fills (P, C are then its halves); else None."""
+    n, mode = _gate_mode(P, C, R)
+    if mode != "ranked":
+        return P, C, None
+    B, H, L = P.shape
+    pc = torch.empty(2, n, B, H, L, device=q.device, dtype=torch.float32)
+    return pc[0], pc[1], pc
 
 
 def _ptrs(q, P, C, R, keep, seed, den):
@@ -591,8 +657,9 @@ def _ptrs(q, P, C, R, keep, seed, den):
 
 
 def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None, eps=0.0, normalize=True,
-             dtype=None):
-    """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel)."""
+             dtype=None, ranked=None):
+    """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel);
+    ``ranked``: (la1, la2 or None, R, pc) to fill pc with the orders' prefix sums."""
     B, H, L, D = q.shape
     dt = dtype or q.dtype
     kf = torch.empty(B, H, L, D, device=q.device, dtype=dt)
@@ -602,11 +669,15 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     dyn = torch.empty(B, H, L, DV, device=q.device, dtype=dt) if with_dy else kf
     dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
     y, dy, den = (q if t is None else t for t in (y, dy, den))
+    la1, la2, R, pc = ranked or (None, None, None, None)
+    la1, la2, R, pc = (q if t is None else t for t in (la1, la2 if la2 is not None else la1, R, pc))
     block = 16 if INTERPRET else 32  # 64 rows with 4 warps spill (ptxas -v, sm_90)
     launch(_prep_kernel, (triton.cdiv(L, block), B * H), (
-        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, *q.stride()[:3], *k.stride()[:3],
-        *y.stride()[:3], *dy.stride()[:3], H, L, D, DV, scale, eps), dict(
+        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la2, R, pc, *q.stride()[:3],
+        *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_scan_strides(la1), *_scan_strides(la2),
+        H, L, D, DV, scale, eps), dict(
         FEATURE=feature, HAS_KEEP=keep is not None, WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize,
+        RANKED=ranked is not None, NORD=1 if ranked is None or ranked[1] is None else 2,
         BLOCK=block, BLOCK_D=block_size(D), BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
     return qf, kf, dyn, dlt
 
@@ -617,10 +688,11 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     DV = v.shape[-1]
     y = _token_major(B, H, L, DV, q, v.dtype)
     den = torch.empty((B, H, L) if normalize else (0,), device=q.device, dtype=torch.float32)
-    meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
+    meta = _meta(q, v, P, C, R, keep, seed, feature, normalize, dropout_p)
     del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
-    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype)
-    Pp, Cp, Rp, _, Sp, _ = _ptrs(q, P, C, R, keep, seed, None)
+    Pk, Ck, pc = _kernel_gates(q, P, C, R)
+    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, ranked=None if pc is None else (P, C, R, pc))
+    Pp, Cp, Rp, _, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, None)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
     _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], *_scan_strides(P), H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
@@ -633,8 +705,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
                   seed: Optional[torch.Tensor], scale: float, eps: float, feature: int, normalize: bool,
                   dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, H, L, dv) in v's dtype (a view of a (B, L, H, dv) buffer) and den (B, H, L) fp32 (empty unless
-    ``normalize``). q, k: raw (φ applied in-kernel); P, C: (orders, B, H, L) fp32 prefix sums in natural token
-    order; R: (orders, L) int32 ranks (None: natural order); keep: (B, L) bool; seed: (1,) int64 dropout seed."""
+    ``normalize``). q, k: raw (φ applied in-kernel); P, C: fp32 gates as ``_gate_mode`` describes; R: (orders, L)
+    int32 ranks (None: natural order); keep: (B, L) bool; seed: (1,) int64 dropout seed."""
     return _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p)
 
 
@@ -675,32 +747,35 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     dqkv = _grad_buffer(B, H, L, D, DV, q, v.dtype)
     dq, dk, dv = _grad_views(dqkv, D, DV)
     # dφq (fp32, accumulated over key blocks) and the gate gradients: atomically accumulated, one zeroed buffer
-    scan = _gate_mode(P)[1] == "scan"
-    if scan:  # the kernel accumulates dP, dC per token; _bwd_q_kernel turns them into d log a (dgates)
-        dqa, dPC = _zeros(q.device, (B, H, L, D), (2, B, H, L))
+    n, mode = _gate_mode(P, C, R)
+    if mode in ("scan", "ranked"):  # the kernel accumulates dP, dC per token; _bwd_q_kernel turns them into d log a
+        dqa, dPC = _zeros(q.device, (B, H, L, D), (2, n, B, H, L))
         dP, dC = dPC.unbind(0)
         dgates = torch.empty(_gates_grad_shape(P, C), device=q.device, dtype=torch.float32)
     else:
         dqa, dgates = _zeros(q.device, (B, H, L, D), _gates_grad_shape(P, C))
         dP = dgates[0] if P is not None else dgates  # decay: d log λ (orders, H); Lit: not read
         dC = dgates[1] if C is not None else dP  # not read without C
-    meta = _meta(q, v, P, R, keep, seed, feature, normalize, dropout_p)
-    qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype)
-    Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, P, C, R, keep, seed, den)
+    meta = _meta(q, v, P, C, R, keep, seed, feature, normalize, dropout_p)
+    Pk, Ck, pc = _kernel_gates(q, P, C, R)
+    qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype,
+                                ranked=None if pc is None else (P, C, R, pc))
+    Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, den)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
     _bwd(grid, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
               *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *_scan_strides(P),
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     block = 16 if INTERPRET else 32
     launch(_bwd_q_kernel, (triton.cdiv(L, block), B * H),
-           (q, dqa, dq, dP, dC, dgates, *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
-           dict(FEATURE=feature, SCAN=scan, BLOCK=block, BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
+           (q, dqa, dq, dP, dC, dgates, q if R is None else R, *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
+           dict(FEATURE=feature, SCAN=mode == "scan", RANKED=mode == "ranked", NORD=max(n, 1), BLOCK=block,
+                BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
     return dqkv, dgates
 
 
 def _gates_grad_shape(P, C):
-    """(2, *P.shape) for prefix sums (dP, dC), (1, *P.shape) for decay or per-token gates (d log λ, d log a),
-    (0,) without gates."""
+    """(1, *P.shape): the gradient of P (decay: d log λ; per-token gates: d log a); (2, *P.shape) with C (a
+    second order's per-token gates); (0,) without gates."""
     if P is None:
         return (0,)
     return (1 if C is None else 2, *P.shape)
@@ -867,65 +942,51 @@ def _compute_dtype(q, k, v) -> torch.dtype:
     return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
 
 
-def _prefix_sums(log_a, pad_of_order):
-    """P (exclusive) and C (inclusive) prefix sums of fp32 log gates; padded keys get gate 1 first."""
-    la = log_a.float()
-    if pad_of_order is not None:
-        la = la.masked_fill(pad_of_order[:, None, :], 0.0)
-    c = torch.cumsum(la, dim=-1)
-    return c - la, c
-
-
-_RANKS: dict = {}  # id(perms) → (perms, version, int32 ranks, int64 inverses): the orders repeat every layer
+_RANKS: dict = {}  # id(perms) → (perms, versions, int32 ranks): the orders repeat every layer
 
 
 def _ranks(perms):
-    """(orders, L) int32 ranks (each token's position in each order) and the inverse permutations, cached per
-    permutation tensor (the models pass the same cached ♮ permutations to every layer)."""
+    """(orders, L) int32 ranks (each token's position in each order), cached per permutation tensor (the models
+    pass the same cached ♮ permutations to every layer)."""
     if torch.compiler.is_compiling() or any(p.is_inference() for p in perms):
         # no cache: ids of traced tensors mean nothing, and inference tensors keep no version counter
-        inv = [inverse_permutation(p) for p in perms]
-        return torch.stack(inv).to(torch.int32), inv
+        return torch.stack([inverse_permutation(p) for p in perms]).to(torch.int32)
     key = tuple(id(p) for p in perms)
     hit = _RANKS.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], perms)) and hit[1] == [p._version for p in perms]:
-        return hit[2], hit[3]
-    inv = [inverse_permutation(p) for p in perms]
-    ranks = torch.stack(inv).to(torch.int32)
+        return hit[2]
+    ranks = torch.stack([inverse_permutation(p) for p in perms]).to(torch.int32)
     if len(_RANKS) >= 64:
         _RANKS.clear()
-    _RANKS[key] = (tuple(perms), [p._version for p in perms], ranks, inv)
-    return ranks, inv
+    _RANKS[key] = (tuple(perms), [p._version for p in perms], ranks)
+    return ranks
 
 
-def _gate_inputs(log_a, orders, key_padding_mask, device_type, shape=None):
-    """(P, C, R) for the kernels; R: (orders, L) int32 ranks (None: the natural order); all None for Lit.
-    Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and C None: the kernels form
-    M = λ^|r_i − r_j| and return d log λ, no prefix sums. One natural order otherwise: P is the (B, H, L) per-token
-    log gates (padded tokens' set to 0), whose prefix sums the kernels form. The ♮ orders' per-token gates: P, C the
-    (orders, B, H, L) prefix sums in natural token order (small torch ops, differentiable by autograd). ``shape``:
-    (B, L), needed only to expand per-head gates when there is padding or per-token gates in another order."""
+def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
+    """(P, C, R) for the kernels (``_gate_mode``); R: (orders, L) int32 ranks (None: the natural order); all None
+    for Lit. Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and C None: the kernels
+    form M = λ^|r_i − r_j| and return d log λ, no prefix sums. Otherwise per-token (B, H, L) log gates, padded
+    tokens' set to 0 (gate 1): one natural order's as P; the ♮ orders' (each in its order's indexing) as P and C
+    with R. The kernels form every prefix sum themselves. ``shape``: (B, L), needed only to expand per-head gates
+    when there is padding or a mix."""
     pad = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)
     las = [log_a] if orders is None else [la for _, la in orders]
     if all(la is None for la in las):  # M = 1 in every order: Lit
         return None, None, None
     if any(la is None for la in las):
         raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
-    R, inv = (None, None) if orders is None else _ranks([p for p, _ in orders])
+    if orders is not None and len(orders) > 2:
+        raise ValueError(f"the fused kernels take one or two token orders, got {len(orders)}")
+    R = None if orders is None else _ranks([p for p, _ in orders])
     if pad is None and all(la.dim() == 1 for la in las):
         return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
     if shape is not None:
         las = [per_token_gates(la, *shape) for la in las]
-    if orders is None:  # one natural order: the kernels form the prefix sums of the (B, H, L) gates themselves
-        la = las[0].float()  # per-head gates without padding took the branch above
-        return (la if pad is None else la.masked_fill(pad[:, None, :], 0.0)), None, None  # padded keys: gate 1
-    with torch.autocast(device_type=device_type, enabled=False):
-        Ps, Cs = [], []
-        for (perm, _), la, iv in zip(orders, las, inv):
-            p, c = _prefix_sums(la, None if pad is None else pad[:, perm])
-            Ps.append(p[..., iv])
-            Cs.append(c[..., iv])
-        return torch.stack(Ps), torch.stack(Cs), R
+    las = [la.float() for la in las]
+    if pad is not None:  # padded keys: gate 1, in each order's indexing
+        perms = [None] if orders is None else [p for p, _ in orders]
+        las = [la.masked_fill((pad if p is None else pad[:, p])[:, None, :], 0.0) for la, p in zip(las, perms)]
+    return las[0], (las[1] if len(las) == 2 else None), R
 
 
 def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
@@ -945,7 +1006,7 @@ def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     dt = _compute_dtype(q, k, v)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     L, D = q.shape[-2], q.shape[-1]
-    P, C, R = _gate_inputs(log_a, orders, key_padding_mask, q.device.type, (q.shape[0], L))
+    P, C, R = _gate_inputs(log_a, orders, key_padding_mask, (q.shape[0], L))
     keep = None if key_padding_mask is None else key_padding_mask.to(torch.bool).contiguous()
     if P is None and normalize and dropout_p == 0.0 and (lit_kv if lit_kv is not None else L >= D):
         args = (q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])

@@ -1,0 +1,67 @@
+"""benchmarks.timing.interleaved_median_ms on the CPU: warm-up first, rounds in rotated order, medians per name, and
+a fn that raises dropped while the others are still timed."""
+import logging
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import timing
+from benchmarks.timing import interleaved_median_ms
+
+
+def _recorders(names, calls):
+    return {name: (lambda name=name: calls.append(name)) for name in names}
+
+
+def test_warmup_first_then_rotated_rounds():
+    calls = []
+    ms = interleaved_median_ms(_recorders("abc", calls), warmup=2, reps=4, device="cpu")
+    assert calls[:6] == list("aabbcc")  # each fn's warm-up in turn
+    assert calls[6:] == list("abc" "bca" "cab" "abc")  # round r starts at fn r mod 3
+    assert set(ms) == set("abc")
+    assert all(calls.count(n) == 2 + 4 for n in "abc")
+
+
+def test_median_of_each_fn(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    costs = {"x": iter([0.0, 1.0, 100.0, 2.0]), "y": iter([0.0, 5.0, 7.0, 6.0])}  # warm-up, then 3 timed calls
+
+    def fn(name):
+        clock[0] += next(costs[name]) / 1e3
+    ms = interleaved_median_ms({n: (lambda n=n: fn(n)) for n in costs}, warmup=1, reps=3, device="cpu")
+    assert ms == pytest.approx({"x": 2.0, "y": 6.0})  # medians, not means (x's mean is 34.3)
+
+
+def test_slow_fn_measures_longer():
+    ms = interleaved_median_ms({"fast": lambda: None, "slow": lambda: time.sleep(0.005)}, warmup=1, reps=5,
+                               device="cpu")
+    assert ms["slow"] > ms["fast"]
+    assert ms["slow"] >= 4.9  # sleep never returns early
+
+
+def test_failing_fns_are_dropped_and_logged(caplog):
+    calls, n = [], {"late": 0}
+
+    def warmup_fails():
+        calls.append("early")
+        raise RuntimeError("fails in warm-up")
+
+    def timed_fails():
+        calls.append("late")
+        n["late"] += 1
+        if n["late"] == 3:  # the first timed call after 2 warm-up calls
+            raise RuntimeError("fails while timed")
+
+    fns = {"a": lambda: calls.append("a"), "early": warmup_fails, "late": timed_fails, "b": lambda: calls.append("b")}
+    with caplog.at_level(logging.ERROR, logger="benchmarks.timing"):
+        ms = interleaved_median_ms(fns, warmup=2, reps=4, device="cpu")
+    assert set(ms) == {"a", "b"}
+    assert calls.count("early") == 1 and calls.count("late") == 3  # not called again once raised
+    assert calls.count("a") == calls.count("b") == 2 + 4
+    failed = {r.getMessage().split()[0] for r in caplog.records if r.exc_info}
+    assert failed == {"early", "late"}
+    assert calls[:7] == ["a", "a", "early", "late", "late", "b", "b"]
+    # round 0 over a, late, b (late raises and is dropped), then rounds 1-3 rotate over a, b
+    assert calls[7:] == ["a", "late", "b", "b", "a", "a", "b", "b", "a"]
