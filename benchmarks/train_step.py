@@ -451,6 +451,7 @@ def main():
     try:
         for size in ([] if args.no_vit else args.sizes):
             vit_rows(size, args, results["vit"].setdefault(size, {}))
+            torch._dynamo.reset()  # the next size's blocks share the code: each row gets dynamo's full recompile budget
         if not args.no_mlm:
             results["mlm"] = {}
             if mlm_rows(args, results["mlm"]) is None:

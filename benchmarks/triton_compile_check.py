@@ -22,7 +22,7 @@ from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
-                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32, LA2=F32,
+                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32, LA2=F32, PERM="*i32",
                 PC=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,

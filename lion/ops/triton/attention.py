@@ -26,8 +26,8 @@ The gates reach the kernels in one of three ways (``_gate_mode``): LION-D's per-
 form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; per-token log gates of the natural order (padded
 tokens' set to 0, i.e. gate 1), whose prefix sums the kernels form as running sums over the blocks (the last kernel
 turns dP, dC into d log a); or the ♮ orders' per-token gates, each in its order's indexing, whose prefix sums the
-first kernel forms at every token from the ranks (P_t = Σ_{r < r_t} log a_r, no gathers) and the last kernel turns
-back into d log a.
+first kernel forms (one program per head walks the order and stores P, C at the tokens' natural positions) and whose
+gradient the last kernel forms from dP, dC the same way.
 """
 from __future__ import annotations
 
@@ -203,34 +203,42 @@ def _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_rows, sdyl, syl, offs_
 
 # ----------------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _ranked_sums(la_ptr, sal, R, offs, in_r, L, BLOCK: tl.constexpr):
-    """Exclusive and inclusive prefix sums (P, C) in one token order of that order's per-token gates, at the
-    natural positions ``offs``. The gates are stored in the order's own indexing (entry r: the r-th token of the
-    order) and R holds each token's rank r_t: P_t = Σ_{r < r_t} la_r, C_t = P_t + la_{r_t}. O(L) compares per
-    token instead of gathers and a scan."""
-    r_t = tl.load(R + offs, mask=in_r, other=0)
-    p = tl.zeros((BLOCK,), dtype=tl.float32)
+def _ranked_sums(la_ptr, sal, PERM, P_out, C_out, L, BLOCK: tl.constexpr):
+    """One head's prefix sums in one token order: the gates la are stored in the order's indexing (entry r: the gate
+    of token PERM[r]); P (exclusive) and C (inclusive) are stored at the natural positions PERM[r]. A running sum
+    over the blocks of the order, run by one program per head."""
+    run = tl.sum(tl.zeros((BLOCK,), dtype=tl.float32), axis=0)
     for start in range(0, L, BLOCK):
-        o = start + tl.arange(0, BLOCK)
-        la = tl.load(la_ptr + o * sal, mask=o < L, other=0.0)
-        p += tl.sum(tl.where(o[None, :] < r_t[:, None], la[None, :], 0.0), axis=1)
-    return p, p + tl.load(la_ptr + r_t * sal, mask=in_r, other=0.0)
+        r = start + tl.arange(0, BLOCK)
+        in_r = r < L
+        la = tl.load(la_ptr + r * sal, mask=in_r, other=0.0)
+        c = run + tl.cumsum(la, 0)
+        t = tl.load(PERM + r, mask=in_r, other=0)
+        tl.store(P_out + t, c - la, mask=in_r)
+        tl.store(C_out + t, c, mask=in_r)
+        run += tl.sum(la, 0)
 
 
 @triton.jit
-def _ranked_sums_grad(DP, DC, R, row, offs, L, BLOCK: tl.constexpr):
-    """Backward of ``_ranked_sums``: d la_r = Σ_t [r < r_t] dP_t + [r ≤ r_t] dC_t for the order indices r = offs,
-    given dP, dC at the natural positions t (``row``: this head's first token)."""
+def _ranked_sums_grad(DP, DC, PERM, DLA, L, BLOCK: tl.constexpr):
+    """Backward of ``_ranked_sums`` for one head: d la_r = Σ_{r' ≥ r} (dP + dC)_{PERM[r']} − dP_{PERM[r]}, with dP,
+    dC at natural positions and d la in the order's indexing."""
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, L, BLOCK):
-        t = start + tl.arange(0, BLOCK)
-        in_t = t < L
-        r_t = tl.load(R + t, mask=in_t, other=-1)[None, :]
-        before = offs[:, None] < r_t
-        dp = tl.load(DP + row + t, mask=in_t, other=0.0)[None, :]
-        dc = tl.load(DC + row + t, mask=in_t, other=0.0)[None, :]
-        acc += tl.sum(tl.where(before, dp + dc, tl.where(offs[:, None] == r_t, dc, 0.0)), axis=1)
-    return acc
+        r = start + tl.arange(0, BLOCK)
+        t = tl.load(PERM + r, mask=r < L, other=0)
+        acc += tl.load(DP + t, mask=r < L, other=0.0) + tl.load(DC + t, mask=r < L, other=0.0)
+    total = tl.sum(acc, axis=0)
+    run = total * 0.0
+    for start in range(0, L, BLOCK):
+        r = start + tl.arange(0, BLOCK)
+        in_r = r < L
+        t = tl.load(PERM + r, mask=in_r, other=0)
+        dp = tl.load(DP + t, mask=in_r, other=0.0)
+        x = dp + tl.load(DC + t, mask=in_r, other=0.0)
+        suffix = total - run - tl.cumsum(x, 0) + x
+        tl.store(DLA + r, suffix - dp, mask=in_r)
+        run += tl.sum(x, 0)
 
 
 @triton.jit
@@ -250,7 +258,7 @@ def _token_block(H, L, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, R, PC,
+def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
                  sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl, s1b, s1h, s1l, s2b, s2h, s2l,
                  H, L, D, DV, scale, eps,
                  FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, WITH_Q: tl.constexpr, WITH_DY: tl.constexpr,
@@ -258,7 +266,8 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, R, PC,
                  BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Once per token, so that the L×L loops only load: φ(k)·keep → KF; φ(q)·scale → QF (WITH_Q);
     dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32.
-    RANKED: each order's prefix sums P, C of its per-token gates LA1 (LA2), at every token → PC (2, orders, B, H, L)."""
+    RANKED: each order's prefix sums P, C of its per-token gates LA1 (LA2) at every token → PC (2, orders, B, H, L),
+    PERM (orders, L) int32 the orders' permutations."""
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -277,15 +286,13 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, R, PC,
                  mask=in_r[:, None] & (offs_dv[None, :] < DV))
         if NORMALIZE:
             tl.store(DLT + row, dlt, mask=in_r)
-    if RANKED:
-        BHL = tl.num_programs(1) * L
-        p, c = _ranked_sums(LA1 + b * s1b + h * s1h, s1l, R, offs, in_r, L, BLOCK)
-        tl.store(PC + row, p, mask=in_r)
-        tl.store(PC + NORD * BHL + row, c, mask=in_r)
-        if NORD == 2:
-            p, c = _ranked_sums(LA2 + b * s2b + h * s2h, s2l, R + L, offs, in_r, L, BLOCK)
-            tl.store(PC + BHL + row, p, mask=in_r)
-            tl.store(PC + 3 * BHL + row, c, mask=in_r)
+    if RANKED:  # one program per head (the first token block) runs each order's prefix sums
+        if tl.program_id(0) == 0:
+            BHL = tl.num_programs(1) * L
+            _ranked_sums(LA1 + b * s1b + h * s1h, s1l, PERM, PC + bh * L, PC + NORD * BHL + bh * L, L, BLOCK)
+            if NORD == 2:
+                _ranked_sums(LA2 + b * s2b + h * s2h, s2l, PERM + L, PC + BHL + bh * L, PC + 3 * BHL + bh * L, L,
+                             BLOCK)
 
 
 @triton.jit
@@ -440,7 +447,7 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
 
 
 @triton.jit
-def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, R, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
+def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, PERM, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
                   SCAN: tl.constexpr, RANKED: tl.constexpr, NORD: tl.constexpr, BLOCK: tl.constexpr,
                   BLOCK_D: tl.constexpr):
     """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout. SCAN: also the
@@ -463,12 +470,12 @@ def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, R, sqb, sqh, sql, sgb, sgh, sgl, H, L
         x = dp + tl.load(DC + row + offs, mask=in_r, other=0.0)
         suffix = tl.sum(after, axis=0) + tl.sum(x, axis=0) - tl.cumsum(x, 0) + x
         tl.store(DLA + row + offs, suffix - dp, mask=in_r)
-    if RANKED:
-        BHL = tl.num_programs(1) * L
-        tl.store(DLA + row + offs, _ranked_sums_grad(DP, DC, R, row, offs, L, BLOCK), mask=in_r)
-        if NORD == 2:
-            tl.store(DLA + BHL + row + offs, _ranked_sums_grad(DP + BHL, DC + BHL, R + L, row, offs, L, BLOCK),
-                     mask=in_r)
+    if RANKED:  # one program per head
+        if tl.program_id(0) == 0:
+            BHL = tl.num_programs(1) * L
+            _ranked_sums_grad(DP + row, DC + row, PERM, DLA + row, L, BLOCK)
+            if NORD == 2:
+                _ranked_sums_grad(DP + BHL + row, DC + BHL + row, PERM + L, DLA + BHL + row, L, BLOCK)
 
 
 # ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
@@ -659,7 +666,7 @@ def _ptrs(q, P, C, R, keep, seed, den):
 def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None, eps=0.0, normalize=True,
              dtype=None, ranked=None):
     """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel);
-    ``ranked``: (la1, la2 or None, R, pc) to fill pc with the orders' prefix sums."""
+    ``ranked``: (la1, la2 or None, R, pc) to fill pc with the orders' prefix sums (R[1]: the permutations)."""
     B, H, L, D = q.shape
     dt = dtype or q.dtype
     kf = torch.empty(B, H, L, D, device=q.device, dtype=dt)
@@ -670,10 +677,11 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
     y, dy, den = (q if t is None else t for t in (y, dy, den))
     la1, la2, R, pc = ranked or (None, None, None, None)
-    la1, la2, R, pc = (q if t is None else t for t in (la1, la2 if la2 is not None else la1, R, pc))
+    perm = None if R is None else R[1]
+    la1, la2, perm, pc = (q if t is None else t for t in (la1, la2 if la2 is not None else la1, perm, pc))
     block = 16 if INTERPRET else 32  # 64 rows with 4 warps spill (ptxas -v, sm_90)
     launch(_prep_kernel, (triton.cdiv(L, block), B * H), (
-        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la2, R, pc, *q.stride()[:3],
+        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la2, perm, pc, *q.stride()[:3],
         *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_scan_strides(la1), *_scan_strides(la2),
         H, L, D, DV, scale, eps), dict(
         FEATURE=feature, HAS_KEEP=keep is not None, WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize,
@@ -705,8 +713,9 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
                   seed: Optional[torch.Tensor], scale: float, eps: float, feature: int, normalize: bool,
                   dropout_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, H, L, dv) in v's dtype (a view of a (B, L, H, dv) buffer) and den (B, H, L) fp32 (empty unless
-    ``normalize``). q, k: raw (φ applied in-kernel); P, C: fp32 gates as ``_gate_mode`` describes; R: (orders, L)
-    int32 ranks (None: natural order); keep: (B, L) bool; seed: (1,) int64 dropout seed."""
+    ``normalize``). q, k: raw (φ applied in-kernel); P, C: fp32 gates as ``_gate_mode`` describes; R: (2, orders, L)
+    int32, the tokens' ranks in each order then the orders' permutations (None: natural order); keep: (B, L) bool;
+    seed: (1,) int64 dropout seed."""
     return _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p)
 
 
@@ -767,7 +776,7 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     block = 16 if INTERPRET else 32
     launch(_bwd_q_kernel, (triton.cdiv(L, block), B * H),
-           (q, dqa, dq, dP, dC, dgates, q if R is None else R, *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
+           (q, dqa, dq, dP, dC, dgates, q if R is None else R[1], *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
            dict(FEATURE=feature, SCAN=mode == "scan", RANKED=mode == "ranked", NORD=max(n, 1), BLOCK=block,
                 BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
     return dqkv, dgates
@@ -942,20 +951,22 @@ def _compute_dtype(q, k, v) -> torch.dtype:
     return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
 
 
-_RANKS: dict = {}  # id(perms) → (perms, versions, int32 ranks): the orders repeat every layer
+_RANKS: dict = {}  # id(perms) → (perms, versions, ranks and permutations): the orders repeat every layer
 
 
 def _ranks(perms):
-    """(orders, L) int32 ranks (each token's position in each order), cached per permutation tensor (the models
-    pass the same cached ♮ permutations to every layer)."""
+    """(2, orders, L) int32: each token's rank (position) in each order, then the permutations themselves; cached
+    per permutation tensor (the models pass the same cached ♮ permutations to every layer)."""
+    def make():
+        return torch.stack([torch.stack([inverse_permutation(p) for p in perms]), torch.stack(list(perms))]).to(
+            torch.int32)
     if torch.compiler.is_compiling() or any(p.is_inference() for p in perms):
-        # no cache: ids of traced tensors mean nothing, and inference tensors keep no version counter
-        return torch.stack([inverse_permutation(p) for p in perms]).to(torch.int32)
+        return make()  # no cache: ids of traced tensors mean nothing, and inference tensors keep no version counter
     key = tuple(id(p) for p in perms)
     hit = _RANKS.get(key)
     if hit is not None and all(a is b for a, b in zip(hit[0], perms)) and hit[1] == [p._version for p in perms]:
         return hit[2]
-    ranks = torch.stack([inverse_permutation(p) for p in perms]).to(torch.int32)
+    ranks = make()
     if len(_RANKS) >= 64:
         _RANKS.clear()
     _RANKS[key] = (tuple(perms), [p._version for p in perms], ranks)
@@ -963,7 +974,7 @@ def _ranks(perms):
 
 
 def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
-    """(P, C, R) for the kernels (``_gate_mode``); R: (orders, L) int32 ranks (None: the natural order); all None
+    """(P, C, R) for the kernels (``_gate_mode``); R: ``_ranks`` of the orders (None: the natural order); all None
     for Lit. Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and C None: the kernels
     form M = λ^|r_i − r_j| and return d log λ, no prefix sums. Otherwise per-token (B, H, L) log gates, padded
     tokens' set to 0 (gate 1): one natural order's as P; the ♮ orders' (each in its order's indexing) as P and C
