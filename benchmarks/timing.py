@@ -23,20 +23,7 @@ def median_ms(fn: Callable[[], object], warmup: int = 3, reps: int = 10, device:
         fn()
     if device == "cuda":
         torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(1e3 * (time.perf_counter() - t0))
-    return statistics.median(times)
+    return statistics.median(_call_ms(fn, device) for _ in range(reps))
 
 
 def _call_ms(fn: Callable[[], object], device: str) -> float:

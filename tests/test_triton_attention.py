@@ -134,6 +134,16 @@ def test_lit_kv_path_matches_reference(L):
     compare("Lit", L=L, lit_kv=True, pad=True, B=2, seed=L)
 
 
+def assert_matches(y, ref, leaves, ref_leaves, tol=1e-5):
+    """y and the gradients of (q, k, v, z) for a random output gradient match the fp64 reference."""
+    assert rel_err(y, ref) < tol
+    gy = torch.randn(ref.shape, dtype=torch.float64, device=DEV)
+    grads = torch.autograd.grad((y.double() * gy).sum(), leaves)
+    rgrads = torch.autograd.grad((ref * gy).sum(), ref_leaves)
+    for name, x, r in zip(("q", "k", "v", "z"), grads, rgrads):
+        assert rel_err(x, r) < tol, (name, rel_err(x, r))
+
+
 def _dropout_reference(q, k, v, log_a, kpm, keep, p, scale, normalize, eps=1e-6):
     """fp64 attention with the kernel's keep mask: dropout on A for the numerator only."""
     phi = F.normalize(F.silu(q) + 0.5, dim=-1), F.normalize(F.silu(k) + 0.5, dim=-1)
@@ -158,12 +168,7 @@ def test_dropout_matches_reference_with_kernel_mask(normalize):
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves + params]
     rlog_a, _ = gates(ref_leaves[3:])
     ref = _dropout_reference(*ref_leaves[:3], rlog_a, kpm, keep.double(), p, D ** -0.5, normalize)
-    assert rel_err(y, ref) < 1e-5
-    gy = torch.randn(ref.shape, dtype=torch.float64, device=DEV)
-    grads = torch.autograd.grad((y.double() * gy).sum(), leaves + params)
-    rgrads = torch.autograd.grad((ref * gy).sum(), ref_leaves)
-    for name, x, r in zip(("q", "k", "v", "z"), grads, rgrads):
-        assert rel_err(x, r) < 1e-5, (name, rel_err(x, r))
+    assert_matches(y, ref, leaves + params, ref_leaves)
 
 
 def test_dropout_p_zero_is_exact_and_training_draws_new_masks():
@@ -191,12 +196,14 @@ def test_one_permuted_order_matches_reference(pad):
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves + params]
     ref = lion_attention(*ref_leaves[:3], orders=[(perm, selective_log_gates(ref_leaves[3][:, perm]))],
                          backend="torch", **kw)
-    assert rel_err(y, ref) < 1e-5
-    gy = torch.randn(ref.shape, dtype=torch.float64, device=DEV)
-    grads = torch.autograd.grad((y.double() * gy).sum(), leaves + params)
-    rgrads = torch.autograd.grad((ref * gy).sum(), ref_leaves)
-    for name, x, r in zip(("q", "k", "v", "z"), grads, rgrads):
-        assert rel_err(x, r) < 1e-5, (name, rel_err(x, r))
+    assert_matches(y, ref, leaves + params, ref_leaves)
+
+
+def test_more_than_two_orders_fail_clearly():
+    leaves, params, _, _ = make_case("Decay", "Normal", 1, 2, 9, 8, 8, False, seed=2)
+    orders = [(torch.randperm(9).to(DEV), decay_log_gates(params[0])) for _ in range(3)]
+    with pytest.raises(ValueError, match="one or two token orders, got 3.*backend='torch'"):
+        fused_attention(*leaves, orders=orders, feature_map="normalized_silu")
 
 
 @pytest.mark.parametrize("L", [33, 40])
@@ -273,12 +280,17 @@ def test_cpu_without_interpreter_fails_clearly():
 # --- GPU only: the models' shapes
 @gpu_only
 @pytest.mark.parametrize("mask,order,normalize,pad,B,H,L,dtype", [
-    ("Lit", "Normal", True, False, 8, 6, 197, torch.bfloat16), ("Decay", "Normal", True, False, 8, 6, 197, torch.float32),
-    ("Selective", "Normal", True, False, 8, 6, 197, torch.bfloat16), ("Decay", "S", True, False, 4, 6, 197, torch.bfloat16),
-    ("Selective", "S", True, True, 4, 6, 197, torch.float32), ("Lit", "Normal", False, True, 8, 12, 128, torch.bfloat16),
-    ("Selective", "S", False, True, 2, 6, 197, torch.bfloat16), ("Decay", "Normal", False, True, 4, 12, 128, torch.float32),
+    ("Lit", "Normal", True, False, 8, 6, 197, torch.bfloat16),
+    ("Decay", "Normal", True, False, 8, 6, 197, torch.float32),
+    ("Selective", "Normal", True, False, 8, 6, 197, torch.bfloat16),
+    ("Decay", "S", True, False, 4, 6, 197, torch.bfloat16),
+    ("Selective", "S", True, True, 4, 6, 197, torch.float32),
+    ("Lit", "Normal", False, True, 8, 12, 128, torch.bfloat16),
+    ("Selective", "S", False, True, 2, 6, 197, torch.bfloat16),
+    ("Decay", "Normal", False, True, 4, 12, 128, torch.float32),
     ("Selective", "Normal", False, True, 8, 12, 128, torch.bfloat16),
-    ("Selective", "Normal", True, True, 1, 2, 51, torch.float32), ("Decay", "S", True, False, 2, 6, 197, torch.float32)])
+    ("Selective", "Normal", True, True, 1, 2, 51, torch.float32),
+    ("Decay", "S", True, False, 2, 6, 197, torch.float32)])
 def test_gpu_model_shapes(mask, order, normalize, pad, B, H, L, dtype):
     """fp32 (IEEE dots) ≤ 1e-4, bf16 ≤ 2e-2 against fp64 on the same inputs."""
     tol = 1e-4 if dtype == torch.float32 else 2e-2

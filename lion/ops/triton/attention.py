@@ -987,7 +987,8 @@ def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
     if any(la is None for la in las):
         raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
     if orders is not None and len(orders) > 2:
-        raise ValueError(f"the fused kernels take one or two token orders, got {len(orders)}")
+        raise ValueError(f"orders: the fused kernels take one or two token orders, got {len(orders)}; "
+                         "use backend='torch' for more")
     R = None if orders is None else _ranks([p for p, _ in orders])
     if pad is None and all(la.dim() == 1 for la in las):
         return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
