@@ -618,8 +618,9 @@ def _token_major(B, H, L, n, like, dtype):
     return torch.empty(B, L, H, n, device=like.device, dtype=dtype).transpose(1, 2)
 
 
-def _meta(q, v, P, C, R, keep, seed, feature, normalize, dropout_p):
-    n_orders, mode = _gate_mode(P, C, R)
+def _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p):
+    """The kernels' constexprs; ``gates``: ``_gate_mode``'s (orders, mode)."""
+    n_orders, mode = gates
     return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", SCAN=mode == "scan",
                 FEATURE=feature, NORMALIZE=normalize,
                 HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
@@ -646,10 +647,10 @@ def _scan_strides(P):
     return tuple(P.stride()) if P is not None and P.dim() == 3 else (0, 0, 0)
 
 
-def _kernel_gates(q, P, C, R):
+def _kernel_gates(q, P, C, gates):
     """The gate pointers of the fwd/bwd kernels and, in 'ranked' mode, the (2, orders, B, H, L) buffer of prefix
-    sums that _prep_kernel fills (P, C are then its halves); else None."""
-    n, mode = _gate_mode(P, C, R)
+    sums that _prep_kernel fills (P, C are then its halves); else None. ``gates``: ``_gate_mode``'s (orders, mode)."""
+    n, mode = gates
     if mode != "ranked":
         return P, C, None
     B, H, L = P.shape
@@ -696,9 +697,10 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     DV = v.shape[-1]
     y = _token_major(B, H, L, DV, q, v.dtype)
     den = torch.empty((B, H, L) if normalize else (0,), device=q.device, dtype=torch.float32)
-    meta = _meta(q, v, P, C, R, keep, seed, feature, normalize, dropout_p)
+    gates = _gate_mode(P, C, R)
+    meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p)
     del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
-    Pk, Ck, pc = _kernel_gates(q, P, C, R)
+    Pk, Ck, pc = _kernel_gates(q, P, C, gates)
     _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, ranked=None if pc is None else (P, C, R, pc))
     Pp, Cp, Rp, _, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, None)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
@@ -765,8 +767,8 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
         dqa, dgates = _zeros(q.device, (B, H, L, D), _gates_grad_shape(P, C))
         dP = dgates[0] if P is not None else dgates  # decay: d log λ (orders, H); Lit: not read
         dC = dgates[1] if C is not None else dP  # not read without C
-    meta = _meta(q, v, P, C, R, keep, seed, feature, normalize, dropout_p)
-    Pk, Ck, pc = _kernel_gates(q, P, C, R)
+    meta = _meta(q, v, (n, mode), R, keep, seed, feature, normalize, dropout_p)
+    Pk, Ck, pc = _kernel_gates(q, P, C, (n, mode))
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype,
                                 ranked=None if pc is None else (P, C, R, pc))
     Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, den)
