@@ -664,6 +664,11 @@ def _ptrs(q, P, C, R, keep, seed, den):
             q if seed is None else seed, q if den is None else den)
 
 
+# token rows per program of the per-token kernels (_prep_kernel, _bwd_q_kernel); 64 rows with 4 warps spill
+# (ptxas -v, sm_90)
+_TOKEN_ROWS = 16 if INTERPRET else 32
+
+
 def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None, eps=0.0, normalize=True,
              dtype=None, ranked=None):
     """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel);
@@ -680,14 +685,13 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     la1, la2, R, pc = ranked or (None, None, None, None)
     perm = None if R is None else R[1]
     la1, la2, perm, pc = (q if t is None else t for t in (la1, la2 if la2 is not None else la1, perm, pc))
-    block = 16 if INTERPRET else 32  # 64 rows with 4 warps spill (ptxas -v, sm_90)
-    launch(_prep_kernel, (triton.cdiv(L, block), B * H), (
+    launch(_prep_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H), (
         q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la2, perm, pc, *q.stride()[:3],
         *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_scan_strides(la1), *_scan_strides(la2),
         H, L, D, DV, scale, eps), dict(
         FEATURE=feature, HAS_KEEP=keep is not None, WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize,
         RANKED=ranked is not None, NORD=1 if ranked is None or ranked[1] is None else 2,
-        BLOCK=block, BLOCK_D=block_size(D), BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
+        BLOCK=_TOKEN_ROWS, BLOCK_D=block_size(D), BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
     return qf, kf, dyn, dlt
 
 
@@ -776,10 +780,9 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     _bwd(grid, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
               *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *_scan_strides(P),
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
-    block = 16 if INTERPRET else 32
-    launch(_bwd_q_kernel, (triton.cdiv(L, block), B * H),
+    launch(_bwd_q_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H),
            (q, dqa, dq, dP, dC, dgates, q if R is None else R[1], *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
-           dict(FEATURE=feature, SCAN=mode == "scan", RANKED=mode == "ranked", NORD=max(n, 1), BLOCK=block,
+           dict(FEATURE=feature, SCAN=mode == "scan", RANKED=mode == "ranked", NORD=max(n, 1), BLOCK=_TOKEN_ROWS,
                 BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
     return dqkv, dgates
 
