@@ -5,9 +5,10 @@ the dispatcher, autograd and the kernel launches. An eager step whose host time 
 (the ViT-S step is, on the H200 host), and then this is what a LION layer costs beyond DeiT's. Also prints the host
 time of each Triton launch (``--launches``).
 
-``--device cpu`` needs no GPU: the same layers on CPU tensors with LION's Triton launches replaced by no-ops, so the
-table shows the host work LION adds around its kernels (Python wrappers, autograd nodes, the small torch ops), each
-op's CPU compute at batch 1 included; a Triton launch itself costs ≈ 40–100 µs more per kernel on a GPU host.
+``--device cpu`` needs no GPU: the same layers on CPU tensors with LION's Triton launches (the attention form's and
+the LION-S gates') replaced by no-ops, so the table shows the host work LION adds around its kernels (Python
+wrappers, autograd nodes, the small torch ops), each op's CPU compute at batch 1 included; a Triton launch itself
+costs ≈ 40–100 µs more per kernel on a GPU host.
 
     python benchmarks/host_overhead.py [--length 197] [--reps 200] [--launches] [--device cpu]
 """
@@ -56,14 +57,16 @@ class _NoLaunch:
 
 
 def stub_kernels():
-    """CPU mode: the fused attention form's launches become no-ops (its outputs are then uninitialised memory;
-    only the host work around them is timed)."""
+    """CPU mode: the launches of the fused attention form and of the fused LION-S gates become no-ops (their outputs
+    are then uninitialised memory; only the host work around them is timed)."""
     import lion.ops.triton.attention as attention
+    import lion.ops.triton.gates as gates
 
-    attention.INTERPRET = True  # accept CPU tensors
+    for module in (attention, gates):
+        module.INTERPRET = True  # accept CPU tensors
+        module.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
     for name in ("_fwd", "_bwd", "_lit_fwd", "_lit_bwd"):  # the autotuned launchers
         setattr(attention, name, _NoLaunch())
-    attention.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
 
 
 def _sync(device):

@@ -1,5 +1,5 @@
-"""Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels and the Vim baseline's
-selective-scan kernels) for sm_90 without a GPU and reports registers and spills
+"""Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels, the LION-S gate
+kernels and the Vim baseline's selective-scan kernels) for sm_90 without a GPU and reports registers and spills
 (Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
 configs spill (the config lists in lion/ops/triton/attention.py are chosen by measured time; some spill a little).
 
@@ -18,15 +18,17 @@ from triton.compiler import ASTSource
 from image_classification.ops import selective_scan as S
 from lion.ops.triton import attention as A
 from lion.ops.triton import chunk as CH
+from lion.ops.triton import gates as G
 from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
                 DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32, LA2=F32, PERM="*i32",
                 PC=F32)
-FLOATS = ("scale", "eps", "dropout_p", "inv_keep")
+FLOATS = ("scale", "eps", "dropout_p", "inv_keep", "log_eps")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
                           DENBUF=F32, NUM=F32, DEN=F32)
+GATE_POINTERS = dict(Z=BF, PERM="*i64", OUT=F32, DOUT=F32, DZ=BF)
 SCAN_POINTERS = dict(X=BF, DT=F32, A=F32, B=BF, C=BF, Y=F32, H0=F32, DY=F32, SCR=F32, DX=F32, DDT=F32, DA=F32, DB=F32,
                      DC=F32)
 TARGET = GPUTarget("cuda", 90, 32)
@@ -90,6 +92,14 @@ def inference_variants():
                                           BLOCK_DV=RN.BLOCK_DV), RN.NUM_WARPS
 
 
+def gate_variants():
+    """The LION-S gate kernels: bf16 z (autocast), with and without a ♮ order, both gate forms."""
+    for first, eps, perm in [(True, False, False), (True, False, True), (False, True, False)]:
+        consts = dict(FIRST_ONE=first, EPS=eps, HAS_PERM=perm, BLOCK_L=G._TOKENS, BLOCK_H=8)
+        yield "gates_fwd", G._gates_fwd_kernel, consts, 4
+        yield "gates_bwd", G._gates_bwd_kernel, consts, 4
+
+
 def scan_variants():
     """The selective scan as Vim-S runs it: bf16 x, B, C under autocast, fp32 dt, A and states; 16 states."""
     for name, kernel in (("scan_fwd", S._fwd_kernel), ("scan_bwd", S._bwd_kernel)):
@@ -102,7 +112,7 @@ def main():
     args = ap.parse_args()
     n, failed = 0, []
     runs = [(v, None) for v in variants()] + [(v, INFERENCE_POINTERS) for v in inference_variants()] \
-        + [(v, SCAN_POINTERS) for v in scan_variants()]
+        + [(v, GATE_POINTERS) for v in gate_variants()] + [(v, SCAN_POINTERS) for v in scan_variants()]
     for (name, kernel, consts, warps), pointers in runs:
         flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
         try:

@@ -88,8 +88,8 @@ class LionAttention(nn.Module):
         if self.mask_type == "Decay":
             return decay_log_gates(gate)  # (H,): the same gate for every token
         if self.mask_type == "Selective":
-            z = gate(x)
-            return selective_log_gates(z if perm is None else z[:, perm])  # cls (first) gate := 1
+            # gates of z[:, perm], gathered inside; the cls (first) gate := 1
+            return selective_log_gates(gate(x), perm=perm, backend=self.backend)
         return None
 
     def forward(self, x):

@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from lion.backend import BACKENDS, set_backend, use_fused  # noqa: F401  (re-exported)
 from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
@@ -35,9 +36,6 @@ except Exception as err:  # a broken triton install must not break the torch for
     fused_attention = chunk_attention = recurrent_attention = None
 
 FORMS = ("attention", "rnn", "chunk")
-BACKENDS = ("auto", "torch", "triton")
-
-_default_backend = "auto"
 
 
 def fused_forms() -> tuple[str, ...]:
@@ -46,28 +44,8 @@ def fused_forms() -> tuple[str, ...]:
     return tuple(form for form, kernel in kernels.items() if kernel is not None)
 
 
-def set_backend(backend: str) -> None:
-    """Process-wide default: 'auto' (fused kernels on CUDA, torch elsewhere), 'torch', 'triton'."""
-    global _default_backend
-    _default_backend = _check_backend(backend)
-
-
-def _check_backend(backend: str) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    return backend
-
-
 def _use_fused(q: torch.Tensor, backend: Optional[str], available: bool, form: str) -> bool:
-    backend = _check_backend(backend or _default_backend)
-    if backend == "torch":
-        return False
-    if backend == "triton":
-        if not available:
-            raise ValueError(f"backend='triton' but no fused kernel is available for form {form!r} "
-                             "(is triton installed?)")
-        return True
-    return available and q.is_cuda
+    return use_fused(q, backend, available, f"form {form!r}")
 
 
 _ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}

@@ -11,10 +11,16 @@ Ratios of cumulative products are never formed, and the exponent of every kept e
 """
 from __future__ import annotations
 
+import logging
 import math
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
+
+from lion.backend import use_fused
+
+logger = logging.getLogger(__name__)
 
 MASK_TYPES = ("Lit", "Decay", "Selective")
 
@@ -39,22 +45,61 @@ def per_token_gates(log_a: torch.Tensor | None, batch: int, length: int) -> torc
     return log_a[None, :, None].expand(batch, log_a.shape[0], length)
 
 
-def selective_log_gates(z: torch.Tensor, first_gate_one: bool = True) -> torch.Tensor:
+_fused_gates = False  # lion.ops.triton.gates.fused_log_gates once looked up (None: unavailable)
+
+
+def _fused_log_gates():
+    """The fused gate op, imported on first use (lion.ops imports this module, so not at import time)."""
+    global _fused_gates
+    if _fused_gates is False:
+        try:
+            from lion.ops.triton.gates import fused_log_gates
+        except ImportError as err:
+            logger.debug("fused gate kernel unavailable: %s", err)
+            fused_log_gates = None
+        except Exception as err:  # a broken triton install must not break the torch ops
+            logger.warning("fused gate kernel failed to load (%s); using the torch ops", err)
+            fused_log_gates = None
+        _fused_gates = fused_log_gates
+    return _fused_gates
+
+
+def _gate_kernel(z: torch.Tensor, backend: Optional[str]):
+    """The fused op if it serves this call (``lion.backend.use_fused``), else None. fp64 z and torch.compile (whose
+    inductor fuses the torch ops itself) take the torch ops."""
+    if z.dtype == torch.float64 or torch.compiler.is_compiling():
+        return None
+    kernel = _fused_log_gates()
+    return kernel if use_fused(z, backend, kernel is not None, "the gates") else None
+
+
+def selective_log_gates(z: torch.Tensor, first_gate_one: bool = True, perm: Optional[torch.Tensor] = None,
+                        backend: Optional[str] = None) -> torch.Tensor:
     """LION-S: a_t = 1 − sigmoid(z_t) = sigmoid(−z_t), so log a_t = logsigmoid(−z_t) (never log(1 − σ)).
 
-    ``z`` is the gate pre-activation W x + b of shape (B, L, H); returns (B, H, L) fp32 (a transposed view).
-    With ``first_gate_one`` the gate of token 0 (the cls token) is 1, as in the vision model.
+    ``z`` is the gate pre-activation W x + b of shape (B, L, H); returns (B, H, L) fp32. ``perm`` (L,): the gates
+    of ``z[:, perm]`` (a token order), gathered inside. With ``first_gate_one`` the gate of entry 0 (in the
+    order's indexing; the cls token) is 1, as in the vision model. ``backend`` as in ``lion_attention``: the fused
+    kernel (lion.ops.triton.gates, one launch forward and one backward) or these torch ops, same values.
     """
-    log_a = F.logsigmoid(-upcast(z))
+    kernel = _gate_kernel(z, backend)
+    if kernel is not None:
+        return kernel(z, perm, first_gate_one)
+    log_a = F.logsigmoid(-upcast(z if perm is None else z[:, perm]))
     if first_gate_one:  # one pad (not zeros + cat): this runs in every layer of LION-S
         log_a = F.pad(log_a[:, 1:], (0, 0, 1, 0))
     return log_a.transpose(1, 2)  # a view of (B, L, H) memory: the consumers read any strides
 
 
-def selective_log_gates_eps(z: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+def selective_log_gates_eps(z: torch.Tensor, eps: float = 1e-7, perm: Optional[torch.Tensor] = None,
+                            backend: Optional[str] = None) -> torch.Tensor:
     """MLM LION-S gate of the published BERT code, log(1 − sigmoid(z) + eps), computed stably
-    as logaddexp(logsigmoid(−z), log eps). Returns (B, H, L) fp32; no cls override."""
-    log_a = F.logsigmoid(-upcast(z))
+    as logaddexp(logsigmoid(−z), log eps). Returns (B, H, L) fp32; no cls override. ``perm``, ``backend``: as in
+    ``selective_log_gates``."""
+    kernel = _gate_kernel(z, backend)
+    if kernel is not None:
+        return kernel(z, perm, eps=eps)
+    log_a = F.logsigmoid(-upcast(z if perm is None else z[:, perm]))
     log_a = torch.logaddexp(log_a, torch.full_like(log_a, math.log(eps)))
     return log_a.transpose(1, 2)
 

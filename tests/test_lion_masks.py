@@ -49,6 +49,16 @@ def test_mlm_gate_eps_matches_definition():
     torch.testing.assert_close(selective_log_gates_eps(z), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_perm_gathers_before_the_first_gate():
+    """perm: the gates of z[:, perm], the first gate (with first_gate_one) being entry 0 of that order."""
+    z = torch.randn(2, 7, 3, dtype=torch.float64)
+    perm = torch.tensor([3, 0, 6, 1, 5, 2, 4])
+    for fn in (selective_log_gates, selective_log_gates_eps):
+        torch.testing.assert_close(fn(z, perm=perm), fn(z[:, perm]), rtol=0, atol=0)
+    log_a = selective_log_gates(z, perm=perm)
+    assert (log_a[..., 0] == 0).all() and (log_a[..., 1:] < 0).all()
+
+
 def test_mask_math_is_fp32_under_bf16_autocast():
     z = torch.randn(1, 33, 2)
     with torch.autocast("cpu", dtype=torch.bfloat16):
