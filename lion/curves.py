@@ -24,8 +24,7 @@ def grid_size(num_patches: int) -> int:
     return g
 
 
-@functools.lru_cache(maxsize=64)
-def _curve(g: int, curve: str) -> tuple[int, ...]:
+def _curve(g: int, curve: str) -> list[int]:
     if curve not in CURVES:
         raise ValueError(f"curve must be one of {CURVES}, got {curve!r}")
     out = []
@@ -34,19 +33,25 @@ def _curve(g: int, curve: str) -> tuple[int, ...]:
         for i in inner:
             y, x = (outer, i) if curve == "s" else (i, outer)
             out.append(g * y + x)
-    return tuple(out)
+    return out
 
 
 def curve_permutation(num_tokens: int, curve: str, num_prefix: int = 1, device=None) -> torch.Tensor:
     """Indices ``perm`` such that ``x[:, perm]`` puts a (prefix + g·g)-token sequence in curve order."""
-    return _permutation(num_tokens, curve, num_prefix, torch.device(device) if device is not None else None)
+    device = torch.device(device) if device is not None else None
+    if torch.compiler.is_compiling():  # traced once into a constant; dynamo warns on (and skips) lru_cache wrappers
+        return _permutation(num_tokens, curve, num_prefix, device)
+    return _cached_permutation(num_tokens, curve, num_prefix, device)
 
 
-@functools.lru_cache(maxsize=64)
 def _permutation(num_tokens: int, curve: str, num_prefix: int, device) -> torch.Tensor:
     g = grid_size(num_tokens - num_prefix)
     perm = list(range(num_prefix)) + [num_prefix + r for r in _curve(g, curve)]
     return torch.tensor(perm, dtype=torch.long, device=device)
+
+
+# the models ask for the same orders in every layer of every step: one tensor per (length, curve, prefix, device)
+_cached_permutation = functools.lru_cache(maxsize=64)(_permutation)
 
 
 def inverse_permutation(perm: torch.Tensor) -> torch.Tensor:

@@ -112,8 +112,8 @@ def test_orders_sum_equals_averaged_mask():
 
 def test_curve_orders():
     from lion.curves import _curve
-    assert _curve(3, "s") == (0, 1, 2, 5, 4, 3, 6, 7, 8)
-    assert _curve(3, "sr") == (0, 3, 6, 7, 4, 1, 2, 5, 8)
+    assert _curve(3, "s") == [0, 1, 2, 5, 4, 3, 6, 7, 8]
+    assert _curve(3, "sr") == [0, 3, 6, 7, 4, 1, 2, 5, 8]
     perm = curve_permutation(10, "s")
     assert perm[0] == 0 and sorted(perm.tolist()) == list(range(10))
     with pytest.raises(ValueError, match="square"):

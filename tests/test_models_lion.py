@@ -164,3 +164,18 @@ def test_any_square_resolution_at_inference():
             m(torch.randn(1, 3, 16, 24))
         with pytest.raises(ValueError, match="square"):  # 2×8 = 16 patches: a square count, not a square grid
             m(torch.randn(1, 3, 8, 32))
+
+
+def test_curve_permutation_cached_and_traced_without_the_cache(monkeypatch):
+    """Eager calls share one cached tensor per order; under torch.compile the permutation is built by plain Python
+    (dynamo skips lru_cache wrappers with a warning), equal to the cached one."""
+    import lion.curves as curves
+
+    first = curve_permutation(17, "sr", 1)
+    assert curve_permutation(17, "sr", 1) is first
+    cache_calls = []
+    cached = curves._cached_permutation
+    monkeypatch.setattr(curves, "_cached_permutation", lambda *a: cache_calls.append(a) or cached(*a))
+    traced = torch.compile(lambda x: x[:, curve_permutation(17, "sr", 1)], fullgraph=True, backend="eager")
+    x = torch.randn(2, 17)
+    assert torch.equal(traced(x), x[:, first]) and not cache_calls
