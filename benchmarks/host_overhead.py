@@ -61,12 +61,13 @@ def stub_kernels():
     are then uninitialised memory; only the host work around them is timed)."""
     import lion.ops.triton.attention as attention
     import lion.ops.triton.gates as gates
+    import lion.ops.triton.lit as lit
 
     for module in (attention, gates):
         module.INTERPRET = True  # accept CPU tensors
         module.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
-    for name in ("_fwd", "_bwd", "_lit_fwd", "_lit_bwd"):  # the autotuned launchers
-        setattr(attention, name, _NoLaunch())
+    for module, name in ((attention, "_fwd"), (attention, "_bwd"), (lit, "_lit_fwd"), (lit, "_lit_bwd")):
+        setattr(module, name, _NoLaunch())  # the autotuned launchers
 
 
 def _sync(device):

@@ -19,6 +19,7 @@ from image_classification.ops import selective_scan as S
 from lion.ops.triton import attention as A
 from lion.ops.triton import chunk as CH
 from lion.ops.triton import gates as G
+from lion.ops.triton import lit as LIT
 from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
@@ -69,9 +70,9 @@ def variants():
         for cfg in A._bwd_configs():
             yield "bwd", A._bwd_kernel, dict(c, HAS_KEEP=True, **cfg.kwargs), cfg.num_warps
     for feature, keep in itertools.product([1, 2], [True, False]):
-        for cfg in A._LIT_CONFIGS:
+        for cfg in LIT._LIT_CONFIGS:
             for name in ("lit_fwd", "lit_bwd"):
-                yield name, getattr(A, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **cfg.kwargs), \
+                yield name, getattr(LIT, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **cfg.kwargs), \
                     cfg.num_warps
     for wq, wdy, norm, (ranked, nord) in itertools.product([True, False], [True, False], [True, False],
                                                            [(False, 1), (True, 1), (True, 2)]):

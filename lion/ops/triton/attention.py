@@ -40,50 +40,27 @@ import triton.language as tl
 
 from lion.curves import inverse_permutation
 from lion.masks import per_token_gates
-from lion.ops.triton.utils import INTERPRET, Launcher, block_size, launch
+from lion.ops.triton.lit import _LitKVFn, lit_kv_fwd
+from lion.ops.triton.utils import (
+    INTERPRET,
+    Launcher,
+    block_size,
+    dy_rows,
+    grad_buffer,
+    grad_views,
+    key_keep,
+    last_dim_unit,
+    launch,
+    load_rows,
+    phi,
+    phi_bwd,
+    token_major,
+)
 
 FEATURES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
 
 
 # ----------------------------------------------------------------------------------------------- device helpers
-@triton.jit
-def _load_rows(ptr, offs, in_rows, stride, offs_d, D):
-    return tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=in_rows[:, None] & (offs_d[None, :] < D),
-                   other=0.0).to(tl.float32)
-
-
-@triton.jit
-def _phi(x, keep_rows, offs_d, D, FEATURE: tl.constexpr):
-    """φ(x) in fp32 on a (rows, BLOCK_D) tile; rows not kept and columns ≥ D are 0."""
-    if FEATURE == 1:    # elu + 1
-        x = tl.where(x > 0, x + 1.0, tl.exp(x))
-    elif FEATURE == 2:  # r / ‖r‖, r = silu(x) + 0.5
-        x = tl.where((offs_d < D)[None, :], x * tl.sigmoid(x) + 0.5, 0.0)
-        x = x / tl.sqrt(tl.sum(x * x, axis=1))[:, None]
-    return tl.where(keep_rows[:, None] & (offs_d < D)[None, :], x, 0.0)
-
-
-@triton.jit
-def _phi_bwd(x, g, keep_rows, offs_d, D, FEATURE: tl.constexpr):
-    """Gradient wrt the raw x of a tile given g = ∂/∂φ(x)."""
-    if FEATURE == 1:
-        g = g * tl.where(x > 0, 1.0, tl.exp(x))
-    elif FEATURE == 2:
-        sg = tl.sigmoid(x)
-        r = tl.where((offs_d < D)[None, :], x * sg + 0.5, 0.0)
-        inv_n = 1.0 / tl.sqrt(tl.sum(r * r, axis=1))
-        y = r * inv_n[:, None]
-        g = (g - y * tl.sum(g * y, axis=1)[:, None]) * inv_n[:, None] * (sg * (1.0 + x * (1.0 - sg)))
-    return tl.where(keep_rows[:, None] & (offs_d < D)[None, :], g, 0.0)
-
-
-@triton.jit
-def _key_keep(KEEP, b, L, offs, in_rows, HAS_KEEP: tl.constexpr):
-    if HAS_KEEP:
-        return in_rows & (tl.load(KEEP + b * L + offs, mask=in_rows, other=0) != 0)
-    return in_rows
-
-
 @triton.jit
 def _tile(x_q, x_k, KEY_ROWS: tl.constexpr):
     """A query vector and a key vector broadcast to a tile: indexed [query, key], or [key, query] with KEY_ROWS
@@ -208,17 +185,6 @@ def _dropout_keep(seed, offs_m, offs_n, L, dropout_p, KEY_ROWS: tl.constexpr):
     return tl.rand(seed, i * L + j) >= dropout_p
 
 
-@triton.jit
-def _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_rows, sdyl, syl, offs_dv, DV, eps, NORMALIZE: tl.constexpr):
-    """dy/D and δ/D = (dy·y)/D for a block of query rows (dy and 0 without normalisation)."""
-    dy = _load_rows(dy_ptr, offs, in_rows, sdyl, offs_dv, DV)
-    if NORMALIZE:
-        y = _load_rows(y_ptr, offs, in_rows, syl, offs_dv, DV)
-        inv = 1.0 / (tl.load(den_ptr + offs, mask=in_rows, other=1.0) + eps)
-        return dy * inv[:, None], tl.sum(dy * y, axis=1) * inv
-    return dy, tl.sum(dy, axis=1) * 0.0
-
-
 # ----------------------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _ranked_sums(la_ptr, sal, PERM, P_out, C_out, L, BLOCK: tl.constexpr):
@@ -291,14 +257,14 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
     offs_dv = tl.arange(0, BLOCK_DV)
     row = (bh * L).to(tl.int64) + offs
     out_d = in_r[:, None] & (offs_d[None, :] < D)
-    kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
-    k = _phi(_load_rows(K + b * skb + h * skh, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
+    kk = key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+    k = phi(load_rows(K + b * skb + h * skh, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
     tl.store(KF + row[:, None] * D + offs_d[None, :], k.to(KF.dtype.element_ty), mask=out_d)
     if WITH_Q:
-        q = _phi(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE) * scale
+        q = phi(load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE) * scale
         tl.store(QF + row[:, None] * D + offs_d[None, :], q.to(QF.dtype.element_ty), mask=out_d)
     if WITH_DY:
-        dyn, dlt = _dy_rows(DY, Y, DEN, DY + b * sdyb + h * sdyh, Y + b * syb + h * syh, DEN + bh * L, offs, in_r,
+        dyn, dlt = dy_rows(DY, Y, DEN, DY + b * sdyb + h * sdyh, Y + b * syb + h * syh, DEN + bh * L, offs, in_r,
                             sdyl, syl, offs_dv, DV, eps, NORMALIZE)
         tl.store(DYN + row[:, None] * DV + offs_dv[None, :], dyn.to(DYN.dtype.element_ty),
                  mask=in_r[:, None] & (offs_dv[None, :] < DV))
@@ -328,7 +294,7 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
-    q = _phi(_load_rows(Q + b * sqb + h * sqh, offs_m, in_m, sql, offs_d, D), in_m, offs_d, D, FEATURE)
+    q = phi(load_rows(Q + b * sqb + h * sqh, offs_m, in_m, sql, offs_d, D), in_m, offs_d, D, FEATURE)
     q = (q * scale).to(dt)
     v_ptr = V + b * svb + h * svh
     if DROPOUT:
@@ -447,8 +413,8 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         dq = tl.dot(tl.trans(dsc), k_b, input_precision=PREC)
         tl.atomic_add(DQA + (dqa_base + offs_m)[:, None] * D + offs_d[None, :], dq,
                       mask=in_m[:, None] & (offs_d[None, :] < D), sem="relaxed")
-    kk_b = _key_keep(KEEP, b, L, offs_n, in_n, HAS_KEEP)
-    dk = _phi_bwd(_load_rows(K + b * skb + h * skh, offs_n, in_n, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
+    kk_b = key_keep(KEEP, b, L, offs_n, in_n, HAS_KEEP)
+    dk = phi_bwd(load_rows(K + b * skb + h * skh, offs_n, in_n, skl, offs_d, D), dk, kk_b, offs_d, D, FEATURE)
     tl.store(DK + b * sgb + h * sgh + offs_n[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
              mask=in_n[:, None] & (offs_d[None, :] < D))
     tl.store(DVV + b * sgvb + h * sgvh + offs_n[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
@@ -476,7 +442,7 @@ def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, PERM, sqb, sqh, sql, sgb, sgh, sgl, H
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
-    dq = _phi_bwd(_load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)
+    dq = phi_bwd(load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)
     tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=in_r[:, None] & (offs_d[None, :] < D))
     row = (bh * L).to(tl.int64)
@@ -495,107 +461,6 @@ def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, PERM, sqb, sqh, sql, sgb, sgh, sgl, H
             _ranked_sums_grad(DP + row, DC + row, PERM, DLA + row, L, BLOCK)
             if NORD == 2:
                 _ranked_sums_grad(DP + BHL + row, DC + BHL + row, PERM + L, DLA + BHL + row, L, BLOCK)
-
-
-# ------------------------------------------------------------------------ Lit, normalised: the KᵀV path
-@triton.jit
-def _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE: tl.constexpr,
-               HAS_KEEP: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
-               BLOCK_DV: tl.constexpr):
-    """S = Σ_j φ(k_j) v_jᵀ (BLOCK_D × BLOCK_DV) and z = Σ_j φ(k_j), fp32."""
-    dt = v_ptr.dtype.element_ty
-    S = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
-    z = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        in_r = offs < L
-        kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
-        k = _phi(_load_rows(k_ptr, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
-        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
-                    other=0.0).to(dt)
-        S += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
-        z += tl.sum(k, axis=0)
-    return S, z
-
-
-@triton.jit
-def _lit_fwd_kernel(Q, K, V, KEEP, Y, DEN, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl,
-                    H, L, D, DV, scale, eps, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
-                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    dt = V.dtype.element_ty
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_ptr, y_ptr = Q + b * sqb + h * sqh, Y + b * syb + h * syh
-    S, z = _lit_state(K + b * skb + h * skh, V + b * svb + h * svh, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV,
-                      FEATURE, HAS_KEEP, PREC, BLOCK, BLOCK_D, BLOCK_DV)
-    S = (S * scale).to(dt)
-    z = z * scale
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        in_r = offs < L
-        q = _phi(_load_rows(q_ptr, offs, in_r, sql, offs_d, D), in_r, offs_d, D, FEATURE)
-        den = tl.sum(q * z[None, :], axis=1)
-        y = tl.dot(q.to(dt), S, input_precision=PREC) / (den + eps)[:, None]
-        tl.store(DEN + bh * L + offs, den, mask=in_r)
-        tl.store(y_ptr + offs[:, None] * syl + offs_dv[None, :], y.to(Y.dtype.element_ty),
-                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
-
-
-@triton.jit
-def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
-                    sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl, sdyb, sdyh, sdyl,
-                    sgb, sgh, sgl, sgvb, sgvh, sgvl, H, L, D, DV, scale, eps,
-                    FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
-                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    """y_i = φq_i S / (φq_i·z + eps) with S, z scaled: dφq_i = (dy_i/D_i) Sᵀ − (δ_i/D_i) z,
-    dS = Σ_i φq_iᵀ dy_i/D_i, dz = −Σ_i φq_i δ_i/D_i, then dφk_j = scale(v_j dSᵀ + dz), dv_j = scale φk_j dS."""
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
-    dt = V.dtype.element_ty
-    offs_d = tl.arange(0, BLOCK_D)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    q_ptr, k_ptr, v_ptr = Q + b * sqb + h * sqh, K + b * skb + h * skh, V + b * svb + h * svh
-    y_ptr, dy_ptr, den_ptr = Y + b * syb + h * syh, DY + b * sdyb + h * sdyh, DEN + bh * L
-    S, z = _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE, HAS_KEEP, PREC,
-                      BLOCK, BLOCK_D, BLOCK_DV)
-    S_t = tl.trans((S * scale).to(dt))
-    z = z * scale
-    dS = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
-    dz = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        in_r = offs < L
-        q_raw = _load_rows(q_ptr, offs, in_r, sql, offs_d, D)
-        q = _phi(q_raw, in_r, offs_d, D, FEATURE)
-        dyn, dlt = _dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_r, sdyl, syl, offs_dv, DV, eps, True)
-        dq = tl.dot(dyn.to(dt), S_t, input_precision=PREC) - dlt[:, None] * z[None, :]
-        dS += tl.dot(tl.trans(q.to(dt)), dyn.to(dt), input_precision=PREC)
-        dz -= tl.sum(q * dlt[:, None], axis=0)
-        dq = _phi_bwd(q_raw, dq, in_r, offs_d, D, FEATURE)
-        tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
-                 mask=in_r[:, None] & (offs_d[None, :] < D))
-    dS_t = tl.trans((dS * scale).to(dt))
-    dS = (dS * scale).to(dt)
-    dz = dz * scale
-    for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        in_r = offs < L
-        kk = _key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
-        k_raw = _load_rows(k_ptr, offs, in_r, skl, offs_d, D)
-        k = _phi(k_raw, kk, offs_d, D, FEATURE)
-        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
-                    other=0.0).to(dt)
-        dk = tl.dot(v, dS_t, input_precision=PREC) + dz[None, :]
-        dv = tl.dot(k.to(dt), dS, input_precision=PREC)
-        dk = _phi_bwd(k_raw, dk, kk, offs_d, D, FEATURE)
-        tl.store(DK + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dk.to(DK.dtype.element_ty),
-                 mask=in_r[:, None] & (offs_d[None, :] < D))
-        tl.store(DVV + b * sgvb + h * sgvh + offs[:, None] * sgvl + offs_dv[None, :], dv.to(DVV.dtype.element_ty),
-                 mask=in_r[:, None] & (offs_dv[None, :] < DV))
 
 
 # ------------------------------------------------------------------------------------------------ launch configs
@@ -623,23 +488,9 @@ _fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"
 _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1,
                                                                   num_stages=1),
                 reset_to_zero=["DQA", "DP", "DC"])  # accumulated with atomics
-_LIT_CONFIGS = [triton.Config({"BLOCK": bl}, num_warps=w, num_stages=st)  # spill-free (32 rows; 64 rows spill)
-                for bl, w, st in [(32, 8, 2), (32, 4, 2), (16, 4, 2)]]
-_LIT_KEY = ["L", "D", "DV", "FEATURE", "HAS_KEEP", "PREC"]
-_lit_fwd = Launcher(_lit_fwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
-_lit_bwd = Launcher(_lit_bwd_kernel, _LIT_CONFIGS, _LIT_KEY, triton.Config({"BLOCK": 16}, num_warps=1, num_stages=1))
 
 
 # ------------------------------------------------------------------------------------------------ custom ops
-def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _token_major(B, H, L, n, like, dtype):
-    """A (B, H, L, n) tensor stored as (B, L, H, n): the models' transpose + reshape back to (B, L, H·n) is free."""
-    return torch.empty(B, L, H, n, device=like.device, dtype=dtype).transpose(1, 2)
-
-
 def _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p):
     """The kernels' constexprs; ``gates``: ``_gate_mode``'s (orders, mode)."""
     n_orders, mode = gates
@@ -718,10 +569,10 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
 
 
 def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
-    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
+    q, k, v = last_dim_unit(q), last_dim_unit(k), last_dim_unit(v)
     B, H, L, D = q.shape
     DV = v.shape[-1]
-    y = _token_major(B, H, L, DV, q, v.dtype)
+    y = token_major(B, H, L, DV, q, v.dtype)
     den = torch.empty((B, H, L) if normalize else (0,), device=q.device, dtype=torch.float32)
     gates = _gate_mode(P, C, R)
     meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p)
@@ -750,7 +601,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
 @attention_fwd.register_fake
 def _(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
     B, H, L, _ = q.shape
-    return (_token_major(B, H, L, v.shape[-1], q, v.dtype),
+    return (token_major(B, H, L, v.shape[-1], q, v.dtype),
             q.new_empty((B, H, L) if normalize else (0,), dtype=torch.float32))
 
 
@@ -761,28 +612,12 @@ def _zeros(device, *shapes):
     return tuple(part.view(sh) for part, sh in zip(flat.split(sizes), shapes))
 
 
-def _grad_buffer(B, H, L, D, DV, like, dtype):
-    """One buffer for dq, dk, dv: (B, L, 3, H, d) when D == DV, laid out as a model's fused qkv projection so
-    that ``lion.unpack_qkv``'s backward returns it without a copy; else (B, L, H, 2·D + DV)."""
-    if D == DV:
-        return torch.empty(B, L, 3, H, D, device=like.device, dtype=dtype)
-    return torch.empty(B, L, H, 2 * D + DV, device=like.device, dtype=dtype)
-
-
-def _grad_views(buf, D, DV):
-    """(dq, dk, dv) as (B, H, L, ·) views of a ``_grad_buffer``."""
-    if buf.dim() == 5:
-        dq, dk, dv = buf.unbind(2)
-        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
-    return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))
-
-
 def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
-    q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
+    q, k, v, dy = last_dim_unit(q), last_dim_unit(k), last_dim_unit(v), last_dim_unit(dy)
     B, H, L, D = q.shape
     DV = v.shape[-1]
-    dqkv = _grad_buffer(B, H, L, D, DV, q, v.dtype)
-    dq, dk, dv = _grad_views(dqkv, D, DV)
+    dqkv = grad_buffer(B, H, L, D, DV, q, v.dtype)
+    dq, dk, dv = grad_views(dqkv, D, DV)
     # dφq (fp32, accumulated over key blocks) and the gate gradients: atomically accumulated, one zeroed buffer
     n, mode = _gate_mode(P, C, R)
     if mode in ("scan", "ranked"):  # the kernel accumulates dP, dC per token; _bwd_q_kernel turns them into d log a
@@ -823,7 +658,7 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
                   seed: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor, dy: torch.Tensor, scale: float,
                   eps: float, feature: int, normalize: bool, dropout_p: float
                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dqkv, dgates): dq, dk, dv in one ``_grad_buffer`` (read them with ``_grad_views``); the gradients of P and
+    """(dqkv, dgates): dq, dk, dv in one ``grad_buffer`` (read them with ``grad_views``); the gradients of P and
     C stacked (``_gates_grad_shape``)."""
     return _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p)
 
@@ -831,7 +666,7 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
 @attention_bwd.register_fake
 def _(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
     B, H, L, D = q.shape
-    return (_grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype),
+    return (grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype),
             q.new_empty(_gates_grad_shape(P, C), dtype=torch.float32))
 
 
@@ -846,7 +681,7 @@ def _grads(ctx, dy, bwd):
     if dy is None:
         dy = torch.zeros_like(y)
     dqkv, dgates = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
-    return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), dgates[0] if P is not None else None,
+    return (*grad_views(dqkv, q.shape[-1], v.shape[-1]), dgates[0] if P is not None else None,
             dgates[1] if C is not None else None) + (None,) * 8
 
 
@@ -860,85 +695,6 @@ def _backward(ctx, dy, dden):
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-def _lit_kv_fwd(q, k, v, keep, scale, eps, feature):
-    q, k, v = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v)
-    B, H, L, D = q.shape
-    DV = v.shape[-1]
-    y = _token_major(B, H, L, DV, q, v.dtype)
-    den = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
-                BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
-    _lit_fwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, *q.stride()[:3], *k.stride()[:3],
-             *v.stride()[:3], *y.stride()[:3], H, L, D, DV, scale, eps, **meta)
-    return y, den
-
-
-@torch.library.custom_op("lion::lit_kv_fwd", mutates_args=())
-def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], scale: float,
-               eps: float, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lit normalised through the d×dv state: y = φ(Q)(φ(K)ᵀV)·scale / (φ(Q)·Σφ(K)·scale + eps); (y, den)."""
-    return _lit_kv_fwd(q, k, v, keep, scale, eps, feature)
-
-
-@lit_kv_fwd.register_fake
-def _(q, k, v, keep, scale, eps, feature):
-    B, H, L, _ = q.shape
-    return _token_major(B, H, L, v.shape[-1], q, v.dtype), q.new_empty((B, H, L), dtype=torch.float32)
-
-
-def _lit_kv_bwd(q, k, v, keep, y, den, dy, scale, eps, feature):
-    q, k, v, dy = _last_dim_unit(q), _last_dim_unit(k), _last_dim_unit(v), _last_dim_unit(dy)
-    B, H, L, D = q.shape
-    DV = v.shape[-1]
-    dqkv = _grad_buffer(B, H, L, D, DV, q, v.dtype)
-    dq, dk, dv = _grad_views(dqkv, D, DV)
-    meta = dict(FEATURE=feature, HAS_KEEP=keep is not None, PREC="ieee" if v.dtype == torch.float32 else "tf32",
-                BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
-    _lit_bwd(lambda m: (B * H,), q, k, v, q if keep is None else keep, y, den, dy, dq, dk, dv,
-             *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3],
-             *dk.stride()[:3], *dv.stride()[:3], H, L, D, DV, scale, eps, **meta)
-    return dqkv
-
-
-@torch.library.custom_op("lion::lit_kv_bwd", mutates_args=())
-def lit_kv_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], y: torch.Tensor,
-               den: torch.Tensor, dy: torch.Tensor, scale: float, eps: float, feature: int
-               ) -> torch.Tensor:
-    """dq, dk, dv in one ``_grad_buffer``."""
-    return _lit_kv_bwd(q, k, v, keep, y, den, dy, scale, eps, feature)
-
-
-@lit_kv_bwd.register_fake
-def _(q, k, v, keep, y, den, dy, scale, eps, feature):
-    B, H, L, D = q.shape
-    return _grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype)
-
-
-def _lit_save(ctx, q, k, v, keep, y, den, scale, eps, feature):
-    ctx.save_for_backward(q, k, v, keep, y, den)
-    ctx.args = (scale, eps, feature)
-
-
-def _lit_grads(ctx, dy, bwd):
-    q, k, v, keep, y, den = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros_like(y)
-    dqkv = bwd(q, k, v, keep, y, den, dy, *ctx.args)
-    return (*_grad_views(dqkv, q.shape[-1], v.shape[-1]), None, None, None, None)
-
-
-def _lit_setup_context(ctx, inputs, output):
-    q, k, v, keep, *args = inputs
-    _lit_save(ctx, q, k, v, keep, *output, *args)
-
-
-def _lit_backward(ctx, dy, dden):
-    return _lit_grads(ctx, dy, lit_kv_bwd)
-
-
-lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
 
 
 # ---------------------------------------------------------------------------------- eager autograd functions
@@ -955,18 +711,6 @@ class _AttentionFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy):
         return _grads(ctx, dy, _attention_bwd)
-
-
-class _LitKVFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, keep, *args):
-        y, den = _lit_kv_fwd(q, k, v, keep, *args)
-        _lit_save(ctx, q, k, v, keep, y, den, *args)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _lit_grads(ctx, dy, _lit_kv_bwd)
 
 
 # ------------------------------------------------------------------------------------------------ entry point
