@@ -33,22 +33,23 @@ def _log1p(x):
 
 
 @triton.jit
-def _tile(PERM, L, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr, HAS_PERM: tl.constexpr):
-    """Output positions t, heads h, and the tokens src (natural positions) they stand for."""
+def _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
+    """This program's batch b, output positions t, heads h, the tokens src (natural positions) they stand for,
+    the tile's in-range mask and z there (fp32)."""
+    b = tl.program_id(1).to(tl.int64)
     t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
     h = tl.arange(0, BLOCK_H)
     src = tl.load(PERM + t, mask=t < L, other=0).to(tl.int64) if HAS_PERM else t.to(tl.int64)
-    return t, h, src
+    mask = (t[:, None] < L) & (h[None, :] < H)
+    z = tl.load(Z + b * szb + src[:, None] * szl + h[None, :] * szh, mask=mask, other=0.0).to(tl.float32)
+    return b, t, h, src, mask, z
 
 
 @triton.jit
 def _gates_fwd_kernel(Z, PERM, OUT, szb, szl, szh, H, L, log_eps,
                       FIRST_ONE: tl.constexpr, EPS: tl.constexpr, HAS_PERM: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
-    b = tl.program_id(1).to(tl.int64)
-    t, h, src = _tile(PERM, L, BLOCK_L, BLOCK_H, HAS_PERM)
-    mask = (t[:, None] < L) & (h[None, :] < H)
-    z = tl.load(Z + b * szb + src[:, None] * szl + h[None, :] * szh, mask=mask, other=0.0).to(tl.float32)
+    b, t, h, src, mask, z = _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM, BLOCK_L, BLOCK_H)
     la = -(tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z))))  # −softplus(z)
     if EPS:  # logaddexp(la, log eps)
         la = tl.maximum(la, log_eps) + _log1p(tl.exp(-tl.abs(la - log_eps)))
@@ -62,10 +63,7 @@ def _gates_bwd_kernel(Z, PERM, DOUT, DZ, szb, szl, szh, sgb, sgh, sgl, H, L, eps
                       FIRST_ONE: tl.constexpr, EPS: tl.constexpr, HAS_PERM: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
     """dz (B, L, H) contiguous, each entry written once (token src of output position t)."""
-    b = tl.program_id(1).to(tl.int64)
-    t, h, src = _tile(PERM, L, BLOCK_L, BLOCK_H, HAS_PERM)
-    mask = (t[:, None] < L) & (h[None, :] < H)
-    z = tl.load(Z + b * szb + src[:, None] * szl + h[None, :] * szh, mask=mask, other=0.0).to(tl.float32)
+    b, t, h, src, mask, z = _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM, BLOCK_L, BLOCK_H)
     g = tl.load(DOUT + b * sgb + h[None, :] * sgh + t[:, None] * sgl, mask=mask, other=0.0).to(tl.float32)
     e = tl.exp(-tl.abs(z))
     sig_z = tl.where(z >= 0, 1.0, e) / (1.0 + e)  # σ(z) and σ(−z) without overflow

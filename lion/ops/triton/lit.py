@@ -29,6 +29,19 @@ from lion.ops.triton.utils import (
 
 
 @triton.jit
+def _key_rows(k_ptr, v_ptr, KEEP, b, L, start, skl, svl, offs_d, offs_dv, D, DV, FEATURE: tl.constexpr,
+              HAS_KEEP: tl.constexpr, BLOCK: tl.constexpr):
+    """A block of keys from ``start``: (offsets, offsets < L, kept, raw k, φ(k)·kept, v in v's dtype)."""
+    offs = start + tl.arange(0, BLOCK)
+    in_r = offs < L
+    kk = key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
+    k_raw = load_rows(k_ptr, offs, in_r, skl, offs_d, D)
+    v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
+                other=0.0).to(v_ptr.dtype.element_ty)
+    return offs, in_r, kk, k_raw, phi(k_raw, kk, offs_d, D, FEATURE), v
+
+
+@triton.jit
 def _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATURE: tl.constexpr,
                HAS_KEEP: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr,
                BLOCK_DV: tl.constexpr):
@@ -37,24 +50,25 @@ def _lit_state(k_ptr, v_ptr, KEEP, b, L, skl, svl, offs_d, offs_dv, D, DV, FEATU
     S = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
     z = tl.zeros((BLOCK_D,), dtype=tl.float32)
     for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        in_r = offs < L
-        kk = key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
-        k = phi(load_rows(k_ptr, offs, in_r, skl, offs_d, D), kk, offs_d, D, FEATURE)
-        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
-                    other=0.0).to(dt)
+        offs, in_r, kk, k_raw, k, v = _key_rows(k_ptr, v_ptr, KEEP, b, L, start, skl, svl, offs_d, offs_dv, D, DV,
+                                                FEATURE, HAS_KEEP, BLOCK)
         S += tl.dot(tl.trans(k.to(dt)), v, input_precision=PREC)
         z += tl.sum(k, axis=0)
     return S, z
 
 
 @triton.jit
+def _program_head(H):
+    """Grid (B·H,): this program's (b·H + h, b, h)."""
+    bh = tl.program_id(0)
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64)
+
+
+@triton.jit
 def _lit_fwd_kernel(Q, K, V, KEEP, Y, DEN, sqb, sqh, sql, skb, skh, skl, svb, svh, svl, syb, syh, syl,
                     H, L, D, DV, scale, eps, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
                     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h = _program_head(H)
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -82,9 +96,7 @@ def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
                     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y_i = φq_i S / (φq_i·z + eps) with S, z scaled: dφq_i = (dy_i/D_i) Sᵀ − (δ_i/D_i) z,
     dS = Σ_i φq_iᵀ dy_i/D_i, dz = −Σ_i φq_i δ_i/D_i, then dφk_j = scale(v_j dSᵀ + dz), dv_j = scale φk_j dS."""
-    bh = tl.program_id(0)
-    b = (bh // H).to(tl.int64)
-    h = (bh % H).to(tl.int64)
+    bh, b, h = _program_head(H)
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -112,13 +124,8 @@ def _lit_bwd_kernel(Q, K, V, KEEP, Y, DEN, DY, DQ, DK, DVV,
     dS = (dS * scale).to(dt)
     dz = dz * scale
     for start in range(0, L, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        in_r = offs < L
-        kk = key_keep(KEEP, b, L, offs, in_r, HAS_KEEP)
-        k_raw = load_rows(k_ptr, offs, in_r, skl, offs_d, D)
-        k = phi(k_raw, kk, offs_d, D, FEATURE)
-        v = tl.load(v_ptr + offs[:, None] * svl + offs_dv[None, :], mask=in_r[:, None] & (offs_dv[None, :] < DV),
-                    other=0.0).to(dt)
+        offs, in_r, kk, k_raw, k, v = _key_rows(k_ptr, v_ptr, KEEP, b, L, start, skl, svl, offs_d, offs_dv, D, DV,
+                                                FEATURE, HAS_KEEP, BLOCK)
         dk = tl.dot(v, dS_t, input_precision=PREC) + dz[None, :]
         dv = tl.dot(k.to(dt), dS, input_precision=PREC)
         dk = phi_bwd(k_raw, dk, kk, offs_d, D, FEATURE)
