@@ -27,9 +27,9 @@ from benchmarks.timing import kernel_ms  # noqa: E402
 FWD_TILES = [(64, 32, 8, 2, None), (64, 64, 8, 2, None), (128, 32, 8, 2, None), (64, 32, 4, 2, None),
              (32, 32, 4, 2, None), (64, 64, 4, 2, None), (64, 64, 4, 3, None), (128, 64, 8, 2, None),
              (64, 64, 8, 2, 128)]
-BWD_TILES = [(32, 64, 4, 2, None), (64, 64, 4, 2, None), (16, 64, 4, 2, None), (32, 64, 4, 3, None),
-             (64, 64, 4, 3, None), (32, 128, 8, 2, None), (64, 128, 8, 2, None), (32, 128, 4, 2, None),
-             (64, 64, 8, 2, None), (32, 64, 4, 2, 168), (64, 64, 4, 2, 168), (128, 64, 4, 2, None)]
+BWD_TILES = [(32, 64, 4, 3, 168), (32, 64, 4, 2, 168), (32, 64, 4, 2, 128), (32, 64, 4, 2, None),
+             (64, 64, 4, 2, None), (16, 64, 4, 2, None), (32, 64, 4, 3, None), (64, 64, 4, 3, None),
+             (32, 128, 8, 2, None), (64, 128, 8, 2, None), (32, 128, 4, 2, None), (64, 64, 4, 2, 168)]
 CHUNK_SETTINGS = [(64, None), (64, 8), (32, 4), (128, 8), (128, 4)]  # (chunk size, warps); None: the default
 
 
@@ -73,7 +73,7 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
                 for which, tiles, kernel in (("fwd", FWD_TILES, "_fwd_kernel"), ("bwd", BWD_TILES, "_bwd_kernel")):
                     if which not in only:
                         continue
-                    A._fwd.configs, A._bwd.configs = [tile(*FWD_TILES[6])], [tile(*BWD_TILES[0])]
+                    A._fwd.configs, A._bwd.configs = [A._fwd_configs()[0]], [A._bwd_configs()[0]]  # defaults
                     for t in tiles:
                         (A._fwd if which == "fwd" else A._bwd).configs = [tile(*t)]
                         try:

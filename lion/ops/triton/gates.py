@@ -33,7 +33,7 @@ def _log1p(x):
 
 
 @triton.jit
-def _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
+def _load_tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
     """This program's batch b, output positions t, heads h, the tokens src (natural positions) they stand for,
     the tile's in-range mask and z there (fp32)."""
     b = tl.program_id(1).to(tl.int64)
@@ -49,7 +49,7 @@ def _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM: tl.constexpr, BLOCK_L: tl.cons
 def _gates_fwd_kernel(Z, PERM, OUT, szb, szl, szh, H, L, log_eps,
                       FIRST_ONE: tl.constexpr, EPS: tl.constexpr, HAS_PERM: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
-    b, t, h, src, mask, z = _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM, BLOCK_L, BLOCK_H)
+    b, t, h, src, mask, z = _load_tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM, BLOCK_L, BLOCK_H)
     la = -(tl.maximum(z, 0.0) + _log1p(tl.exp(-tl.abs(z))))  # −softplus(z)
     if EPS:  # logaddexp(la, log eps)
         la = tl.maximum(la, log_eps) + _log1p(tl.exp(-tl.abs(la - log_eps)))
@@ -63,7 +63,7 @@ def _gates_bwd_kernel(Z, PERM, DOUT, DZ, szb, szl, szh, sgb, sgh, sgl, H, L, eps
                       FIRST_ONE: tl.constexpr, EPS: tl.constexpr, HAS_PERM: tl.constexpr,
                       BLOCK_L: tl.constexpr, BLOCK_H: tl.constexpr):
     """dz (B, L, H) contiguous, each entry written once (token src of output position t)."""
-    b, t, h, src, mask, z = _tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM, BLOCK_L, BLOCK_H)
+    b, t, h, src, mask, z = _load_tile(Z, PERM, szb, szl, szh, H, L, HAS_PERM, BLOCK_L, BLOCK_H)
     g = tl.load(DOUT + b * sgb + h[None, :] * sgh + t[:, None] * sgl, mask=mask, other=0.0).to(tl.float32)
     e = tl.exp(-tl.abs(z))
     sig_z = tl.where(z >= 0, 1.0, e) / (1.0 + e)  # σ(z) and σ(−z) without overflow
