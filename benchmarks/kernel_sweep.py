@@ -3,11 +3,14 @@
 ``attn``: the fused attention form's forward and backward kernels (lion/ops/triton/attention.py), one tile config
 at a time (autotuning off), inside a forward + backward of LION-D (per-head gates) and LION-S (per-token gates)
 at ViT-S (B128 H6 L197) and BERT (B128 H12 L128, LION-D) shapes, bf16; SDPA's forward + backward for reference.
+``paths``: every kernel of the fused attention op's forward + backward at the default configs, for each gate path
+(LION-D per-head gates, LION-S per-token gates, and both with two ♮ orders) at the ViT-S and BERT shapes.
 ``chunk``: the chunk form's three kernels (lion/ops/triton/chunk.py) at 896 and 1792 px (B8 H6 d64, bf16, LION-S
 gates) for chunk sizes and warp counts. Times are torch.profiler kernel times in µs (mean over the calls), so host
 launch time does not count. Needs a CUDA GPU.
 
     python benchmarks/kernel_sweep.py attn [--reps 10] [--only fwd bwd]
+    python benchmarks/kernel_sweep.py paths [--reps 20]
     python benchmarks/kernel_sweep.py chunk [--reps 20]
 """
 from __future__ import annotations
@@ -91,6 +94,28 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
         utils.AUTOTUNE = True
 
 
+def paths(reps: int) -> None:
+    import lion
+    from lion.ops.triton import attention as A
+
+    for B, H, L in ((128, 6, 197), (128, 12, 128)):
+        qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        q, k, v = lion.unpack_qkv(qkv)
+        dy = torch.randn(B, H, L, 64, device="cuda", dtype=torch.bfloat16)
+        a = torch.randn(2, H, device="cuda", requires_grad=True)
+        z = torch.randn(2, B, H, L, device="cuda", requires_grad=True)
+        natural, shuffled = torch.arange(L, device="cuda"), torch.randperm(L, device="cuda")
+        for mask in ("D", "S", "D♮", "S♮"):
+            def step(mask=mask, q=q, k=k, v=v, qkv=qkv, a=a, z=z, dy=dy, natural=natural, shuffled=shuffled):
+                gate = a if mask[0] == "D" else z
+                las = [lion.decay_log_gates(g) for g in a] if mask[0] == "D" else [F.logsigmoid(g) for g in z]
+                orders = [(natural, las[0]), (shuffled, las[1])] if mask.endswith("♮") else None
+                y = A.fused_attention(q, k, v, None if orders else las[0], orders=orders,
+                                      feature_map="normalized_silu", scale=0.125)
+                torch.autograd.grad(y, (qkv, gate), dy)
+            print(f"paths B{B} H{H} L{L} LION-{mask}: {_line(kernel_us(step, reps))}", flush=True)
+
+
 def chunk(reps: int) -> None:
     from lion import selective_log_gates
     from lion.ops.triton.chunk import chunk_attention
@@ -111,14 +136,17 @@ def chunk(reps: int) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["attn", "chunk"])
-    ap.add_argument("--reps", type=int, default=None, help="profiled calls per setting (default 10 attn, 20 chunk)")
+    ap.add_argument("part", choices=["attn", "paths", "chunk"])
+    ap.add_argument("--reps", type=int, default=None,
+                    help="profiled calls per setting (default 10 attn, 20 paths and chunk)")
     ap.add_argument("--only", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"], help="attn: which kernels")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("kernel_sweep.py times GPU kernels: it needs a CUDA device")
     if args.part == "attn":
         attn(args.reps or 10, args.only)
+    elif args.part == "paths":
+        paths(args.reps or 20)
     else:
         chunk(args.reps or 20)
 

@@ -57,13 +57,13 @@ def ptxas_report(compiled) -> str:
 
 def variants():
     dims = dict(PREC="tf32", BLOCK_D=64, BLOCK_DV=64)
-    # attention._gate_mode; 'sums': the ♮ orders' per-token gates ('ranked'), whose prefix sums _prep_kernel forms
-    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay"), (1, "scan")]
+    # attention._gate_mode; 'sums': per-token gates, whose prefix sums _prep_kernel forms
+    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay")]
     for (nord, mode), natural, feature, normalize, drop in itertools.product(gates, [True, False], [1, 2],
                                                                              [True, False], [False, True]):
-        if (nord == 0 or mode == "scan") and not natural:
+        if nord == 0 and not natural:
             continue
-        c = dict(dims, NORD=nord, NATURAL=natural, DECAY=mode == "decay", SCAN=mode == "scan", FEATURE=feature,
+        c = dict(dims, NORD=nord, NATURAL=natural, DECAY=mode == "decay", FEATURE=feature,
                  NORMALIZE=normalize, DROPOUT=drop)
         for cfg in A._fwd_configs():
             yield "fwd", A._fwd_kernel, dict(c, **cfg.kwargs), cfg.num_warps
@@ -74,12 +74,14 @@ def variants():
             for name in ("lit_fwd", "lit_bwd"):
                 yield name, getattr(LIT, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **cfg.kwargs), \
                     cfg.num_warps
-    for wq, wdy, norm, (ranked, nord) in itertools.product([True, False], [True, False], [True, False],
-                                                           [(False, 1), (True, 1), (True, 2)]):
+    orders = [(False, True, 1), (True, True, 1), (True, False, 1), (True, False, 2)]  # (sums, natural, orders)
+    for wq, wdy, norm, (sums, natural, nord) in itertools.product([True, False], [True, False], [True, False], orders):
         yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm,
-                                           RANKED=ranked, NORD=nord, BLOCK=32, BLOCK_D=64, BLOCK_DV=64), 4
-    for scan, ranked, nord in [(False, False, 1), (True, False, 1), (False, True, 1), (False, True, 2)]:
-        yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, SCAN=scan, RANKED=ranked, NORD=nord, BLOCK=32, BLOCK_D=64), 4
+                                           SUMS=sums, NATURAL=natural, NORD=nord, BLOCK=32, BLOCK_D=64,
+                                           BLOCK_DV=64), 4
+    for sums, natural, nord in orders:
+        yield "bwd_q", A._bwd_q_kernel, dict(FEATURE=2, SUMS=sums, NATURAL=natural, NORD=nord, BLOCK=32,
+                                             BLOCK_D=64), 4
 
 
 def inference_variants():

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from benchmarks import kernel_sweep
 from lion.ops.triton import attention as A
 
@@ -20,9 +22,10 @@ def test_sweep_covers_the_autotuned_tiles():
     assert _tiles(A._bwd_configs()) <= set(kernel_sweep.BWD_TILES)
 
 
-def test_needs_a_gpu():
+@pytest.mark.parametrize("part", ["paths", "chunk"])
+def test_needs_a_gpu(part):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
     env.pop("TRITON_INTERPRET", None)
-    run = subprocess.run([sys.executable, "benchmarks/kernel_sweep.py", "chunk"], cwd=ROOT, env=env,
+    run = subprocess.run([sys.executable, "benchmarks/kernel_sweep.py", part], cwd=ROOT, env=env,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "needs a CUDA device" in run.stderr

@@ -232,7 +232,7 @@ def test_dispatch_picks_the_fused_kernel():
 @pytest.mark.parametrize("mask,order", [("Selective", "Normal"), ("Decay", "S")])
 def test_torch_compile_traces_the_custom_op(mask, order):
     """fullgraph=True: dynamo must not break the graph at the fused op (nor at the ♮ ranks); forward and gradients
-    match eager. Selective: per-token gates (prefix sums in-kernel); Decay ♮: per-head gates and two orders."""
+    match eager. Selective: per-token gates (prefix sums in the prologue kernel); Decay ♮: per-head gates and two orders."""
     leaves, params, _, gates = make_case(mask, order, 2, 2, 17, 8, 8, False, seed=9)
 
     def f(q, k, v, *p):

@@ -22,12 +22,11 @@ the column sums of G in registers and walks every query block once, adding its s
 G with fp32 atomics; a last small kernel applies φ's backward to dq. Each score, dpv and mask tile is formed once.
 dq, dk, dv land in one (B, L, 3, H, d) buffer (``lion.unpack_qkv`` returns it as the qkv gradient, no copy).
 
-The gates reach the kernels in one of three ways (``_gate_mode``): LION-D's per-head log λ, from which the kernels
-form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; per-token log gates of the natural order (padded
-tokens' set to 0, i.e. gate 1), whose prefix sums the kernels form as running sums over the blocks (the last kernel
-turns dP, dC into d log a); or the ♮ orders' per-token gates, each in its order's indexing, whose prefix sums the
-first kernel forms (one program per head walks the order and stores P, C at the tokens' natural positions) and whose
-gradient the last kernel forms from dP, dC the same way.
+The gates reach the kernels in one of two ways (``_gate_mode``): LION-D's per-head log λ, from which the kernels
+form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; or per-token log gates (LION-S; padded tokens' set
+to 0, i.e. gate 1), of the natural order or of each ♮ order in that order's indexing, whose prefix sums the first
+kernel forms once per token (one program per head walks the order and stores P, C at the tokens' natural positions)
+and whose gradient the last kernel forms from dP, dC the same way.
 """
 from __future__ import annotations
 
@@ -130,25 +129,6 @@ def _decay_gates(P, h, H, NORD: tl.constexpr, DECAY: tl.constexpr):
 
 
 @triton.jit
-def _prefix_total(la_ptr, sal, end, BLOCK: tl.constexpr):
-    """Σ_{t<end} log a_t of one head's per-token gates."""
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for start in range(0, end, BLOCK):
-        offs = start + tl.arange(0, BLOCK)
-        acc += tl.load(la_ptr + offs * sal, mask=offs < end, other=0.0)
-    return tl.sum(acc, axis=0)
-
-
-@triton.jit
-def _block_sums(la_ptr, sal, offs, in_r, before):
-    """Exclusive and inclusive prefix sums (P, C) of the gates on a token block, given the sum ``before`` it,
-    and the block's own total."""
-    la = tl.load(la_ptr + offs * sal, mask=in_r, other=0.0)
-    c = before + tl.cumsum(la, 0)
-    return c - la, c, tl.sum(la, 0)
-
-
-@triton.jit
 def _sums_mask(p_i, c_i, p_j, c_j, lower, in_m, in_n, KEY_ROWS: tl.constexpr):
     """M of a tile from the queries' (i) and keys' (j) prefix sums (docs/lion.md §1.2); ``lower``: r_i ≥ r_j."""
     pi, pj = _tile(p_i, p_j, KEY_ROWS)
@@ -187,37 +167,46 @@ def _dropout_keep(seed, offs_m, offs_n, L, dropout_p, KEY_ROWS: tl.constexpr):
 
 # ----------------------------------------------------------------------------------------------------- kernels
 @triton.jit
-def _ranked_sums(la_ptr, sal, PERM, P_out, C_out, L, BLOCK: tl.constexpr):
+def _order_positions(PERM, r, in_r, NATURAL: tl.constexpr):
+    """Natural positions of an order's entries r (one return: triton 3.6 refuses a second under a constexpr if)."""
+    t = r
+    if not NATURAL:
+        t = tl.load(PERM + r, mask=in_r, other=0)
+    return t
+
+
+@triton.jit
+def _order_sums(la_ptr, sal, PERM, P_out, C_out, L, NATURAL: tl.constexpr, BLOCK: tl.constexpr):
     """One head's prefix sums in one token order: the gates la are stored in the order's indexing (entry r: the gate
-    of token PERM[r]); P (exclusive) and C (inclusive) are stored at the natural positions PERM[r]. A running sum
-    over the blocks of the order, run by one program per head."""
+    of token PERM[r]; NATURAL: no PERM, r itself); P (exclusive) and C (inclusive) are stored at the natural
+    positions PERM[r]. A running sum over the blocks of the order, run by one program per head."""
     run = tl.sum(tl.zeros((BLOCK,), dtype=tl.float32), axis=0)
     for start in range(0, L, BLOCK):
         r = start + tl.arange(0, BLOCK)
         in_r = r < L
         la = tl.load(la_ptr + r * sal, mask=in_r, other=0.0)
         c = run + tl.cumsum(la, 0)
-        t = tl.load(PERM + r, mask=in_r, other=0)
+        t = _order_positions(PERM, r, in_r, NATURAL)
         tl.store(P_out + t, c - la, mask=in_r)
         tl.store(C_out + t, c, mask=in_r)
         run += tl.sum(la, 0)
 
 
 @triton.jit
-def _ranked_sums_grad(DP, DC, PERM, DLA, L, BLOCK: tl.constexpr):
-    """Backward of ``_ranked_sums`` for one head: d la_r = Σ_{r' ≥ r} (dP + dC)_{PERM[r']} − dP_{PERM[r]}, with dP,
+def _order_sums_grad(DP, DC, PERM, DLA, L, NATURAL: tl.constexpr, BLOCK: tl.constexpr):
+    """Backward of ``_order_sums`` for one head: d la_r = Σ_{r' ≥ r} (dP + dC)_{PERM[r']} − dP_{PERM[r]}, with dP,
     dC at natural positions and d la in the order's indexing."""
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for start in range(0, L, BLOCK):
         r = start + tl.arange(0, BLOCK)
-        t = tl.load(PERM + r, mask=r < L, other=0)
+        t = _order_positions(PERM, r, r < L, NATURAL)
         acc += tl.load(DP + t, mask=r < L, other=0.0) + tl.load(DC + t, mask=r < L, other=0.0)
     total = tl.sum(acc, axis=0)
     run = total * 0.0
     for start in range(0, L, BLOCK):
         r = start + tl.arange(0, BLOCK)
         in_r = r < L
-        t = tl.load(PERM + r, mask=in_r, other=0)
+        t = _order_positions(PERM, r, in_r, NATURAL)
         dp = tl.load(DP + t, mask=in_r, other=0.0)
         x = dp + tl.load(DC + t, mask=in_r, other=0.0)
         suffix = total - run - tl.cumsum(x, 0) + x
@@ -246,12 +235,12 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
                  sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl, s1b, s1h, s1l, s2b, s2h, s2l,
                  H, L, D, DV, scale, eps,
                  FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, WITH_Q: tl.constexpr, WITH_DY: tl.constexpr,
-                 NORMALIZE: tl.constexpr, RANKED: tl.constexpr, NORD: tl.constexpr, BLOCK: tl.constexpr,
-                 BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
+                 NORMALIZE: tl.constexpr, SUMS: tl.constexpr, NATURAL: tl.constexpr, NORD: tl.constexpr,
+                 BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Once per token, so that the L×L loops only load: φ(k)·keep → KF; φ(q)·scale → QF (WITH_Q);
     dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32.
-    RANKED: each order's prefix sums P, C of its per-token gates LA1 (LA2) at every token → PC (2, orders, B, H, L),
-    PERM (orders, L) int32 the orders' permutations."""
+    SUMS: each order's prefix sums P, C of its per-token gates LA1 (LA2) at every token → PC (2, orders, B, H, L),
+    PERM (orders, L) int32 the orders' permutations (NATURAL: the natural order, no PERM)."""
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -270,21 +259,21 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
                  mask=in_r[:, None] & (offs_dv[None, :] < DV))
         if NORMALIZE:
             tl.store(DLT + row, dlt, mask=in_r)
-    if RANKED:  # one program per head (the first token block) runs each order's prefix sums
+    if SUMS:  # one program per head (the first token block) runs each order's prefix sums
         if tl.program_id(0) == 0:
             BHL = tl.num_programs(1) * L
-            _ranked_sums(LA1 + b * s1b + h * s1h, s1l, PERM, PC + bh * L, PC + NORD * BHL + bh * L, L, BLOCK)
+            _order_sums(LA1 + b * s1b + h * s1h, s1l, PERM, PC + bh * L, PC + NORD * BHL + bh * L, L, NATURAL,
+                        BLOCK)
             if NORD == 2:
-                _ranked_sums(LA2 + b * s2b + h * s2h, s2l, PERM + L, PC + BHL + bh * L, PC + 3 * BHL + bh * L, L,
-                             BLOCK)
+                _order_sums(LA2 + b * s2b + h * s2h, s2l, PERM + L, PC + BHL + bh * L, PC + 3 * BHL + bh * L, L,
+                            NATURAL, BLOCK)
 
 
 @triton.jit
 def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
-                sqb, sqh, sql, svb, svh, svl, syb, syh, syl, sab, sah, sal,
+                sqb, sqh, sql, svb, svh, svl, syb, syh, syl,
                 H, L, D, DV, scale, eps, dropout_p, inv_keep,
-                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, SCAN: tl.constexpr,
-                FEATURE: tl.constexpr,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, FEATURE: tl.constexpr,
                 NORMALIZE: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
@@ -299,11 +288,6 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
     v_ptr = V + b * svb + h * svh
     if DROPOUT:
         seed = tl.load(SEED) + bh
-    if SCAN:  # P holds per-token log gates: the prefix sums are formed here, a running sum over the key blocks
-        la_ptr = P + b * sab + h * sah
-        p_i, c_i, own_total = _block_sums(la_ptr, sal, offs_m, in_m,
-                                  _prefix_total(la_ptr, sal, tl.program_id(0) * BLOCK_M, BLOCK_N))
-        run = tl.sum(tl.zeros((BLOCK_N,), dtype=tl.float32), axis=0)
     acc = tl.zeros((BLOCK_M, BLOCK_DV), dtype=tl.float32)
     den = tl.zeros((BLOCK_M,), dtype=tl.float32)
     for start_n in range(0, L, BLOCK_N):
@@ -313,11 +297,7 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
         v = tl.load(v_ptr + offs_n[:, None] * svl + offs_dv[None, :],
                     mask=in_n[:, None] & (offs_dv[None, :] < DV), other=0.0).to(dt)
         a = tl.dot(q, tl.trans(k), input_precision=PREC)
-        if SCAN:
-            p_j, c_j, total = _block_sums(la_ptr, sal, offs_n, in_n, run)
-            run += total
-            a = a * _sums_mask(p_i, c_i, p_j, c_j, offs_m[:, None] >= offs_n[None, :], in_m, in_n, False)
-        elif NORD > 0:
+        if NORD > 0:
             m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
                                                NATURAL, DECAY, False)
             a = a * m
@@ -335,10 +315,9 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
 
 @triton.jit
 def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, DC,
-                skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl, sab, sah, sal,
+                skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
                 H, L, D, DV, dropout_p, inv_keep,
-                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, SCAN: tl.constexpr,
-                FEATURE: tl.constexpr,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, FEATURE: tl.constexpr,
                 NORMALIZE: tl.constexpr, HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """The program owns BLOCK_N keys (dk, dv and the keys' sums of G in registers) and walks every query block
@@ -367,11 +346,6 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
     klo2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     kup2 = tl.zeros((BLOCK_N,), dtype=tl.float32)
     dqa_base = (bh * L).to(tl.int64)
-    if SCAN:  # as in the forward: P holds per-token log gates, prefix sums formed here
-        la_ptr = P + b * sab + h * sah
-        p_j, c_j, own_total = _block_sums(la_ptr, sal, offs_n, in_n,
-                                          _prefix_total(la_ptr, sal, tl.program_id(0) * BLOCK_N, BLOCK_M))
-        run = tl.sum(tl.zeros((BLOCK_M,), dtype=tl.float32), axis=0)
     for start_m in range(0, L, BLOCK_M):
         offs_m = start_m + tl.arange(0, BLOCK_M)
         in_m = offs_m < L
@@ -380,14 +354,7 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         s = tl.dot(k_b, tl.trans(q), input_precision=PREC)      # [key, query]
         dpv = tl.dot(v_b, tl.trans(dyn), input_precision=PREC)
         a = s
-        if SCAN:
-            p_i, c_i, total = _block_sums(la_ptr, sal, offs_m, in_m, run)
-            run += total
-            aux1 = offs_m[None, :] >= offs_n[:, None]
-            m = _sums_mask(p_i, c_i, p_j, c_j, aux1, in_m, in_n, True)
-            m1 = m
-            a = s * m
-        elif NORD > 0:
+        if NORD > 0:
             m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
                                                NATURAL, DECAY, True)
             a = s * m
@@ -433,12 +400,12 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
 
 @triton.jit
 def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, PERM, sqb, sqh, sql, sgb, sgh, sgl, H, L, D, scale, FEATURE: tl.constexpr,
-                  SCAN: tl.constexpr, RANKED: tl.constexpr, NORD: tl.constexpr, BLOCK: tl.constexpr,
+                  SUMS: tl.constexpr, NATURAL: tl.constexpr, NORD: tl.constexpr, BLOCK: tl.constexpr,
                   BLOCK_D: tl.constexpr):
-    """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout. SCAN: also the
-    gradient of the per-token log gates from those of their prefix sums (P = C − log a, C_t = Σ_{s≤t} log a_s):
-    d log a_t = Σ_{s≥t} (dP_s + dC_s) − dP_t. RANKED: the same for each order's gates (``_ranked_sums_grad``), DP
-    and DC (orders, B, H, L) at natural positions, DLA (orders, B, H, L) in each order's indexing."""
+    """dq = φ'ᵀ(scale · DQA): the feature-map backward of the accumulated dφq, into dq's layout. SUMS: also the
+    gradient of each order's per-token log gates from those of their prefix sums (P = C − log a, C_t = Σ_{s≤t}
+    log a_s): d log a_t = Σ_{s≥t} (dP_s + dC_s) − dP_t (``_order_sums_grad``), DP and DC (orders, B, H, L) at
+    natural positions, DLA (orders, B, H, L) in each order's indexing."""
     bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
@@ -446,21 +413,12 @@ def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, PERM, sqb, sqh, sql, sgb, sgh, sgl, H
     tl.store(DQ + b * sgb + h * sgh + offs[:, None] * sgl + offs_d[None, :], dq.to(DQ.dtype.element_ty),
              mask=in_r[:, None] & (offs_d[None, :] < D))
     row = (bh * L).to(tl.int64)
-    if SCAN:
-        after = tl.zeros((BLOCK,), dtype=tl.float32)
-        for start in range((tl.program_id(0) + 1) * BLOCK, L, BLOCK):
-            o = start + tl.arange(0, BLOCK)
-            after += tl.load(DP + row + o, mask=o < L, other=0.0) + tl.load(DC + row + o, mask=o < L, other=0.0)
-        dp = tl.load(DP + row + offs, mask=in_r, other=0.0)
-        x = dp + tl.load(DC + row + offs, mask=in_r, other=0.0)
-        suffix = tl.sum(after, axis=0) + tl.sum(x, axis=0) - tl.cumsum(x, 0) + x
-        tl.store(DLA + row + offs, suffix - dp, mask=in_r)
-    if RANKED:  # one program per head
+    if SUMS:  # one program per head
         if tl.program_id(0) == 0:
             BHL = tl.num_programs(1) * L
-            _ranked_sums_grad(DP + row, DC + row, PERM, DLA + row, L, BLOCK)
+            _order_sums_grad(DP + row, DC + row, PERM, DLA + row, L, NATURAL, BLOCK)
             if NORD == 2:
-                _ranked_sums_grad(DP + BHL + row, DC + BHL + row, PERM + L, DLA + BHL + row, L, BLOCK)
+                _order_sums_grad(DP + BHL + row, DC + BHL + row, PERM + L, DLA + BHL + row, L, NATURAL, BLOCK)
 
 
 # ------------------------------------------------------------------------------------------------ launch configs
@@ -482,7 +440,7 @@ def _bwd_configs():
                                       (32, 64, 4, 2, None), (64, 64, 4, 3, None)]]
 
 
-_KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "SCAN", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
+_KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
 _fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
 _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1,
@@ -494,37 +452,34 @@ _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16,
 def _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p):
     """The kernels' constexprs; ``gates``: ``_gate_mode``'s (orders, mode)."""
     n_orders, mode = gates
-    return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", SCAN=mode == "scan",
-                FEATURE=feature, NORMALIZE=normalize,
+    return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", FEATURE=feature, NORMALIZE=normalize,
                 HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
                 PREC="ieee" if v.dtype == torch.float32 else "tf32",
                 BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
 
 
 def _gate_mode(P, C, R):
-    """(orders, mode) of the gate inputs: 'decay' P (orders, H) log λ per head; 'scan' P (B, H, L) per-token log
-    gates of the natural order, whose prefix sums the fwd/bwd kernels form as running sums; 'ranked' P (and C for
-    a second order) (B, H, L) per-token log gates of the orders ranked by R, each in its order's indexing, whose
-    prefix sums _prep_kernel forms (the fwd/bwd kernels then read them as precomputed sums); (0, None): Lit.
-    Per-token gates may have any strides."""
+    """(orders, mode) of the gate inputs: 'decay' P (orders, H) log λ per head; 'sums' P (and C for a second
+    order) (B, H, L) per-token log gates of the orders ranked by R (None: the natural order), each in its order's
+    indexing, whose prefix sums _prep_kernel forms once per token (the fwd/bwd kernels read them; forming them in
+    those kernels instead, a running sum over the blocks, made LION-S's fwd + bwd 14–16 % slower at ViT-S and BERT
+    shapes on an H200); (0, None): Lit. Per-token gates may have any strides."""
     if P is None:
         return 0, None
     if P.dim() == 2:
         return P.shape[0], "decay"
-    if R is None:
-        return 1, "scan"
-    return (1 if C is None else 2), "ranked"
+    return (1 if C is None else 2), "sums"
 
 
-def _scan_strides(P):
+def _gate_strides(P):
     return tuple(P.stride()) if P is not None and P.dim() == 3 else (0, 0, 0)
 
 
 def _kernel_gates(q, P, C, gates):
-    """The gate pointers of the fwd/bwd kernels and, in 'ranked' mode, the (2, orders, B, H, L) buffer of prefix
+    """The gate pointers of the fwd/bwd kernels and, in 'sums' mode, the (2, orders, B, H, L) buffer of prefix
     sums that _prep_kernel fills (P, C are then its halves); else None. ``gates``: ``_gate_mode``'s (orders, mode)."""
     n, mode = gates
-    if mode != "ranked":
+    if mode != "sums":
         return P, C, None
     B, H, L = P.shape
     pc = torch.empty(2, n, B, H, L, device=q.device, dtype=torch.float32)
@@ -543,9 +498,10 @@ _TOKEN_ROWS = 16 if INTERPRET else 32
 
 
 def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None, eps=0.0, normalize=True,
-             dtype=None, ranked=None):
+             dtype=None, sums=None):
     """_prep_kernel: φ(k)·keep, optionally φ(q)·scale and dy/D, δ/D, each once per token (see the kernel);
-    ``ranked``: (la1, la2 or None, R, pc) to fill pc with the orders' prefix sums (R[1]: the permutations)."""
+    ``sums``: (la1, la2 or None, R, pc) to fill pc with the orders' prefix sums (R[1]: the permutations; R None:
+    the natural order)."""
     B, H, L, D = q.shape
     dt = dtype or q.dtype
     kf = torch.empty(B, H, L, D, device=q.device, dtype=dt)
@@ -555,15 +511,15 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     dyn = torch.empty(B, H, L, DV, device=q.device, dtype=dt) if with_dy else kf
     dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
     y, dy, den = (q if t is None else t for t in (y, dy, den))
-    la1, la2, R, pc = ranked or (None, None, None, None)
+    la1, la2, R, pc = sums or (None, None, None, None)
     perm = None if R is None else R[1]
     la1, la2, perm, pc = (q if t is None else t for t in (la1, la2 if la2 is not None else la1, perm, pc))
     launch(_prep_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H), (
         q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la2, perm, pc, *q.stride()[:3],
-        *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_scan_strides(la1), *_scan_strides(la2),
+        *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_gate_strides(la1), *_gate_strides(la2),
         H, L, D, DV, scale, eps), dict(
         FEATURE=feature, HAS_KEEP=keep is not None, WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize,
-        RANKED=ranked is not None, NORD=1 if ranked is None or ranked[1] is None else 2,
+        SUMS=sums is not None, NATURAL=R is None, NORD=1 if sums is None or sums[1] is None else 2,
         BLOCK=_TOKEN_ROWS, BLOCK_D=block_size(D), BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
     return qf, kf, dyn, dlt
 
@@ -578,11 +534,11 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p)
     del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
     Pk, Ck, pc = _kernel_gates(q, P, C, gates)
-    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, ranked=None if pc is None else (P, C, R, pc))
+    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, sums=None if pc is None else (P, C, R, pc))
     Pp, Cp, Rp, _, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, None)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
     _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
-         *y.stride()[:3], *_scan_strides(P), H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
+         *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return y, den
 
 
@@ -620,7 +576,7 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     dq, dk, dv = grad_views(dqkv, D, DV)
     # dφq (fp32, accumulated over key blocks) and the gate gradients: atomically accumulated, one zeroed buffer
     n, mode = _gate_mode(P, C, R)
-    if mode in ("scan", "ranked"):  # the kernel accumulates dP, dC per token; _bwd_q_kernel turns them into d log a
+    if mode == "sums":  # the kernel accumulates dP, dC per token; _bwd_q_kernel turns them into d log a
         dqa, dPC = _zeros(q.device, (B, H, L, D), (2, n, B, H, L))
         dP, dC = dPC.unbind(0)
         dgates = torch.empty(_gates_grad_shape(P, C), device=q.device, dtype=torch.float32)
@@ -631,15 +587,15 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     meta = _meta(q, v, (n, mode), R, keep, seed, feature, normalize, dropout_p)
     Pk, Ck, pc = _kernel_gates(q, P, C, (n, mode))
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype,
-                                ranked=None if pc is None else (P, C, R, pc))
+                                sums=None if pc is None else (P, C, R, pc))
     Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, den)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
     _bwd(grid, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
-              *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3], *_scan_strides(P),
+              *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     launch(_bwd_q_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H),
            (q, dqa, dq, dP, dC, dgates, q if R is None else R[1], *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
-           dict(FEATURE=feature, SCAN=mode == "scan", RANKED=mode == "ranked", NORD=max(n, 1), BLOCK=_TOKEN_ROWS,
+           dict(FEATURE=feature, SUMS=mode == "sums", NATURAL=R is None, NORD=max(n, 1), BLOCK=_TOKEN_ROWS,
                 BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
     return dqkv, dgates
 
