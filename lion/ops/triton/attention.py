@@ -462,8 +462,8 @@ def _gate_mode(P, C, R):
     """(orders, mode) of the gate inputs: 'decay' P (orders, H) log λ per head; 'sums' P (and C for a second
     order) (B, H, L) per-token log gates of the orders ranked by R (None: the natural order), each in its order's
     indexing, whose prefix sums _prep_kernel forms once per token (the fwd/bwd kernels read them; forming them in
-    those kernels instead, a running sum over the blocks, made LION-S's fwd + bwd 14–16 % slower at ViT-S and BERT
-    shapes on an H200); (0, None): Lit. Per-token gates may have any strides."""
+    those kernels instead, a running sum over the blocks, took LION-S's op kernels 1.21 × the time at L = 197 and 128
+    on an H200, benchmarks/RESULTS.md); (0, None): Lit. Per-token gates may have any strides."""
     if P is None:
         return 0, None
     if P.dim() == 2:
