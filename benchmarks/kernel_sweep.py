@@ -5,12 +5,15 @@ at a time (autotuning off), inside a forward + backward of LION-D (per-head gate
 at ViT-S (B128 H6 L197) and BERT (B128 H12 L128, LION-D) shapes, bf16; SDPA's forward + backward for reference.
 ``paths``: every kernel of the fused attention op's forward + backward at the default configs, for each gate path
 (LION-D per-head gates, LION-S per-token gates, and both with two ♮ orders) at the ViT-S and BERT shapes.
+``mlm``: the op's kernels at the MLM layer's settings (BERT shape, raw q and k, unnormalised, the all-True
+key padding mask a data loader passes) with attention dropout 0.1 and 0, for LION-Lit, LION-D and LION-S.
 ``chunk``: the chunk form's three kernels (lion/ops/triton/chunk.py) at 896 and 1792 px (B8 H6 d64, bf16, LION-S
 gates) for chunk sizes and warp counts. Times are torch.profiler kernel times in µs (mean over the calls), so host
 launch time does not count. Needs a CUDA GPU.
 
     python benchmarks/kernel_sweep.py attn [--reps 10] [--only fwd bwd]
     python benchmarks/kernel_sweep.py paths [--reps 20]
+    python benchmarks/kernel_sweep.py mlm [--reps 20]
     python benchmarks/kernel_sweep.py chunk [--reps 20]
 """
 from __future__ import annotations
@@ -116,6 +119,24 @@ def paths(reps: int) -> None:
             print(f"paths B{B} H{H} L{L} LION-{mask}: {_line(kernel_us(step, reps))}", flush=True)
 
 
+def mlm(reps: int) -> None:
+    from lion.ops.triton.attention import fused_attention
+
+    B, H, L = 128, 12, 128
+    qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (qkv[:, :, i].transpose(1, 2).detach().requires_grad_() for i in range(3))
+    dy = torch.randn(B, H, L, 64, device="cuda", dtype=torch.bfloat16)
+    real = torch.ones(B, L, dtype=torch.bool, device="cuda")
+    gates = {"Lit": None, "D": (-0.2 * torch.rand(H, device="cuda")).requires_grad_(),
+             "S": (-0.2 * torch.rand(B, H, L, device="cuda")).requires_grad_()}
+    for mask, log_a in gates.items():
+        for p in (0.1, 0.0):
+            def step(log_a=log_a, p=p):
+                y = fused_attention(q, k, v, log_a, scale=0.125, normalize=False, key_padding_mask=real, dropout_p=p)
+                torch.autograd.grad(y, [q, k, v] + ([] if log_a is None else [log_a]), dy)
+            print(f"mlm B{B} H{H} L{L} LION-{mask} dropout {p}: {_line(kernel_us(step, reps))}", flush=True)
+
+
 def chunk(reps: int) -> None:
     from lion import selective_log_gates
     from lion.ops.triton.chunk import chunk_attention
@@ -136,9 +157,9 @@ def chunk(reps: int) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["attn", "paths", "chunk"])
+    ap.add_argument("part", choices=["attn", "paths", "mlm", "chunk"])
     ap.add_argument("--reps", type=int, default=None,
-                    help="profiled calls per setting (default 10 attn, 20 paths and chunk)")
+                    help="profiled calls per setting (default 10 attn, 20 the others)")
     ap.add_argument("--only", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"], help="attn: which kernels")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -147,6 +168,8 @@ def main():
         attn(args.reps or 10, args.only)
     elif args.part == "paths":
         paths(args.reps or 20)
+    elif args.part == "mlm":
+        mlm(args.reps or 20)
     else:
         chunk(args.reps or 20)
 

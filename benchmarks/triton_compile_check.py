@@ -23,9 +23,9 @@ from lion.ops.triton import lit as LIT
 from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"
-POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF, QF=BF,
-                DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32, LA2=F32, PERM="*i32",
-                PC=F32)
+POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", LAM=F32, KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF,
+                QF=BF, DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32,
+                LA2=F32, PERM="*i32", PC=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep", "log_eps")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
                           DENBUF=F32, NUM=F32, DEN=F32)
@@ -58,13 +58,14 @@ def ptxas_report(compiled) -> str:
 def variants():
     dims = dict(PREC="tf32", BLOCK_D=64, BLOCK_DV=64)
     # attention._gate_mode; 'sums': per-token gates, whose prefix sums _prep_kernel forms
-    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay")]
+    # 'counts': per-head gates with padding (the kernels raise λ to counts of real tokens)
+    gates = [(0, None), (1, "sums"), (2, "sums"), (1, "decay"), (2, "decay"), (1, "counts"), (2, "counts")]
     for (nord, mode), natural, feature, normalize, drop in itertools.product(gates, [True, False], [1, 2],
                                                                              [True, False], [False, True]):
         if nord == 0 and not natural:
             continue
-        c = dict(dims, NORD=nord, NATURAL=natural, DECAY=mode == "decay", FEATURE=feature,
-                 NORMALIZE=normalize, DROPOUT=drop)
+        c = dict(dims, NORD=nord, NATURAL=natural, DECAY=mode in ("decay", "counts"), COUNTS=mode == "counts",
+                 FEATURE=feature, NORMALIZE=normalize, DROPOUT=drop)
         for cfg in A._fwd_configs():
             yield "fwd", A._fwd_kernel, dict(c, **cfg.kwargs), cfg.num_warps
         for cfg in A._bwd_configs():

@@ -22,7 +22,7 @@ def test_sweep_covers_the_autotuned_tiles():
     assert _tiles(A._bwd_configs()) <= set(kernel_sweep.BWD_TILES)
 
 
-@pytest.mark.parametrize("part", ["paths", "chunk"])
+@pytest.mark.parametrize("part", ["paths", "mlm", "chunk"])
 def test_needs_a_gpu(part):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
     env.pop("TRITON_INTERPRET", None)

@@ -23,10 +23,11 @@ G with fp32 atomics; a last small kernel applies φ's backward to dq. Each score
 dq, dk, dv land in one (B, L, 3, H, d) buffer (``lion.unpack_qkv`` returns it as the qkv gradient, no copy).
 
 The gates reach the kernels in one of two ways (``_gate_mode``): LION-D's per-head log λ, from which the kernels
-form M = λ^|r_i − r_j| and return d log λ = Σ G_ij |r_i − r_j|; or per-token log gates (LION-S; padded tokens' set
-to 0, i.e. gate 1), of the natural order or of each ♮ order in that order's indexing, whose prefix sums the first
-kernel forms once per token (one program per head walks the order and stores P, C at the tokens' natural positions)
-and whose gradient the last kernel forms from dP, dC the same way.
+form M = λ^n and return d log λ = Σ G_ij n_ij, with n_ij = |r_i − r_j| (with padding, whose gates are 1: the number
+of real tokens the product crosses, from counts of real tokens that the first kernel forms as prefix sums); or
+per-token log gates (LION-S; padded tokens' set to 0, i.e. gate 1), of the natural order or of each ♮ order in that
+order's indexing, whose prefix sums the first kernel forms once per token (one program per head walks the order and
+stores P, C at the tokens' natural positions) and whose gradient the last kernel forms from dP, dC the same way.
 """
 from __future__ import annotations
 
@@ -73,10 +74,12 @@ def _tile(x_q, x_k, KEY_ROWS: tl.constexpr):
 
 @triton.jit
 def _order_mask(P, C, R, base, r_base, lam, offs_m, offs_n, in_m, in_n, NATURAL: tl.constexpr,
-                DECAY: tl.constexpr, KEY_ROWS: tl.constexpr):
+                DECAY: tl.constexpr, COUNTS: tl.constexpr, KEY_ROWS: tl.constexpr):
     """(M, aux) of one order on a tile (queries offs_m, keys offs_n; oriented by KEY_ROWS, see ``_tile``), M = 0
     outside the valid rows and columns. aux: the tile's lower triangle in that order (r_i ≥ r_j); with DECAY (one
-    gate λ per head, log λ = ``lam``) M = λ^|r_i − r_j| (docs/lion.md §1.2) and aux = |r_i − r_j|."""
+    gate λ per head, log λ = ``lam``) M = λ^n with n = |r_i − r_j| (docs/lion.md §1.2), or with COUNTS (padding)
+    the number of real tokens the product of gates crosses, from P, C = the counts of real tokens before / up to each
+    token in the order (padded tokens' gates are 1); aux = n."""
     if NATURAL:
         r_i = offs_m
         r_j = offs_n
@@ -84,17 +87,25 @@ def _order_mask(P, C, R, base, r_base, lam, offs_m, offs_n, in_m, in_n, NATURAL:
         r_i = tl.load(R + r_base + offs_m, mask=in_m, other=0)
         r_j = tl.load(R + r_base + offs_n, mask=in_n, other=0)
     ri, rj = _tile(r_i, r_j, KEY_ROWS)
-    if DECAY:
+    if DECAY and not COUNTS:
         aux = tl.abs(ri - rj).to(tl.float32)
-        m = _exp_mask(aux * lam, in_m, in_n, KEY_ROWS)
+        log_m = aux * lam
     else:
         p_i = tl.load(P + base + offs_m, mask=in_m, other=0.0)
         c_i = tl.load(C + base + offs_m, mask=in_m, other=0.0)
         p_j = tl.load(P + base + offs_n, mask=in_n, other=0.0)
         c_j = tl.load(C + base + offs_n, mask=in_n, other=0.0)
-        aux = ri >= rj
-        m = _sums_mask(p_i, c_i, p_j, c_j, aux, in_m, in_n, KEY_ROWS)
-    return m, aux
+        pi, pj = _tile(p_i, p_j, KEY_ROWS)
+        ci, cj = _tile(c_i, c_j, KEY_ROWS)
+        lower = ri >= rj
+        n = tl.where(lower, pi - pj, cj - ci)  # log M_ij, or with COUNTS the exponent of λ
+        if DECAY:
+            aux = n
+            log_m = n * lam
+        else:
+            aux = lower
+            log_m = n
+    return _exp_mask(log_m, in_m, in_n, KEY_ROWS), aux
 
 
 @triton.jit
@@ -106,34 +117,27 @@ def _exp_mask(log_m, in_m, in_n, KEY_ROWS: tl.constexpr):
 
 @triton.jit
 def _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD: tl.constexpr,
-               NATURAL: tl.constexpr, DECAY: tl.constexpr, KEY_ROWS: tl.constexpr):
+               NATURAL: tl.constexpr, DECAY: tl.constexpr, COUNTS: tl.constexpr, KEY_ROWS: tl.constexpr):
     """M of the tile (the mean over the orders) and each order's own (M_o, aux_o); P, C, R stack the orders."""
-    m1, aux1 = _order_mask(P, C, R, bh * L, 0, lam1, offs_m, offs_n, in_m, in_n, NATURAL, DECAY, KEY_ROWS)
+    m1, aux1 = _order_mask(P, C, R, bh * L, 0, lam1, offs_m, offs_n, in_m, in_n, NATURAL, DECAY, COUNTS, KEY_ROWS)
     m, m2, aux2 = m1, m1, aux1
     if NORD == 2:
-        m2, aux2 = _order_mask(P, C, R, BHL + bh * L, L, lam2, offs_m, offs_n, in_m, in_n, NATURAL, DECAY, KEY_ROWS)
+        m2, aux2 = _order_mask(P, C, R, BHL + bh * L, L, lam2, offs_m, offs_n, in_m, in_n, NATURAL, DECAY, COUNTS,
+                               KEY_ROWS)
         m = 0.5 * (m1 + m2)
     return m, m1, aux1, m2, aux2
 
 
 @triton.jit
-def _decay_gates(P, h, H, NORD: tl.constexpr, DECAY: tl.constexpr):
-    """log λ of this head in each order (DECAY: P holds (orders, H) log gates), else unused zeros."""
+def _decay_gates(LAM, h, H, NORD: tl.constexpr, DECAY: tl.constexpr):
+    """log λ of this head in each order (DECAY: LAM holds (orders, H) log gates), else unused zeros."""
     lam1 = 0.0
     lam2 = 0.0
     if DECAY:
-        lam1 = tl.load(P + h)
+        lam1 = tl.load(LAM + h)
         if NORD == 2:
-            lam2 = tl.load(P + H + h)
+            lam2 = tl.load(LAM + H + h)
     return lam1, lam2
-
-
-@triton.jit
-def _sums_mask(p_i, c_i, p_j, c_j, lower, in_m, in_n, KEY_ROWS: tl.constexpr):
-    """M of a tile from the queries' (i) and keys' (j) prefix sums (docs/lion.md §1.2); ``lower``: r_i ≥ r_j."""
-    pi, pj = _tile(p_i, p_j, KEY_ROWS)
-    ci, cj = _tile(c_i, c_j, KEY_ROWS)
-    return _exp_mask(tl.where(lower, pi - pj, cj - ci), in_m, in_n, KEY_ROWS)
 
 
 @triton.jit
@@ -143,9 +147,9 @@ def _triangle_sums(g, lower, axis: tl.constexpr):
 
 @triton.jit
 def _gate_grads(g, aux, key_lo, key_up, DP, DC, rows, in_m, DECAY: tl.constexpr):
-    """One order's share of a [key, query] tile's G = dA ⊙ A·∂log M: DECAY adds Σ_i G_ij |r_i − r_j| per key to
-    key_lo; otherwise each key's sums over the queries below / above it go to (key_lo, key_up) and each query's
-    sums to DP, DC at ``rows`` (the queries' offsets)."""
+    """One order's share of a [key, query] tile's G = dA ⊙ A·∂log M: DECAY adds Σ_i G_ij n_ij per key to key_lo
+    (n = aux, the exponent of λ); otherwise each key's sums over the queries below / above it go to (key_lo,
+    key_up) and each query's sums to DP, DC at ``rows`` (the queries' offsets)."""
     if DECAY:
         key_lo += tl.sum(g * aux, axis=1)
     else:
@@ -158,11 +162,31 @@ def _gate_grads(g, aux, key_lo, key_up, DP, DC, rows, in_m, DECAY: tl.constexpr)
     return key_lo, key_up
 
 
+# The backward's tiles are [key, query]: spreading a draw's four numbers over key rows takes a permute of the joined
+# 4-d tile, which triton 3.3's layout pass rejects; there (and only there) a broadcast-and-select does it, slower
+# (an H200's MLM-shape op: 0.41 against 0.38 ms). The interpreter runs the permute.
+_PERMUTE_ROWS = tl.constexpr(INTERPRET or tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 6))
+
+
 @triton.jit
-def _dropout_keep(seed, offs_m, offs_n, L, dropout_p, KEY_ROWS: tl.constexpr):
-    """The dropout keep mask of a tile (queries offs_m, keys offs_n), drawn from the (query, key) position."""
-    i, j = _tile(offs_m, offs_n, KEY_ROWS)
-    return tl.rand(seed, i * L + j) >= dropout_p
+def _dropout_keep(seed, m0, n0, L, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_ROWS: tl.constexpr):
+    """The dropout keep mask of the tile of queries m0 + [0, BLOCK_M) and keys n0 + [0, BLOCK_N) (n0 a multiple of
+    4), oriented by KEY_ROWS. One Philox draw gives four 32-bit numbers: the t-th of counter i·L + 4g serves query
+    i's key 4g + t (one draw per score took a fifth of the MLM-shape op's kernel time)."""
+    i = m0 + tl.arange(0, BLOCK_M)
+    g = n0 + 4 * tl.arange(0, BLOCK_N // 4)  # each group's first key
+    if not KEY_ROWS:  # [query, group, u, v] = r_{2u+v} → [query, key 4g + 2u + v]
+        r0, r1, r2, r3 = tl.randint4x(seed, i[:, None] * L + g[None, :])
+        r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
+    elif _PERMUTE_ROWS:  # [group, query, u, v] → [group, u, v, query] → [key, query]
+        r0, r1, r2, r3 = tl.randint4x(seed, g[:, None] + i[None, :] * L)
+        r = tl.join(tl.join(r0, r2), tl.join(r1, r3))
+        r = tl.reshape(tl.permute(r, (0, 2, 3, 1)), (BLOCK_N, BLOCK_M))
+    else:  # [group, t, query] → [key 4g + t, query]
+        r0, r1, r2, r3 = tl.randint4x(seed, (g[:, None] + i[None, :] * L)[:, None, :])
+        t = tl.arange(0, 4)[None, :, None]
+        r = tl.reshape(tl.where(t == 0, r0, tl.where(t == 1, r1, tl.where(t == 2, r2, r3))), (BLOCK_N, BLOCK_M))
+    return tl.random.uint_to_uniform_float(r) >= dropout_p
 
 
 # ----------------------------------------------------------------------------------------------------- kernels
@@ -270,16 +294,17 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
 
 
 @triton.jit
-def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
+def _fwd_kernel(Q, KF, V, P, C, R, LAM, SEED, Y, DEN,
                 sqb, sqh, sql, svb, svh, svl, syb, syh, syl,
                 H, L, D, DV, scale, eps, dropout_p, inv_keep,
-                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, FEATURE: tl.constexpr,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, COUNTS: tl.constexpr,
+                FEATURE: tl.constexpr,
                 NORMALIZE: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
     bh, b, h, offs_m, in_m = _token_block(H, L, BLOCK_M)
     BHL = tl.num_programs(1) * L
-    lam1, lam2 = _decay_gates(P, h, H, NORD, DECAY)
+    lam1, lam2 = _decay_gates(LAM, h, H, NORD, DECAY)
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -299,12 +324,13 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
         a = tl.dot(q, tl.trans(k), input_precision=PREC)
         if NORD > 0:
             m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
-                                               NATURAL, DECAY, False)
+                                               NATURAL, DECAY, COUNTS, False)
             a = a * m
         if NORMALIZE:
             den += tl.sum(a, axis=1)
         if DROPOUT:
-            a = tl.where(_dropout_keep(seed, offs_m, offs_n, L, dropout_p, False), a * inv_keep, 0.0)
+            a = tl.where(_dropout_keep(seed, tl.program_id(0) * BLOCK_M, start_n, L, dropout_p, BLOCK_M, BLOCK_N,
+                                       False), a * inv_keep, 0.0)
         acc += tl.dot(a.to(dt), v, input_precision=PREC)
     if NORMALIZE:
         acc = acc / (den + eps)[:, None]
@@ -314,10 +340,11 @@ def _fwd_kernel(Q, KF, V, P, C, R, SEED, Y, DEN,
 
 
 @triton.jit
-def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, DC,
+def _bwd_kernel(K, V, P, C, R, LAM, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, DC,
                 skb, skh, skl, svb, svh, svl, sgb, sgh, sgl, sgvb, sgvh, sgvl,
                 H, L, D, DV, dropout_p, inv_keep,
-                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, FEATURE: tl.constexpr,
+                NORD: tl.constexpr, NATURAL: tl.constexpr, DECAY: tl.constexpr, COUNTS: tl.constexpr,
+                FEATURE: tl.constexpr,
                 NORMALIZE: tl.constexpr, HAS_KEEP: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """The program owns BLOCK_N keys (dk, dv and the keys' sums of G in registers) and walks every query block
@@ -329,7 +356,7 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
     entry. DECAY: DP is the (orders, H) gradient of log λ, Σ_ij G_ij |r_i − r_j|, one atomic per program and order."""
     bh, b, h, offs_n, in_n = _token_block(H, L, BLOCK_N)
     BHL = tl.num_programs(1) * L
-    lam1, lam2 = _decay_gates(P, h, H, NORD, DECAY)
+    lam1, lam2 = _decay_gates(LAM, h, H, NORD, DECAY)
     dt = V.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
@@ -356,11 +383,11 @@ def _bwd_kernel(K, V, P, C, R, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, DP, D
         a = s
         if NORD > 0:
             m, m1, aux1, m2, aux2 = _tile_mask(P, C, R, bh, BHL, L, offs_m, offs_n, in_m, in_n, lam1, lam2, NORD,
-                                               NATURAL, DECAY, True)
+                                               NATURAL, DECAY, COUNTS, True)
             a = s * m
         a_drop = a
         if DROPOUT:
-            keep = _dropout_keep(seed, offs_m, offs_n, L, dropout_p, True)
+            keep = _dropout_keep(seed, start_m, tl.program_id(0) * BLOCK_N, L, dropout_p, BLOCK_M, BLOCK_N, True)
             a_drop = tl.where(keep, a * inv_keep, 0.0)
             dpv = tl.where(keep, dpv * inv_keep, 0.0)
         dv += tl.dot(a_drop.to(dt), dyn, input_precision=PREC)
@@ -440,7 +467,7 @@ def _bwd_configs():
                                       (32, 64, 4, 2, None), (64, 64, 4, 3, None)]]
 
 
-_KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
+_KEY = ["L", "D", "DV", "NORD", "NATURAL", "DECAY", "COUNTS", "FEATURE", "NORMALIZE", "HAS_KEEP", "DROPOUT", "PREC"]
 _fwd = Launcher(_fwd_kernel, _fwd_configs(), [k for k in _KEY if k != "HAS_KEEP"],
                 triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1))
 _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1,
@@ -452,7 +479,8 @@ _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16,
 def _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p):
     """The kernels' constexprs; ``gates``: ``_gate_mode``'s (orders, mode)."""
     n_orders, mode = gates
-    return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", FEATURE=feature, NORMALIZE=normalize,
+    return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", COUNTS=mode == "decay" and keep is not None,
+                FEATURE=feature, NORMALIZE=normalize,
                 HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
                 PREC="ieee" if v.dtype == torch.float32 else "tf32",
                 BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
@@ -475,21 +503,30 @@ def _gate_strides(P):
     return tuple(P.stride()) if P is not None and P.dim() == 3 else (0, 0, 0)
 
 
-def _kernel_gates(q, P, C, gates):
-    """The gate pointers of the fwd/bwd kernels and, in 'sums' mode, the (2, orders, B, H, L) buffer of prefix
-    sums that _prep_kernel fills (P, C are then its halves); else None. ``gates``: ``_gate_mode``'s (orders, mode)."""
+def _kernel_gates(q, P, C, R, keep, gates):
+    """(P, C, sums): the P, C pointers of the fwd/bwd kernels and ``_prepare``'s ``sums`` (None: nothing to form).
+    'sums' mode: a (2, orders, B, H, L) buffer of the per-token gates' prefix sums, which _prep_kernel fills (P, C
+    are then its halves). 'decay' with padding (COUNTS): the same buffer holds each order's counts of real tokens
+    before / up to each token (the prefix sums of keep in that order), the exponents of λ; the gates stay (orders,
+    H). ``gates``: ``_gate_mode``'s (orders, mode)."""
     n, mode = gates
-    if mode != "sums":
+    if mode == "sums":
+        las = [P, C]
+    elif mode == "decay" and keep is not None:
+        B, H, L = q.shape[:3]
+        real = keep.to(torch.float32)
+        las = [(real if R is None else real.index_select(1, R[1][o]))[:, None, :].expand(B, H, L) for o in range(n)]
+        las += [None] * (2 - n)
+    else:
         return P, C, None
-    B, H, L = P.shape
+    B, H, L = las[0].shape
     pc = torch.empty(2, n, B, H, L, device=q.device, dtype=torch.float32)
-    return pc[0], pc[1], pc
+    return pc[0], pc[1], (las[0], las[1], R, pc)
 
 
-def _ptrs(q, P, C, R, keep, seed, den):
+def _ptrs(q, *tensors):
     """Tensors standing in for absent optional inputs (never read: their flags are off)."""
-    return (q if P is None else P, q if C is None else C, q if R is None else R, q if keep is None else keep,
-            q if seed is None else seed, q if den is None else den)
+    return tuple(q if t is None else t for t in tensors)
 
 
 # token rows per program of the per-token kernels (_prep_kernel, _bwd_q_kernel); 64 rows with 4 warps spill
@@ -533,11 +570,11 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     gates = _gate_mode(P, C, R)
     meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p)
     del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
-    Pk, Ck, pc = _kernel_gates(q, P, C, gates)
-    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, sums=None if pc is None else (P, C, R, pc))
-    Pp, Cp, Rp, _, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, None)
+    Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, gates)
+    _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, sums=sums)
+    Pp, Cp, Rp, Lp, Sp = _ptrs(q, Pk, Ck, R, P, seed)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
-    _fwd(grid, q, kf, v, Pp, Cp, Rp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
+    _fwd(grid, q, kf, v, Pp, Cp, Rp, Lp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return y, den
 
@@ -585,12 +622,11 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
         dP = dgates[0] if P is not None else dgates  # decay: d log λ (orders, H); Lit: not read
         dC = dgates[1] if C is not None else dP  # not read without C
     meta = _meta(q, v, (n, mode), R, keep, seed, feature, normalize, dropout_p)
-    Pk, Ck, pc = _kernel_gates(q, P, C, (n, mode))
-    qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype,
-                                sums=None if pc is None else (P, C, R, pc))
-    Pp, Cp, Rp, Kp, Sp, _ = _ptrs(q, Pk, Ck, R, keep, seed, den)
+    Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, (n, mode))
+    qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype, sums=sums)
+    Pp, Cp, Rp, Lp, Kp, Sp = _ptrs(q, Pk, Ck, R, P, keep, seed)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
-    _bwd(grid, k, v, Pp, Cp, Rp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
+    _bwd(grid, k, v, Pp, Cp, Rp, Lp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
               *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     launch(_bwd_q_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H),
@@ -702,12 +738,11 @@ def _ranks(perms):
 
 def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
     """(P, C, R) for the kernels (``_gate_mode``); R: ``_ranks`` of the orders (None: the natural order); all None
-    for Lit. Per-head gates (H,) (LION-D) without padding: P is the (orders, H) log λ itself and C None: the kernels
-    form M = λ^|r_i − r_j| and return d log λ, no prefix sums. Otherwise per-token (B, H, L) log gates, padded
-    tokens' set to 0 (gate 1): one natural order's as P; the ♮ orders' (each in its order's indexing) as P and C
-    with R. The kernels form every prefix sum themselves. ``shape``: (B, L), needed only to expand per-head gates
-    when there is padding or a mix."""
-    pad = None if key_padding_mask is None else ~key_padding_mask.to(torch.bool)
+    for Lit. Per-head gates (H,) (LION-D): P is the (orders, H) log λ itself and C None: the kernels form M = λ^n,
+    n = |r_i − r_j| (with padding: the number of real tokens between, see ``_kernel_gates``), and return d log λ.
+    Otherwise per-token (B, H, L) log gates, padded tokens' set to 0 (gate 1): one natural order's as P; the ♮
+    orders' (each in its order's indexing) as P and C with R. The kernels form every prefix sum themselves.
+    ``shape``: (B, L), needed only to expand per-head gates mixed with per-token ones."""
     las = [log_a] if orders is None else [la for _, la in orders]
     if all(la is None for la in las):  # M = 1 in every order: Lit
         return None, None, None
@@ -717,12 +752,13 @@ def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
         raise ValueError(f"orders: the fused kernels take one or two token orders, got {len(orders)}; "
                          "use backend='torch' for more")
     R = None if orders is None else _ranks([p for p, _ in orders])
-    if pad is None and all(la.dim() == 1 for la in las):
+    if all(la.dim() == 1 for la in las):
         return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
     if shape is not None:
         las = [per_token_gates(la, *shape) for la in las]
     las = [la.float() for la in las]
-    if pad is not None:  # padded keys: gate 1, in each order's indexing
+    if key_padding_mask is not None:  # padded keys: gate 1, in each order's indexing
+        pad = ~key_padding_mask.to(torch.bool)
         perms = [None] if orders is None else [p for p, _ in orders]
         las = [la.masked_fill((pad if p is None else pad[:, p])[:, None, :], 0.0) for la, p in zip(las, perms)]
     return las[0], (las[1] if len(las) == 2 else None), R
@@ -763,14 +799,15 @@ def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
 def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, L: int, dropout_p: float) -> torch.Tensor:
     """The (B, H, L, L) keep mask the kernels draw for ``seed`` (for tests): A_ij survives iff it is True."""
     keep = torch.empty(B * H, L, L, device=seed.device, dtype=torch.int8)
-    _keep_kernel[(B * H, L)](seed, keep, L, dropout_p, BLOCK=block_size(L))
+    _keep_kernel[(B * H, triton.cdiv(L, 16))](seed, keep, L, dropout_p, ROWS=16, BLOCK=block_size(L))
     return keep.view(B, H, L, L).bool()
 
 
 @triton.jit
-def _keep_kernel(SEED, OUT, L, dropout_p, BLOCK: tl.constexpr):
+def _keep_kernel(SEED, OUT, L, dropout_p, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     bh = tl.program_id(0)
-    i = tl.program_id(1)
+    rows = tl.program_id(1) * ROWS + tl.arange(0, ROWS)
     offs = tl.arange(0, BLOCK)
-    keep = _dropout_keep(tl.load(SEED) + bh, i + tl.zeros((1,), tl.int32), offs, L, dropout_p, False)
-    tl.store(OUT + (bh * L + i) * L + offs[None, :], keep.to(tl.int8), mask=(offs < L)[None, :])
+    keep = _dropout_keep(tl.load(SEED) + bh, tl.program_id(1) * ROWS, 0, L, dropout_p, ROWS, BLOCK, False)
+    tl.store(OUT + (bh * L + rows[:, None]) * L + offs[None, :], keep.to(tl.int8),
+             mask=(rows < L)[:, None] & (offs < L)[None, :])
