@@ -13,6 +13,7 @@ activations, plus autocast's bf16 weight copies on the amp path (the same for ev
     python benchmarks/inference.py --report benchmarks/inference_results.json   # RESULTS.md + PNG from a json
     python benchmarks/inference.py --sweep               # kernel settings: chunk size × warps, RNN block shapes
     python benchmarks/inference.py --profile 896         # torch.profiler per-kernel tables at 896 px
+    python benchmarks/inference.py --peak-tensors 1792   # what DeiT-S and the chunk forms hold at their memory peak
 Targets (best linear form of LION-D and of LION-S, both paths): 896 px ≤ 0.70× DeiT-S time, 1792 px ≤ 0.50×;
 activation memory ≤ DeiT-S at every resolution. A full run takes about 1.5 minutes on an H200.
 """
@@ -32,7 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.timing import kernel_time_by_category, median_ms, peak_activation_gib  # noqa: E402
+from benchmarks.timing import kernel_time_by_category, median_ms, peak_activation_gib, peak_tensors  # noqa: E402
 
 BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
 LION = {"LION-D": ("Decay", "Normal"), "LION-S": ("Selective", "Normal"),
@@ -272,6 +273,29 @@ def profile(args, res):
             print(f"costliest kernels, {n}: " + ", ".join(f"{k[:40]} {ms:.2f}" for k, ms in runs[n][1][:6]))
 
 
+def peak_report(args, res):
+    """The memory cells' why: for DeiT-S and the LION-D / LION-S chunk forms at ``res`` px, each --paths, the peak
+    beyond what was allocated before the forward and the largest tensors alive at that peak (allocator history)."""
+    for path in args.paths:
+        dtype = torch.float32 if path == "amp" else torch.bfloat16
+        x = torch.randn(args.batch, 3, res, res, device="cuda", dtype=dtype)
+        for model in ("DeiT-S", "LION-D", "LION-S"):
+            net = _build(model, res, path)
+            if model != "DeiT-S":
+                net.set_format("Chunk", None)
+
+            def forward(net=net):
+                with torch.inference_mode(), _context(path):
+                    return net(x)
+            measured, replayed, top = peak_tensors(forward)
+            print(f"{path} {res} px {model}: peak {measured:.3f} MiB beyond the start; the allocations made during "
+                  f"the forward peak at {replayed:.3f} MiB, the largest then alive:", flush=True)
+            for mib, where in top:
+                print(f"    {mib:10.3f} MiB  {where}")
+            del net
+            torch.cuda.empty_cache()
+
+
 def _write_json(data, path):
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -295,6 +319,8 @@ def main():
     ap.add_argument("--reps", type=int, default=10, help="timed forwards per cell (median)")
     ap.add_argument("--sweep", action="store_true", help="only time kernel settings of the fused operators")
     ap.add_argument("--profile", type=int, metavar="RES", help="only print per-kernel profiles at this resolution")
+    ap.add_argument("--peak-tensors", type=int, metavar="RES",
+                    help="only print what DeiT-S and the chunk forms hold at their memory peak at this resolution")
     ap.add_argument("--note", action="append", default=[],
                     help="a line for the RESULTS.md section (stored in the json)")
     args = ap.parse_args()
@@ -309,6 +335,8 @@ def main():
             return sweep(args)
         if args.profile:
             return profile(args, args.profile)
+        if args.peak_tensors:
+            return peak_report(args, args.peak_tensors)
         data = dict(env=environment(args), rows=measure(args))
     if args.note:  # kept in the json, so that a later --report writes them again
         data["env"]["notes"] = data["env"].get("notes", []) + args.note

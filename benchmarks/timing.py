@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -83,6 +84,47 @@ def peak_activation_gib(fn: Callable[[], object]) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**30
+
+
+def live_at_peak(events: list[dict]) -> tuple[int, list[dict]]:
+    """Replay an allocator trace (an entry of ``torch.cuda.memory._snapshot()["device_traces"]``): the highest sum
+    of the live allocations made within it, and those allocations at that moment, largest first."""
+    live: dict = {}
+    cur = best = 0
+    at_best: list[dict] = []
+    for e in events:
+        if e["action"] == "alloc":
+            live[e["addr"]] = e
+            cur += e["size"]
+        elif e["action"] == "free_requested" and e["addr"] in live:
+            cur -= live.pop(e["addr"])["size"]
+        if cur > best:
+            best, at_best = cur, list(live.values())
+    return best, sorted(at_best, key=lambda e: -e["size"])
+
+
+def peak_tensors(fn: Callable[[], object], top: int = 8, keep=("lion", "timm", "image_classification")):
+    """What one call of ``fn`` holds at its memory peak: (peak MiB beyond what was allocated before it, as
+    ``peak_activation_gib`` measures it; the replayed peak of the allocations made during the call, MiB; its
+    ``top`` largest live allocations as (MiB, the innermost frames of the call sites in ``keep``))."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda.memory._record_memory_history(max_entries=200_000)
+    try:
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        measured = torch.cuda.max_memory_allocated() - base
+        events = torch.cuda.memory._snapshot()["device_traces"][torch.cuda.current_device()]
+    finally:
+        torch.cuda.memory._record_memory_history(enabled=None)
+    replayed, live = live_at_peak(events)
+
+    def where(e):
+        frames = [f for f in e.get("frames", []) if any(k in f["filename"] for k in keep)][:3]
+        return " < ".join(f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in frames) or "?"
+    return measured / 2**20, replayed / 2**20, [(e["size"] / 2**20, where(e)) for e in live[:top]]
 
 
 # Kernel-name patterns → category, first match wins (lower-case substrings). LION's Triton kernels are named

@@ -329,18 +329,18 @@ def op_rows(L: int, B=128, H=12, D=64) -> dict:
 
 def ratio_table(results: dict) -> str:
     names = [n for n in VARIANTS if any(n in r for r in results.get("vit", {}).values())]
-    lines = ["| train step / softmax baseline | " + " | ".join(names) + " |",
-             "|---|" + "---|" * len(names)]
-    for size, ms in results.get("vit", {}).items():
-        if "DeiT" not in ms:
-            continue
-        cells = [f"{ms[n] / ms['DeiT']:.2f}" if n in ms else "–" for n in names]
-        lines.append(f"| ViT-{size[0].upper()} (DeiT {ms['DeiT']:.1f} ms) | " + " | ".join(cells) + " |")
-    lines.append("| target | " + " | ".join(f"≤ {TARGETS[n]:.2f}" for n in names) + " |")
+    lines = []
+    vit = [(size, ms) for size, ms in results.get("vit", {}).items() if "DeiT" in ms]
+    if vit and names:  # no ViT table without ViT rows (--no-vit)
+        lines = ["| train step / softmax baseline | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for size, ms in vit:
+            cells = [f"{ms[n] / ms['DeiT']:.2f}" if n in ms else "–" for n in names]
+            lines.append(f"| ViT-{size[0].upper()} (DeiT {ms['DeiT']:.1f} ms) | " + " | ".join(cells) + " |")
+        lines.append("| target | " + " | ".join(f"≤ {TARGETS[n]:.2f}" for n in names) + " |")
     mlm = results.get("mlm") or {}
     rows = [(p, ms) for p, ms in mlm.items() if "BERT" in ms]
     if rows:
-        lines += ["", "| MLM train step / softmax BERT | Lit | D | S |", "|---|---|---|---|"]
+        lines += [""] * bool(lines) + ["| MLM train step / softmax BERT | Lit | D | S |", "|---|---|---|---|"]
         lines += [f"| BERT-base seq 128, attention dropout {p[2:]} (BERT {ms['BERT']:.1f} ms) | "
                   + " | ".join(f"{ms[n] / ms['BERT']:.2f}" if n in ms else "–" for n in MLM_ARCHS) + " |"
                   for p, ms in rows]

@@ -34,3 +34,15 @@ def test_report_writes_section_and_keeps_notes(tmp_path):
     assert "- a note about this run" in text
     assert "| amp | LION-D | 896 | Chunk | 6.50 | 0.65 |" in text  # 6.5 ms over DeiT-S's 10 ms
     assert json.loads(data.read_text())["env"]["notes"] == ["a note about this run"]
+
+
+def test_live_at_peak_replays_an_allocator_trace():
+    """The --peak-tensors replay: the highest sum of live allocations and which were alive then."""
+    from benchmarks.timing import live_at_peak
+
+    trace = [dict(action="alloc", addr=1, size=10), dict(action="alloc", addr=2, size=30),
+             dict(action="free_requested", addr=1, size=10), dict(action="free_completed", addr=1, size=10),
+             dict(action="alloc", addr=3, size=5), dict(action="free_requested", addr=9, size=99),  # older block
+             dict(action="alloc", addr=4, size=20), dict(action="free_requested", addr=2, size=30)]
+    best, live = live_at_peak(trace)
+    assert best == 55 and [e["addr"] for e in live] == [2, 4, 3]

@@ -65,3 +65,15 @@ def test_failing_fns_are_dropped_and_logged(caplog):
     assert calls[:7] == ["a", "a", "early", "late", "late", "b", "b"]
     # round 0 over a, late, b (late raises and is dropped), then rounds 1-3 rotate over a, b
     assert calls[7:] == ["a", "late", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_ratio_table_without_vit_rows_shows_only_the_mlm_table():
+    from benchmarks.train_step import ratio_table
+
+    mlm = {"p=0.1": {"BERT": 50.0, "Lit": 55.0, "D": 60.0, "S": 65.0}}
+    text = ratio_table({"vit": {}, "mlm": mlm})
+    assert text.startswith("| MLM train step / softmax BERT | Lit | D | S |")
+    assert "| BERT-base seq 128, attention dropout 0.1 (BERT 50.0 ms) | 1.10 | 1.20 | 1.30 |" in text
+    both = ratio_table({"vit": {"small": {"DeiT": 20.0, "D": 22.0}}, "mlm": mlm})
+    assert both.startswith("| train step / softmax baseline | D |") and "| ViT-S (DeiT 20.0 ms) | 1.10 |" in both
+    assert "\n\n| MLM train step" in both
