@@ -164,7 +164,8 @@ def _gate_grads(g, aux, key_lo, key_up, DP, DC, rows, in_m, DECAY: tl.constexpr)
 
 # The backward's tiles are [key, query]: spreading a draw's four numbers over key rows takes a permute of the joined
 # 4-d tile, which triton 3.3's layout pass rejects; there (and only there) a broadcast-and-select does it, slower
-# (an H200's MLM-shape op: 0.41 against 0.38 ms). The interpreter runs the permute.
+# (with the select in both kernels LION-D's MLM-shape op took 0.41 ms against 0.38 on an H200). The interpreter
+# runs the permute.
 _PERMUTE_ROWS = tl.constexpr(INTERPRET or tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 6))
 
 
@@ -353,7 +354,7 @@ def _bwd_kernel(K, V, P, C, R, LAM, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, 
     BLOCK_N rows (Hopper's warpgroup MMA needs 64; a [query, key] tile of 32 queries fell back to the older MMA, with
     layout shuffles between the two). (A two-loop variant without atomics, FlashAttention-2's, recomputing the scores
     for dφq, was 6–14 % slower at ViT and BERT shapes on an H200: benchmarks/RESULTS.md.) DQA, DP, DC must be zero on
-    entry. DECAY: DP is the (orders, H) gradient of log λ, Σ_ij G_ij |r_i − r_j|, one atomic per program and order."""
+    entry. DECAY: DP is the (orders, H) gradient of log λ, Σ_ij G_ij n_ij, one atomic per program and order."""
     bh, b, h, offs_n, in_n = _token_block(H, L, BLOCK_N)
     BHL = tl.num_programs(1) * L
     lam1, lam2 = _decay_gates(LAM, h, H, NORD, DECAY)
