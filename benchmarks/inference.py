@@ -257,7 +257,7 @@ def profile(args, res):
             if form != "SDPA":
                 net.set_format(form, None)
 
-            def forward():
+            def forward(net=net):
                 with torch.inference_mode(), _context(path):
                     net(x)
             runs[f"{model} {form}"] = kernel_time_by_category(forward, warmup=2)
