@@ -18,8 +18,8 @@ from lion.masks import log_mask
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available() and not INTERPRET
 DEV = "cuda" if CUDA else "cpu"
-pytestmark = [pytest.mark.triton,
-              pytest.mark.skipif(not (INTERPRET or CUDA), reason="needs CUDA or TRITON_INTERPRET=1 (set before import)")]
+pytestmark = [pytest.mark.triton, pytest.mark.skipif(not (INTERPRET or CUDA),
+                                                     reason="needs CUDA or TRITON_INTERPRET=1 (set before import)")]
 gpu_only = pytest.mark.skipif(not CUDA, reason="model shapes run on the GPU only")
 FEATURE = {"Lit": "elu_plus_one", "Decay": "normalized_silu", "Selective": "normalized_silu"}
 
@@ -27,8 +27,7 @@ if INTERPRET or CUDA:
     import triton.language as tl
 
     import lion.ops.triton.attention as A
-    from lion.ops.triton.attention import (FEATURES, _gate_inputs, attention_fwd, dropout_keep_mask,
-                                           fused_attention)
+    from lion.ops.triton.attention import FEATURES, _gate_inputs, attention_fwd, dropout_keep_mask, fused_attention
 
 
 @pytest.fixture(autouse=True)
@@ -134,7 +133,8 @@ def test_decay_gates_per_token_match_per_head(order, L, B, pad):
     compare("Decay", order, B=B, L=L, seed=L, per_head=True, lit_kv=False, pad=pad)
     _, params, kpm, gates = make_case("Decay", order, B, 2, L, 8, 8, pad, seed=L)
     log_a, orders = gates(params)
-    assert _gate_inputs(log_a, orders, kpm)[0].shape == (len(params), 2)  # per head: not expanded to tokens
+    P = _gate_inputs(log_a, orders, kpm)[0]
+    assert P.shape == ((2,) if len(params) == 1 else (2, 2))  # per head (H,) or (orders, H): not expanded
 
 
 @pytest.mark.parametrize("L", [5, 33])
@@ -247,7 +247,8 @@ def test_dispatch_picks_the_fused_kernel():
 @pytest.mark.parametrize("mask,order", [("Selective", "Normal"), ("Decay", "S")])
 def test_torch_compile_traces_the_custom_op(mask, order):
     """fullgraph=True: dynamo must not break the graph at the fused op (nor at the ♮ ranks); forward and gradients
-    match eager. Selective: per-token gates (prefix sums in the prologue kernel); Decay ♮: per-head gates and two orders."""
+    match eager. Selective: per-token gates (prefix sums in the prologue kernel); Decay ♮: per-head gates and two
+    orders."""
     leaves, params, _, gates = make_case(mask, order, 2, 2, 17, 8, 8, False, seed=9)
 
     def f(q, k, v, *p):

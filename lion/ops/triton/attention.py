@@ -31,6 +31,7 @@ stores P, C at the tokens' natural positions) and whose gradient the last kernel
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Sequence
 
@@ -477,26 +478,33 @@ _bwd = Launcher(_bwd_kernel, _bwd_configs(), _KEY, triton.Config({"BLOCK_M": 16,
 
 
 # ------------------------------------------------------------------------------------------------ custom ops
-def _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p):
-    """The kernels' constexprs; ``gates``: ``_gate_mode``'s (orders, mode)."""
-    n_orders, mode = gates
-    return dict(NORD=n_orders, NATURAL=R is None, DECAY=mode == "decay", COUNTS=mode == "decay" and keep is not None,
-                FEATURE=feature, NORMALIZE=normalize,
-                HAS_KEEP=keep is not None, DROPOUT=seed is not None and dropout_p > 0.0,
-                PREC="ieee" if v.dtype == torch.float32 else "tf32",
-                BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
+def _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p, fwd=False):
+    """The kernels' constexprs; ``gates``: ``_gate_mode``'s (orders, mode); ``fwd``: the forward kernel's (no
+    HAS_KEEP: _prepare applies padding to φ(k)). A fresh dict of a cached one (eager steps call this per layer)."""
+    return dict(_meta_cached(*gates, R is None, keep is not None, seed is not None and dropout_p > 0.0, feature,
+                             normalize, v.dtype == torch.float32, q.shape[-1], v.shape[-1], fwd))
+
+
+@functools.lru_cache(maxsize=None)
+def _meta_cached(n_orders, mode, natural, has_keep, dropout, feature, normalize, fp32, D, DV, fwd):
+    meta = dict(NORD=n_orders, NATURAL=natural, DECAY=mode == "decay", COUNTS=mode == "decay" and has_keep,
+                FEATURE=feature, NORMALIZE=normalize, HAS_KEEP=has_keep, DROPOUT=dropout,
+                PREC="ieee" if fp32 else "tf32", BLOCK_D=block_size(D), BLOCK_DV=block_size(DV))
+    if fwd:
+        del meta["HAS_KEEP"]
+    return meta
 
 
 def _gate_mode(P, C, R):
-    """(orders, mode) of the gate inputs: 'decay' P (orders, H) log λ per head; 'sums' P (and C for a second
+    """(orders, mode) of the gate inputs: 'decay' P (H,) or (orders, H) log λ per head; 'sums' P (and C for a second
     order) (B, H, L) per-token log gates of the orders ranked by R (None: the natural order), each in its order's
     indexing, whose prefix sums _prep_kernel forms once per token (the fwd/bwd kernels read them; forming them in
     those kernels instead, a running sum over the blocks, took LION-S's op kernels 1.21 × the time at L = 197 and 128
     on an H200, benchmarks/RESULTS.md); (0, None): Lit. Per-token gates may have any strides."""
     if P is None:
         return 0, None
-    if P.dim() == 2:
-        return P.shape[0], "decay"
+    if P.dim() <= 2:
+        return (1 if P.dim() == 1 else P.shape[0]), "decay"
     return (1 if C is None else 2), "sums"
 
 
@@ -548,17 +556,18 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     DV = dy.shape[-1] if with_dy else D
     dyn = torch.empty(B, H, L, DV, device=q.device, dtype=dt) if with_dy else kf
     dlt = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if with_dy and normalize else kf
-    y, dy, den = (q if t is None else t for t in (y, dy, den))
-    la1, la2, R, pc = sums or (None, None, None, None)
-    perm = None if R is None else R[1]
-    la1, la2, perm, pc = (q if t is None else t for t in (la1, la2 if la2 is not None else la1, perm, pc))
+    if not with_dy:
+        y = dy = den = q
+    la1, la2, R, pc = sums or (q, None, None, q)
+    nord = 1 if la2 is None else 2
+    perm = q if R is None else R[1]
     launch(_prep_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H), (
-        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la2, perm, pc, *q.stride()[:3],
-        *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_gate_strides(la1), *_gate_strides(la2),
-        H, L, D, DV, scale, eps), dict(
+        q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la1 if la2 is None else la2, perm, pc,
+        *q.stride()[:3], *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_gate_strides(la1),
+        *_gate_strides(la2), H, L, D, DV, scale, eps), dict(
         FEATURE=feature, HAS_KEEP=keep is not None, WITH_Q=with_q, WITH_DY=with_dy, NORMALIZE=normalize,
-        SUMS=sums is not None, NATURAL=R is None, NORD=1 if sums is None or sums[1] is None else 2,
-        BLOCK=_TOKEN_ROWS, BLOCK_D=block_size(D), BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
+        SUMS=sums is not None, NATURAL=R is None, NORD=nord, BLOCK=_TOKEN_ROWS, BLOCK_D=block_size(D),
+        BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
     return qf, kf, dyn, dlt
 
 
@@ -569,8 +578,7 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     y = token_major(B, H, L, DV, q, v.dtype)
     den = torch.empty((B, H, L) if normalize else (0,), device=q.device, dtype=torch.float32)
     gates = _gate_mode(P, C, R)
-    meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p)
-    del meta["HAS_KEEP"]  # padding is applied to φ(k) by _prepare
+    meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p, fwd=True)
     Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, gates)
     _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, sums=sums)
     Pp, Cp, Rp, Lp, Sp = _ptrs(q, Pk, Ck, R, P, seed)
@@ -599,11 +607,11 @@ def _(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p):
             q.new_empty((B, H, L) if normalize else (0,), dtype=torch.float32))
 
 
-def _zeros(device, *shapes):
-    """fp32 zero tensors of the given shapes, carved from one allocation (one fill instead of several)."""
-    sizes = [math.prod(sh) for sh in shapes]
-    flat = torch.zeros(sum(sizes), device=device, dtype=torch.float32)
-    return tuple(part.view(sh) for part, sh in zip(flat.split(sizes), shapes))
+def _zeros(device, shape1, shape2):
+    """Two fp32 zero tensors carved from one allocation (one fill instead of two; slices, no split op)."""
+    n1 = math.prod(shape1)
+    flat = torch.zeros(n1 + math.prod(shape2), device=device, dtype=torch.float32)
+    return flat[:n1].view(shape1), flat[n1:].view(shape2)
 
 
 def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p):
@@ -634,7 +642,7 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
            (q, dqa, dq, dP, dC, dgates, q if R is None else R[1], *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
            dict(FEATURE=feature, SUMS=mode == "sums", NATURAL=R is None, NORD=max(n, 1), BLOCK=_TOKEN_ROWS,
                 BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
-    return dqkv, dgates
+    return dqkv, dgates, (dq, dk, dv)
 
 
 def _gates_grad_shape(P, C):
@@ -653,7 +661,7 @@ def attention_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, P: Optional
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """(dqkv, dgates): dq, dk, dv in one ``grad_buffer`` (read them with ``grad_views``); the gradients of P and
     C stacked (``_gates_grad_shape``)."""
-    return _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p)
+    return _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, dropout_p)[:2]
 
 
 @attention_bwd.register_fake
@@ -669,13 +677,14 @@ def _save(ctx, q, k, v, P, C, R, keep, seed, y, den, scale, eps, feature, normal
 
 
 def _grads(ctx, dy, bwd):
-    """Gradients of (q, k, v, P, C, R, keep, seed, scale, …) from the saved tensors, by ``bwd`` (op or function)."""
+    """Gradients of (q, k, v, P, C, R, keep, seed, scale, …) from the saved tensors, by ``bwd``: the op
+    (dqkv, dgates) or the function, which also returns dq, dk, dv as views of dqkv."""
     q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
     if dy is None:
         dy = torch.zeros_like(y)
-    dqkv, dgates = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
-    return (*grad_views(dqkv, q.shape[-1], v.shape[-1]), dgates[0] if P is not None else None,
-            dgates[1] if C is not None else None) + (None,) * 8
+    dqkv, dgates, *views = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+    dq, dk, dv = views[0] if views else grad_views(dqkv, q.shape[-1], v.shape[-1])
+    return (dq, dk, dv, dgates[0] if P is not None else None, dgates[1] if C is not None else None) + (None,) * 8
 
 
 def _setup_context(ctx, inputs, output):
@@ -739,8 +748,9 @@ def _ranks(perms):
 
 def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
     """(P, C, R) for the kernels (``_gate_mode``); R: ``_ranks`` of the orders (None: the natural order); all None
-    for Lit. Per-head gates (H,) (LION-D): P is the (orders, H) log λ itself and C None: the kernels form M = λ^n,
-    n = |r_i − r_j| (with padding: the number of real tokens between, see ``_kernel_gates``), and return d log λ.
+    for Lit. Per-head gates (H,) (LION-D): P is the (H,) or (orders, H) log λ itself and C None: the kernels form
+    M = λ^n, n = |r_i − r_j| (with padding: the number of real tokens between, see ``_kernel_gates``), and return
+    d log λ.
     Otherwise per-token (B, H, L) log gates, padded tokens' set to 0 (gate 1): one natural order's as P; the ♮
     orders' (each in its order's indexing) as P and C with R. The kernels form every prefix sum themselves.
     ``shape``: (B, L), needed only to expand per-head gates mixed with per-token ones."""
@@ -754,7 +764,7 @@ def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
                          "use backend='torch' for more")
     R = None if orders is None else _ranks([p for p, _ in orders])
     if all(la.dim() == 1 for la in las):
-        return torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float()[None], None, R
+        return (torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float().contiguous()), None, R
     if shape is not None:
         las = [per_token_gates(la, *shape) for la in las]
     las = [la.float() for la in las]

@@ -4,6 +4,7 @@ kernels of ``attention.py`` and Lit's KᵀV kernels of ``lit.py``) share: the fe
 tile, row loads, and their buffers' layouts."""
 from __future__ import annotations
 
+import functools
 import os
 import time
 
@@ -21,6 +22,7 @@ FAST_LAUNCH = os.environ.get("LION_TRITON_FAST_LAUNCH", "1") == "1"
 LAUNCH_TIMES = None  # benchmarks/host_overhead.py sets a dict: kernel name → [launches, host seconds]
 
 
+@functools.lru_cache(maxsize=None)
 def block_size(n: int) -> int:
     """Power of two ≥ max(n, 16): tl.dot needs every dimension ≥ 16."""
     return max(16, triton.next_power_of_2(n))
@@ -247,6 +249,5 @@ def grad_buffer(B, H, L, D, DV, like, dtype):
 def grad_views(buf, D, DV):
     """(dq, dk, dv) as (B, H, L, ·) views of a ``grad_buffer``."""
     if buf.dim() == 5:
-        dq, dk, dv = buf.unbind(2)
-        return dq.transpose(1, 2), dk.transpose(1, 2), dv.transpose(1, 2)
+        return buf.permute(2, 0, 3, 1, 4).unbind(0)
     return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))
