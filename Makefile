@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-triton demo clean
+.PHONY: install test test-triton lint demo clean
 
 install: $(STAMP)
 
@@ -21,6 +21,11 @@ test: install
 # `pytest -m triton` runs the same tests plus the model-shape cases on CUDA.
 test-triton: install
 	TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m triton -W ignore::DeprecationWarning tests
+
+# The style pyproject.toml sets (ruff, installed into the venv on first use; not a runtime dependency).
+lint: install
+	$(PY) -m ruff --version >/dev/null 2>&1 || $(PY) -m pip install -q ruff
+	$(PY) -m ruff check .
 
 # Vision demo: a small LION-D trained on the embedded Fashion-MNIST subset (3000 train / 1000 val images), on CPU.
 VISION_DEMO_FLAGS := --model lion_tiny_patch16_224 --model-kwargs patch_size=7 depth=4 embed_dim=96 num_heads=3 \

@@ -20,34 +20,39 @@ STYLE = {"SDPA": ("k", "o"), "LION-Lit": ("tab:blue", "s"), "LION-D": ("tab:oran
          "LION-S": ("tab:green", "v")}
 
 
-def sweep(tokens: int, H: int, D: int, lengths, json_path: str = "") -> dict:
+def _time_length(L: int, B: int, H: int, D: int) -> dict:
+    """fwd + bwd ms of each op at one length (its tensors are freed on return)."""
     import triton.testing
 
     import lion
     from lion.ops.triton.attention import fused_attention
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad = torch.randn_like(q)
+    a = torch.randn(H, device="cuda", requires_grad=True)
+    z = torch.randn(B, H, L, device="cuda", requires_grad=True)
+    kw = dict(scale=D ** -0.5)  # raw q, k: the fused op applies φ in-kernel, as the models call it
+    fns = {"SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
+           "LION-Lit": lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **kw),
+           "LION-D": lambda: fused_attention(q, k, v, lion.decay_log_gates(a), feature_map="normalized_silu", **kw),
+           "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw)}
+    out = {}
+    for name, fn in fns.items():
+        try:
+            ms = triton.testing.do_bench(lambda: torch.autograd.grad(fn(), (q, k, v), grad), warmup=25, rep=100,
+                                         return_mode="median")
+            out[name] = ms
+            print(f"L={L:6d} B={B:4d} {name:9s} fwd+bwd {ms:8.3f} ms", flush=True)
+        except Exception:
+            traceback.print_exc()
+    return out
+
+
+def sweep(tokens: int, H: int, D: int, lengths, json_path: str = "") -> dict:
     out = {"tokens": tokens, "heads": H, "dim": D, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
            "ms": {name: {} for name in STYLE}}
     for L in lengths:
-        B = max(1, tokens // L)
-        q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        grad = torch.randn_like(q)
-        kw = dict(scale=D ** -0.5)  # raw q, k: the fused op applies φ in-kernel, as the models call it
-        fns = {"SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
-               "LION-Lit": lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **kw),
-               "LION-D": lambda: fused_attention(q, k, v, lion.decay_log_gates(a), feature_map="normalized_silu",
-                                                 **kw),
-               "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw)}
-        a = torch.randn(H, device="cuda", requires_grad=True)
-        z = torch.randn(B, H, L, device="cuda", requires_grad=True)
-        for name, fn in fns.items():
-            try:
-                ms = triton.testing.do_bench(lambda: torch.autograd.grad(fn(), (q, k, v), grad), warmup=25, rep=100,
-                                             return_mode="median")
-                out["ms"][name][L] = ms
-                print(f"L={L:6d} B={B:4d} {name:9s} fwd+bwd {ms:8.3f} ms", flush=True)
-            except Exception:
-                traceback.print_exc()
-        del q, k, v, grad
+        for name, ms in _time_length(L, max(1, tokens // L), H, D).items():
+            out["ms"][name][L] = ms
         torch.cuda.empty_cache()
         if json_path:  # after every length, so that a run cut short still leaves its numbers
             with open(json_path, "w") as f:

@@ -32,7 +32,6 @@ import statistics
 import sys
 import time
 import traceback
-
 from pathlib import Path
 
 import timm
@@ -88,7 +87,8 @@ def train_step_fn(model, batch, loss_fn, compile_model: bool, compile_mode: str 
 def bench_model(build, batch, loss_fn, args) -> float:
     model = build().cuda()
     try:
-        return time_steps(train_step_fn(model, batch, loss_fn, args.compile, args.compile_mode), args.warmup, args.steps)
+        step = train_step_fn(model, batch, loss_fn, args.compile, args.compile_mode)
+        return time_steps(step, args.warmup, args.steps)
     finally:
         del model
         gc.collect()
@@ -290,7 +290,8 @@ def matmul_tflops() -> float:
 
 def op_rows(L: int, B=128, H=12, D=64) -> dict:
     """fwd and fwd+bwd of the attention op alone as the models call it (q, k, v strided views of one qkv tensor,
-    raw: LION applies φ in-kernel; LION-D's gates per head, LION-S's per token), bf16. TFLOP/s counted as for FlashAttention: forward 4·B·H·L²·D, fwd+bwd 3.5×."""
+    raw: LION applies φ in-kernel; LION-D's gates per head, LION-S's per token), bf16. TFLOP/s counted as for
+    FlashAttention: forward 4·B·H·L²·D, fwd+bwd 3.5×."""
     from lion.ops.triton.attention import fused_attention
     dev, dt = "cuda", torch.bfloat16
     qkv = torch.randn(B, L, 3, H, D, device=dev, dtype=dt).permute(2, 0, 3, 1, 4)
@@ -347,15 +348,15 @@ def ratio_table(results: dict) -> str:
         lines.append("| target | " + " | ".join(f"≤ {MLM_TARGETS[n]:.2f}" for n in MLM_ARCHS) + " |")
     base = [f"ViT-{size[0].upper()} Vim {ms['Vim']:.1f} ms ({ms['Vim'] / ms['DeiT']:.2f}× DeiT)"
             for size, ms in results.get("vit", {}).items() if "Vim" in ms and "DeiT" in ms]
-    base += [f"BERT-base Hydra (23 layers), attention dropout {p[2:]}: {ms['Hydra']:.1f} ms ({ms['Hydra'] / ms['BERT']:.2f}× BERT)"
-             for p, ms in rows if "Hydra" in ms]
+    base += [f"BERT-base Hydra (23 layers), attention dropout {p[2:]}: {ms['Hydra']:.1f} ms "
+             f"({ms['Hydra'] / ms['BERT']:.2f}× BERT)" for p, ms in rows if "Hydra" in ms]
     if base:
         lines += ["", "Baselines (paper: Vim ×10.86 DeiT, Hydra ×3.13 BERT): " + "; ".join(base)]
     extra = [(size, k) for size, ms in results.get("vit", {}).items() if "DeiT" in ms for k in ms if "[" in k]
     if extra:
         lines += ["", "Other backends (ms, ratio to DeiT): " + ", ".join(
-            f"ViT-{s[0].upper()} {k} {results['vit'][s][k]:.1f} ({results['vit'][s][k] / results['vit'][s]['DeiT']:.2f})"
-            for s, k in extra)]
+            f"ViT-{s[0].upper()} {k} {ms[k]:.1f} ({ms[k] / ms['DeiT']:.2f})"
+            for s, k in extra for ms in [results["vit"][s]])]
     return "\n".join(lines)
 
 
@@ -380,8 +381,8 @@ def op_table(results: dict) -> str:
                          f"{r['fwd_tflops']:.0f} | "
                          f"{r['fwd_bwd_tflops']:.0f} | {r['fwd_bwd_tflops'] / mm:.0%} |")
     lines.append("(fwd+bwd ms: CUDA events around one call, so host-side launch time counts when the GPU waits for it; "
-                 "kernel ms: the sum of the call's CUDA kernel times from torch.profiler, the GPU work alone. Lit's KᵀV "
-                 "path is O(L·d²): its TFLOP/s are counted as if it did the L² work.)")
+                 "kernel ms: the sum of the call's CUDA kernel times from torch.profiler, the GPU work alone. "
+                 "Lit's KᵀV path is O(L·d²): its TFLOP/s are counted as if it did the L² work.)")
     return "\n".join(lines)
 
 
@@ -461,8 +462,9 @@ def main():
     timing = ("sequentially, one model at a time" if args.sequential else
               "interleaved, one step of each model per round, the order rotated each round")
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    mode = f"torch.compile (each block, mode {args.compile_mode})" if args.compile else "eager"
     head = (f"### Training step, {stamp}: {results['gpu']}, torch {results['torch']}, batch {args.batch} "
-            f"(MLM {args.mlm_batch}×128 tokens), bf16 autocast, AdamW, {f'torch.compile (each block, mode {args.compile_mode})' if args.compile else 'eager'}, "
+            f"(MLM {args.mlm_batch}×128 tokens), bf16 autocast, AdamW, {mode}, "
             f"LION backend {args.backends[0]}; models timed {timing}, median of {args.steps} steps after "
             f"{args.warmup} warm-up")
     section = "\n\n".join(s for s in (head, ratio_table(results), op_table(results)) if s)

@@ -52,7 +52,8 @@ def ptxas_report(compiled) -> str:
                              text=True).stderr
     finally:
         os.unlink(f.name)
-    return " ".join(line.split("info    :")[-1].strip() for line in out.splitlines() if "spill" in line or "Used" in line)
+    return " ".join(line.split("info    :")[-1].strip() for line in out.splitlines()
+                    if "spill" in line or "Used" in line)
 
 
 def variants():
@@ -127,7 +128,8 @@ def main():
         n += 1
         if args.regs:
             print(f"{name} warps={warps} {flags}: {ptxas_report(compiled)}")
-    print(f"compiled {n} kernel variants for sm_90" + (f"; {len(failed)} failed:\n" + "\n".join(failed) if failed else ""))
+    failures = f"; {len(failed)} failed:\n" + "\n".join(failed) if failed else ""
+    print(f"compiled {n} kernel variants for sm_90{failures}")
     raise SystemExit(1 if failed else 0)
 
 

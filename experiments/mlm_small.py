@@ -1,5 +1,6 @@
 """Small-scale MLM study: softmax BERT and Hydra against LION-Lit, LION-D, LION-S, pretrained for the same number of
-steps on the offline corpus (mlm/data/corpus), then finetuned on the offline GLUE-format fixture (mlm/data/glue_fixture).
+steps on the offline corpus (mlm/data/corpus), then finetuned on the offline GLUE-format fixture
+(mlm/data/glue_fixture).
 
     python experiments/mlm_small.py                               # defaults below (CPU here: minutes per model)
     python experiments/mlm_small.py --steps 1000 --hidden 256 --batch-size 32   # bigger budget

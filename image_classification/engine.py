@@ -10,8 +10,13 @@ import torch
 import torch.nn.functional as F
 from timm.utils import NativeScaler, accuracy
 
-from image_classification.utils import (MetricLogger, SmoothedValue, is_dist_avail_and_initialized, kill_self,
-                                        planted_fault)
+from image_classification.utils import (
+    MetricLogger,
+    SmoothedValue,
+    is_dist_avail_and_initialized,
+    kill_self,
+    planted_fault,
+)
 
 _logger = logging.getLogger(__name__)
 

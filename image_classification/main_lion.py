@@ -41,8 +41,6 @@ from timm.optim import create_optimizer
 from timm.scheduler import create_scheduler
 from timm.utils import ModelEmaV3
 
-from lion import MASK_TYPES
-
 import image_classification.models_lion  # noqa: F401  (registers the lion_* models with timm)
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baselines with timm)
 from image_classification import checkpoint as checkpoint_io
@@ -52,6 +50,7 @@ from image_classification.engine import LossScaler, NonFiniteLossError, evaluate
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
+from lion import MASK_TYPES
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks replay CUDA graphs

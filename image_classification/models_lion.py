@@ -9,18 +9,34 @@ with a RuntimeError (see ``LionAttention.__prepare_scriptable__``).
 from __future__ import annotations
 
 from functools import partial
+
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import (DropPath, Mlp, PatchEmbed, register_notrace_function, register_notrace_module,
-                         resample_abs_pos_embed, trunc_normal_)
+from timm.layers import (
+    DropPath,
+    Mlp,
+    PatchEmbed,
+    register_notrace_function,
+    register_notrace_module,
+    resample_abs_pos_embed,
+    trunc_normal_,
+)
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models.vision_transformer import global_pool_nlc
 
-from lion import (BACKENDS, MASK_TYPES, canonical_form, curve_permutation, decay_log_gates, lion_attention,
-                  selective_log_gates, unpack_qkv)
+from lion import (
+    BACKENDS,
+    MASK_TYPES,
+    canonical_form,
+    curve_permutation,
+    decay_log_gates,
+    lion_attention,
+    selective_log_gates,
+    unpack_qkv,
+)
 from lion.checks import KEEP, check_chunk_size
 
 ORDERS = ("Normal", "S")
@@ -220,7 +236,8 @@ class LionVisionTransformer(nn.Module):
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False):
-        """Groups for timm's layer-wise lr decay (ViT layout): the stem, one per block (the final norm joins the last)."""
+        """Groups for timm's layer-wise lr decay (ViT layout): the stem, one per block (the final norm joins the
+        last)."""
         return dict(stem=r"^cls_token|pos_embed|patch_embed",
                     blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
 
@@ -368,16 +385,19 @@ def _create_lion(variant, pretrained=False, **kwargs):
 @register_model
 def lion_tiny_patch16_224(pretrained=False, **kwargs):
     return _create_lion("lion_tiny_patch16_224", pretrained,
-                        **{**dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4, qkv_bias=True), **kwargs})
+                        **{**dict(patch_size=16, embed_dim=192, depth=12, num_heads=3, mlp_ratio=4, qkv_bias=True),
+                           **kwargs})
 
 
 @register_model
 def lion_small_patch16_224(pretrained=False, **kwargs):
     return _create_lion("lion_small_patch16_224", pretrained,
-                        **{**dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, qkv_bias=True), **kwargs})
+                        **{**dict(patch_size=16, embed_dim=384, depth=12, num_heads=6, mlp_ratio=4, qkv_bias=True),
+                           **kwargs})
 
 
 @register_model
 def lion_base_patch16_224(pretrained=False, **kwargs):
     return _create_lion("lion_base_patch16_224", pretrained,
-                        **{**dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, qkv_bias=True), **kwargs})
+                        **{**dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, mlp_ratio=4, qkv_bias=True),
+                           **kwargs})

@@ -266,7 +266,8 @@ def vim_tiny_patch16_224(pretrained=False, **kwargs):
 
 @register_model
 def vim_small_patch16_224(pretrained=False, **kwargs):
-    return _create_vim("vim_small_patch16_224", pretrained, **{**dict(patch_size=16, embed_dim=384, depth=24), **kwargs})
+    return _create_vim("vim_small_patch16_224", pretrained,
+                       **{**dict(patch_size=16, embed_dim=384, depth=24), **kwargs})
 
 
 @register_model

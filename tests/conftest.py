@@ -31,7 +31,8 @@ def rel_err_l2(x: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def brute_force_mask(a: torch.Tensor) -> torch.Tensor:
-    """docs/lion.md §1.2 by explicit products: M_ij = Π_{t=j}^{i−1} a_t (i > j), 1 (i = j), Π_{t=i+1}^{j} a_t (i < j)."""
+    """docs/lion.md §1.2 by explicit products: M_ij = Π_{t=j}^{i−1} a_t (i > j), 1 (i = j),
+    Π_{t=i+1}^{j} a_t (i < j)."""
     L = a.shape[-1]
     M = torch.empty(*a.shape, L, dtype=a.dtype)
     for i in range(L):

@@ -282,7 +282,7 @@ def test_vim_trains_on_fashion_mnist_and_state_dict_round_trips(tmp_path):
     model = tiny_vim(img_size=28, patch_size=7, in_chans=1, embed_dim=32, depth=1, num_heads=3)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     losses = []
-    for epoch, i in itertools.product(range(4), range(0, 128, 32)):
+    for _, i in itertools.product(range(4), range(0, 128, 32)):  # 4 epochs of 4 batches
         loss = F.cross_entropy(model(images[i:i + 32]), labels[i:i + 32])
         opt.zero_grad()
         loss.backward()

@@ -157,7 +157,8 @@ def test_text_data_with_no_rows_and_unfinished_conversion(tmp_path, corpus):
 
 def test_converter_refuses_text_with_no_rows(tmp_path):
     (tmp_path / "blank.txt").write_text("\n\n   \n")
-    proc = subprocess.run([sys.executable, "-m", "mlm.src.convert_dataset", "--local_files", str(tmp_path / "blank.txt"),
+    proc = subprocess.run([sys.executable, "-m", "mlm.src.convert_dataset",
+                           "--local_files", str(tmp_path / "blank.txt"),
                            "--out_root", str(tmp_path / "out"), "--tokenizer", OFFLINE_TOKENIZER_DIR], cwd=REPO,
                           env=ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

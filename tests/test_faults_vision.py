@@ -405,11 +405,11 @@ def test_cuda_graph_steps_are_marked(monkeypatch):
     model = torch.nn.Linear(4, 3)
     data = [(torch.randn(2, 4), torch.tensor([0, 2])) for _ in range(3)]
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    train_one_epoch(model, lambda x, out, y: torch.nn.functional.cross_entropy(out, y), data, opt, torch.device("cpu"), 0, LossScaler("cpu", False),
+    loss = lambda x, out, y: torch.nn.functional.cross_entropy(out, y)
+    train_one_epoch(model, loss, data, opt, torch.device("cpu"), 0, LossScaler("cpu", False),
                     print_freq=100, cuda_graphs=True)
     assert len(marks) == 3
-    train_one_epoch(model, lambda x, out, y: torch.nn.functional.cross_entropy(out, y), data, opt, torch.device("cpu"), 0, LossScaler("cpu", False),
-                    print_freq=100)
+    train_one_epoch(model, loss, data, opt, torch.device("cpu"), 0, LossScaler("cpu", False), print_freq=100)
     assert len(marks) == 3
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlm.src.bert_layers import (LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification,
-                                 LionBertModel)
+from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification, LionBertModel
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ARCHS = ["attention", "lion-lit", "lion-d", "lion-s"]

@@ -4,9 +4,9 @@ import itertools
 import pytest
 import timm
 import torch
+from conftest import log_gates, rel_err_max
 
 import image_classification.models_lion  # noqa: F401
-from conftest import log_gates, rel_err_max
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates, selective_log_gates_eps
 
 

@@ -1,8 +1,8 @@
 """The log-space masks against brute-force products (docs/lion.md §1)."""
 import pytest
 import torch
-
 from conftest import brute_force_mask
+
 from lion.masks import decay_log_gates, log_mask, mask, selective_log_gates, selective_log_gates_eps
 
 

@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from mlm.src.bert_layers import (LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification,
-                                 LionBertModel)
+from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification, LionBertModel
 from mlm.src.checkpoint_loading import load_published, published_config
 
 ARCHS = ["attention", "lion-lit", "lion-d", "lion-s"]
@@ -111,7 +110,8 @@ def test_save_pretrained_from_pretrained_identical(tmp_path, cls, kw):
     loaded = cls.from_pretrained(tmp_path).eval()
     assert loaded.config.arch_type == "lion-s" and loaded.config.form == "chunk" and loaded.config.chunk_size == 4
     ids, mask = padded_batch()
-    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, loaded(input_ids=ids, attention_mask=mask).logits)
+    assert torch.equal(model(input_ids=ids, attention_mask=mask).logits,
+                       loaded(input_ids=ids, attention_mask=mask).logits)
 
 
 def test_classification_regression_and_labels():
@@ -174,11 +174,13 @@ def test_published_checkpoint_loads_strictly_and_maps_legacy_names():
         if ".attention.self.query." in k:
             kind = k.rsplit(".", 1)[1]
             base = k.split(".query.")[0]
-            fused[f"model.{base}.Wqkv.{kind}"] = torch.cat([sd[f"{base}.{p}.{kind}"] for p in ("query", "key", "value")])
+            fused[f"model.{base}.Wqkv.{kind}"] = torch.cat([sd[f"{base}.{p}.{kind}"]
+                                                            for p in ("query", "key", "value")])
         elif ".attention.self.key." not in k and ".attention.self.value." not in k:
             fused["model." + k] = v
     ids, mask = padded_batch()
-    torch.testing.assert_close(load_published(PUBLISHED_CONFIG, fused).eval()(input_ids=ids, attention_mask=mask).logits,
+    published = load_published(PUBLISHED_CONFIG, fused).eval()
+    torch.testing.assert_close(published(input_ids=ids, attention_mask=mask).logits,
                                model(input_ids=ids, attention_mask=mask).logits)
 
 

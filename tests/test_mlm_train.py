@@ -134,7 +134,8 @@ def test_pretrain_yamls_build_the_named_model_with_the_paper_recipe(arch, size):
     assert (100e6 < n_params < 125e6) if size == "base" else (320e6 < n_params < 345e6)
     assert cfg.optimizer.name == "decoupled_adamw" and cfg.optimizer.lr == (8e-4 if size == "base" else 2e-4)
     assert list(cfg.optimizer.betas) == [0.9, 0.98] and cfg.optimizer.eps == 1e-6 and cfg.optimizer.weight_decay == 1e-5
-    assert (cfg.scheduler.name, cfg.scheduler.t_warmup, cfg.scheduler.alpha_f) == ("linear_decay_with_warmup", "0.06dur", 0.02)
+    scheduler = cfg.scheduler
+    assert (scheduler.name, scheduler.t_warmup, scheduler.alpha_f) == ("linear_decay_with_warmup", "0.06dur", 0.02)
     assert (cfg.global_train_batch_size, cfg.max_duration, cfg.max_seq_len) == (4096, "286720000sp", 128)
     assert (cfg.train_loader.dataset.mlm_probability, cfg.eval_loader.dataset.mlm_probability) == (0.3, 0.15)
     assert cfg.precision == "amp_bf16" and cfg.tokenizer_name == "bert-base-uncased"

@@ -3,9 +3,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import brute_force_mask
 
 from image_classification.models_lion import LionVisionTransformer
-from conftest import brute_force_mask
 from lion.curves import curve_permutation, inverse_permutation
 
 TINY = dict(img_size=16, patch_size=4, embed_dim=32, num_heads=2, depth=2, num_classes=4)

@@ -77,3 +77,13 @@ def test_ratio_table_without_vit_rows_shows_only_the_mlm_table():
     both = ratio_table({"vit": {"small": {"DeiT": 20.0, "D": 22.0}}, "mlm": mlm})
     assert both.startswith("| train step / softmax baseline | D |") and "| ViT-S (DeiT 20.0 ms) | 1.10 |" in both
     assert "\n\n| MLM train step" in both
+
+
+def test_ratio_table_reports_baselines_and_other_backends():
+    from benchmarks.train_step import ratio_table
+
+    text = ratio_table({"vit": {"small": {"DeiT": 20.0, "D": 25.0, "D[torch]": 40.0, "Vim": 100.0}},
+                        "mlm": {"p=0.1": {"BERT": 50.0, "D": 55.0, "Hydra": 150.0}}})
+    assert ("ViT-S Vim 100.0 ms (5.00× DeiT); BERT-base Hydra (23 layers), attention dropout 0.1: 150.0 ms "
+            "(3.00× BERT)") in text
+    assert text.endswith("Other backends (ms, ratio to DeiT): ViT-S D[torch] 40.0 (2.00)")

@@ -1,8 +1,8 @@
 """image_classification/main_lion.py on CPU: short runs on a tiny real Fashion-MNIST subset (4 images per class)."""
 import gzip
-from collections import Counter
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +12,15 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 
-from image_classification.datasets import (FMNIST_CLASSES, FMNIST_MINI_NPZ, build_transform, materialise_fmnist_mini,
-                                           read_fashion_mnist)
-from image_classification.losses import DistillationLoss
 from image_classification import main_lion
+from image_classification.datasets import (
+    FMNIST_CLASSES,
+    FMNIST_MINI_NPZ,
+    build_transform,
+    materialise_fmnist_mini,
+    read_fashion_mnist,
+)
+from image_classification.losses import DistillationLoss
 from image_classification.main_lion import get_args_parser, main
 from image_classification.samplers import RASampler
 
