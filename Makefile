@@ -9,7 +9,7 @@ install: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-cache-dir -r requirements.txt  # no second copy of the torch wheels on small disks
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
