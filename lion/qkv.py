@@ -11,11 +11,16 @@ from __future__ import annotations
 import torch
 
 
+def qkv_views(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, L, 3, H, d) → its three (B, H, L, d) slices, as views (no autograd function: see ``unpack_qkv``)."""
+    return tuple(qkv.permute(2, 0, 3, 1, 4).unbind(0))
+
+
 class _UnpackQKV(torch.autograd.Function):
     @staticmethod
     def forward(ctx, qkv):
         ctx.shape = qkv.shape
-        return tuple(qkv.permute(2, 0, 3, 1, 4).unbind(0))
+        return qkv_views(qkv)
 
     @staticmethod
     def backward(ctx, dq, dk, dv):

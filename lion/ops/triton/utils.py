@@ -13,6 +13,8 @@ import triton
 import triton.language as tl
 from triton.compiler.compiler import CompiledKernel
 
+from lion.qkv import qkv_views
+
 # TRITON_INTERPRET=1 (set before triton is imported) runs the kernels on the CPU: tiny tiles, no autotuning.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 # LION_TRITON_AUTOTUNE=0 takes the first config of each list without timing the others (faster first call).
@@ -249,5 +251,5 @@ def grad_buffer(B, H, L, D, DV, like, dtype):
 def grad_views(buf, D, DV):
     """(dq, dk, dv) as (B, H, L, ·) views of a ``grad_buffer``."""
     if buf.dim() == 5:
-        return buf.permute(2, 0, 3, 1, 4).unbind(0)
+        return qkv_views(buf)
     return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))
