@@ -516,8 +516,8 @@ def _kernel_gates(q, P, C, R, keep, gates):
     """(P, C, sums): the P, C pointers of the fwd/bwd kernels and ``_prepare``'s ``sums`` (None: nothing to form).
     'sums' mode: a (2, orders, B, H, L) buffer of the per-token gates' prefix sums, which _prep_kernel fills (P, C
     are then its halves). 'decay' with padding (COUNTS): the same buffer holds each order's counts of real tokens
-    before / up to each token (the prefix sums of keep in that order), the exponents of λ; the gates stay (orders,
-    H). ``gates``: ``_gate_mode``'s (orders, mode)."""
+    before / up to each token (the prefix sums of keep in that order), the exponents of λ; the gates stay per head.
+    ``gates``: ``_gate_mode``'s (orders, mode)."""
     n, mode = gates
     if mode == "sums":
         las = [P, C]
@@ -628,7 +628,7 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
         dgates = torch.empty(_gates_grad_shape(P, C), device=q.device, dtype=torch.float32)
     else:
         dqa, dgates = _zeros(q.device, (B, H, L, D), _gates_grad_shape(P, C))
-        dP = dgates[0] if P is not None else dgates  # decay: d log λ (orders, H); Lit: not read
+        dP = dgates[0] if P is not None else dgates  # decay: d log λ, P's shape; Lit: not read
         dC = dgates[1] if C is not None else dP  # not read without C
     meta = _meta(q, v, (n, mode), R, keep, seed, feature, normalize, dropout_p)
     Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, (n, mode))
@@ -750,8 +750,7 @@ def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
     """(P, C, R) for the kernels (``_gate_mode``); R: ``_ranks`` of the orders (None: the natural order); all None
     for Lit. Per-head gates (H,) (LION-D): P is the (H,) or (orders, H) log λ itself and C None: the kernels form
     M = λ^n, n = |r_i − r_j| (with padding: the number of real tokens between, see ``_kernel_gates``), and return
-    d log λ.
-    Otherwise per-token (B, H, L) log gates, padded tokens' set to 0 (gate 1): one natural order's as P; the ♮
+    d log λ. Otherwise per-token (B, H, L) log gates, padded tokens' set to 0 (gate 1): one natural order's as P; the ♮
     orders' (each in its order's indexing) as P and C with R. The kernels form every prefix sum themselves.
     ``shape``: (B, L), needed only to expand per-head gates mixed with per-token ones."""
     las = [log_a] if orders is None else [la for _, la in orders]
