@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-composer.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-cache-dir -r requirements.txt  # no second copy of the torch wheels on small disks
+	$(PY) -m pip install -q --no-cache-dir --no-deps -r requirements-composer.txt  # past its torch cap (see the file)
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import logging
 import math
@@ -262,8 +263,9 @@ def check_args(args):
     if args.sched not in SCHEDULES:
         raise ArgumentError(f"--sched must be one of {', '.join(SCHEDULES)}, got {args.sched!r}")
     if args.compile:
-        import torch._dynamo  # noqa: F401  (only when asked: a slow import)
-        backends = torch._dynamo.list_backends(exclude_tags=())
+        # imported only when asked (slow); importlib keeps `torch` the module's global in this function (an
+        # `import torch._dynamo` here would make `torch` local to all of check_args: UnboundLocalError below)
+        backends = importlib.import_module("torch._dynamo").list_backends(exclude_tags=())
         if args.compile_backend not in backends:
             raise ArgumentError(f"--compile-backend {args.compile_backend!r} is not a torch.compile backend; "
                                 "e.g. inductor, aot_eager, eager")

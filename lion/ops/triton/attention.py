@@ -163,13 +163,6 @@ def _gate_grads(g, aux, key_lo, key_up, DP, DC, rows, in_m, DECAY: tl.constexpr)
     return key_lo, key_up
 
 
-# The backward's tiles are [key, query]: spreading a draw's four numbers over key rows takes a permute of the joined
-# 4-d tile, which triton 3.3's layout pass rejects; there (and only there) a broadcast-and-select does it, slower
-# (with the select in both kernels LION-D's MLM-shape op took 0.41 ms against 0.38 on an H200). The interpreter
-# runs the permute.
-_PERMUTE_ROWS = tl.constexpr(INTERPRET or tuple(int(x) for x in triton.__version__.split(".")[:2]) >= (3, 6))
-
-
 @triton.jit
 def _dropout_keep(seed, m0, n0, L, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, KEY_ROWS: tl.constexpr):
     """The dropout keep mask of the tile of queries m0 + [0, BLOCK_M) and keys n0 + [0, BLOCK_N) (n0 a multiple of
@@ -180,14 +173,10 @@ def _dropout_keep(seed, m0, n0, L, dropout_p, BLOCK_M: tl.constexpr, BLOCK_N: tl
     if not KEY_ROWS:  # [query, group, u, v] = r_{2u+v} → [query, key 4g + 2u + v]
         r0, r1, r2, r3 = tl.randint4x(seed, i[:, None] * L + g[None, :])
         r = tl.reshape(tl.join(tl.join(r0, r2), tl.join(r1, r3)), (BLOCK_M, BLOCK_N))
-    elif _PERMUTE_ROWS:  # [group, query, u, v] → [group, u, v, query] → [key, query]
+    else:  # [group, query, u, v] → [group, u, v, query] → [key, query]: the backward's tiles
         r0, r1, r2, r3 = tl.randint4x(seed, g[:, None] + i[None, :] * L)
         r = tl.join(tl.join(r0, r2), tl.join(r1, r3))
         r = tl.reshape(tl.permute(r, (0, 2, 3, 1)), (BLOCK_N, BLOCK_M))
-    else:  # [group, t, query] → [key 4g + t, query]
-        r0, r1, r2, r3 = tl.randint4x(seed, (g[:, None] + i[None, :] * L)[:, None, :])
-        t = tl.arange(0, 4)[None, :, None]
-        r = tl.reshape(tl.where(t == 0, r0, tl.where(t == 1, r1, tl.where(t == 2, r2, r3))), (BLOCK_N, BLOCK_M))
     return tl.random.uint_to_uniform_float(r) >= dropout_p
 
 
