@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test test-triton lint demo clean
+.PHONY: install test test-triton test-gpu lint demo clean
 
 install: $(STAMP)
 
@@ -22,6 +22,11 @@ test: install
 # `pytest -m triton` runs the same tests plus the model-shape cases on CUDA.
 test-triton: install
 	TRITON_INTERPRET=1 CUDA_VISIBLE_DEVICES= $(PY) -m pytest -q -m triton -W ignore::DeprecationWarning tests
+
+# On a GPU machine: every entry point as users type it, plus `pytest -m triton` on CUDA (tests/gpu_smoke.sh; one
+# line per step, non-zero exit if any fails). `make test-gpu PY=python3` uses another interpreter (no install).
+test-gpu: $(if $(filter command line,$(origin PY)),,install)
+	PY=$(PY) bash tests/gpu_smoke.sh
 
 # The style pyproject.toml sets (ruff, installed into the venv on first use; not a runtime dependency).
 lint: install
