@@ -85,7 +85,10 @@ EOF
 }
 step converter convert_and_run
 
-step pytest-triton "$PY" -m pytest -q -m triton -p no:cacheprovider tests
+# Mostly Triton compilation on the CPU: spread over processes where pytest-xdist is installed.
+xdist=$("$PY" -c 'import xdist' 2>/dev/null && echo "-n 8")
+# shellcheck disable=SC2086  # xdist: zero or two words
+step pytest-triton "$PY" -m pytest -q -m triton -p no:cacheprovider $xdist tests
 
 total=$((${#failed[@]}))
 if [ "$total" -eq 0 ]; then
