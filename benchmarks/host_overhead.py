@@ -59,14 +59,16 @@ class _NoLaunch:
 def stub_kernels():
     """CPU mode: the launches of the fused attention form and of the fused LION-S gates become no-ops (their outputs
     are then uninitialised memory; only the host work around them is timed)."""
-    import lion.ops.triton.attention as attention
+    import lion.ops.triton.common.args as op_args
     import lion.ops.triton.gates as gates
     import lion.ops.triton.lit as lit
+    import lion.ops.triton.naive as naive
 
-    for module in (attention, gates):
-        module.INTERPRET = True  # accept CPU tensors
+    op_args.INTERPRET = True  # accept CPU tensors
+    for module in (naive, gates):
+        module.INTERPRET = True
         module.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
-    for module, name in ((attention, "_fwd"), (attention, "_bwd"), (lit, "_lit_fwd"), (lit, "_lit_bwd")):
+    for module, name in ((naive, "_fwd"), (naive, "_bwd"), (lit, "_lit_fwd"), (lit, "_lit_bwd")):
         setattr(module, name, _NoLaunch())  # the autotuned launchers
 
 
@@ -90,20 +92,20 @@ def host_us(step, reps: int, device: str = "cuda") -> tuple[float, float]:
 
 
 def launch_us(step, reps: int) -> dict[str, tuple[float, float]]:
-    """Per Triton kernel: (launches per step, host µs per launch), as lion.ops.triton.utils.launch times them
+    """Per Triton kernel: (launches per step, host µs per launch), as lion.ops.triton.common.launching.launch times them
     (its direct path after warm-up; LION_TRITON_FAST_LAUNCH=0 times triton's own launch path)."""
-    from lion.ops.triton import utils
+    from lion.ops.triton.common import launching
 
     for _ in range(5):
         step()
-    utils.LAUNCH_TIMES = {}
+    launching.LAUNCH_TIMES = {}
     try:
         for _ in range(reps):
             step()
         torch.cuda.synchronize()
-        totals = utils.LAUNCH_TIMES
+        totals = launching.LAUNCH_TIMES
     finally:
-        utils.LAUNCH_TIMES = None
+        launching.LAUNCH_TIMES = None
     return {name: (n / reps, t / n * 1e6) for name, (n, t) in sorted(totals.items())}
 
 

@@ -1,6 +1,6 @@
 """GPU time of each LION kernel alone, per launch setting: how the config lists and defaults were chosen.
 
-``attn``: the fused attention form's forward and backward kernels (lion/ops/triton/attention.py), one tile config
+``attn``: the fused attention form's forward and backward kernels (lion/ops/triton/naive.py), one tile config
 at a time (autotuning off), inside a forward + backward of LION-D (per-head gates) and LION-S (per-token gates)
 at ViT-S (B128 H6 L197) and BERT (B128 H12 L128, LION-D) shapes, bf16; SDPA's forward + backward for reference.
 ``paths``: every kernel of the fused attention op's forward + backward at the default configs, for each gate path
@@ -55,10 +55,10 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
     import triton
 
     import lion
-    import lion.ops.triton.utils as utils
-    from lion.ops.triton import attention as A
+    import lion.ops.triton.common.launching as launching
+    from lion.ops.triton import naive as A
 
-    utils.AUTOTUNE = False  # each Launcher then takes configs[0]: the tile under test
+    launching.AUTOTUNE = False  # each Launcher then takes configs[0]: the tile under test
     saved = A._fwd.configs, A._bwd.configs
 
     def tile(bm, bn, w, st, mr):
@@ -73,7 +73,8 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
             for mask in masks:
                 def step(mask=mask, q=q, k=k, v=v, qkv=qkv, a=a, z=z, dy=dy):
                     log_a = lion.decay_log_gates(a) if mask == "D" else F.logsigmoid(z)
-                    y = A.fused_attention(q, k, v, log_a, feature_map="normalized_silu", scale=0.125)
+                    gates = dict(g_gamma=log_a) if mask == "D" else dict(g=log_a)
+                    y = A.fused_attention(q, k, v, **gates, feature_map="normalized_silu", scale=0.125)
                     torch.autograd.grad(y, (qkv, a if mask == "D" else z), dy)
 
                 for which, tiles, kernel in (("fwd", FWD_TILES, "_fwd_kernel"), ("bwd", BWD_TILES, "_bwd_kernel")):
@@ -94,12 +95,13 @@ def attn(reps: int, only=("fwd", "bwd")) -> None:
             print(f"attn B{B} H{H} L{L} SDPA fwd+bwd: {_line(kernel_us(sdpa, reps))}", flush=True)
     finally:
         A._fwd.configs, A._bwd.configs = saved
-        utils.AUTOTUNE = True
+        launching.AUTOTUNE = True
 
 
 def paths(reps: int) -> None:
     import lion
-    from lion.ops.triton import attention as A
+    from lion.masks import gate_arguments
+    from lion.ops.triton import naive as A
 
     for B, H, L in ((128, 6, 197), (128, 12, 128)):
         qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -113,14 +115,14 @@ def paths(reps: int) -> None:
                 gate = a if mask[0] == "D" else z
                 las = [lion.decay_log_gates(g) for g in a] if mask[0] == "D" else [F.logsigmoid(g) for g in z]
                 orders = [(natural, las[0]), (shuffled, las[1])] if mask.endswith("♮") else None
-                y = A.fused_attention(q, k, v, None if orders else las[0], orders=orders,
+                y = A.fused_attention(q, k, v, **gate_arguments(None if orders else las[0], orders, B, L),
                                       feature_map="normalized_silu", scale=0.125)
                 torch.autograd.grad(y, (qkv, gate), dy)
             print(f"paths B{B} H{H} L{L} LION-{mask}: {_line(kernel_us(step, reps))}", flush=True)
 
 
 def mlm(reps: int) -> None:
-    from lion.ops.triton.attention import fused_attention
+    from lion.ops.triton.naive import fused_attention
 
     B, H, L = 128, 12, 128
     qkv = torch.randn(B, L, 3, H, 64, device="cuda", dtype=torch.bfloat16)
@@ -132,7 +134,9 @@ def mlm(reps: int) -> None:
     for mask, log_a in gates.items():
         for p in (0.1, 0.0):
             def step(log_a=log_a, p=p):
-                y = fused_attention(q, k, v, log_a, scale=0.125, normalize=False, key_padding_mask=real, dropout_p=p)
+                gates = dict(g_gamma=log_a) if mask == "D" else dict(g=log_a)
+                y = fused_attention(q, k, v, **gates, scale=0.125, normalize=False, key_padding_mask=real,
+                                    dropout_p=p)
                 torch.autograd.grad(y, [q, k, v] + ([] if log_a is None else [log_a]), dy)
             print(f"mlm B{B} H{H} L{L} LION-{mask} dropout {p}: {_line(kernel_us(step, reps))}", flush=True)
 

@@ -25,7 +25,7 @@ def _time_length(L: int, B: int, H: int, D: int) -> dict:
     import triton.testing
 
     import lion
-    from lion.ops.triton.attention import fused_attention
+    from lion.ops.triton.naive import fused_attention
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     grad = torch.randn_like(q)
     a = torch.randn(H, device="cuda", requires_grad=True)
@@ -33,7 +33,8 @@ def _time_length(L: int, B: int, H: int, D: int) -> dict:
     kw = dict(scale=D ** -0.5)  # raw q, k: the fused op applies φ in-kernel, as the models call it
     fns = {"SDPA": lambda: F.scaled_dot_product_attention(q, k, v),
            "LION-Lit": lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **kw),
-           "LION-D": lambda: fused_attention(q, k, v, lion.decay_log_gates(a), feature_map="normalized_silu", **kw),
+           "LION-D": lambda: fused_attention(q, k, v, g_gamma=lion.decay_log_gates(a), feature_map="normalized_silu",
+                                             **kw),
            "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw)}
     out = {}
     for name, fn in fns.items():

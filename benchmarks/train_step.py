@@ -292,7 +292,7 @@ def op_rows(L: int, B=128, H=12, D=64) -> dict:
     """fwd and fwd+bwd of the attention op alone as the models call it (q, k, v strided views of one qkv tensor,
     raw: LION applies φ in-kernel; LION-D's gates per head, LION-S's per token), bf16. TFLOP/s counted as for
     FlashAttention: forward 4·B·H·L²·D, fwd+bwd 3.5×."""
-    from lion.ops.triton.attention import fused_attention
+    from lion.ops.triton.naive import fused_attention
     dev, dt = "cuda", torch.bfloat16
     qkv = torch.randn(B, L, 3, H, D, device=dev, dtype=dt).permute(2, 0, 3, 1, 4)
     q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(0))
@@ -305,13 +305,13 @@ def op_rows(L: int, B=128, H=12, D=64) -> dict:
            "LION-Lit (KᵀV)": (lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **lion_kw), (q, k, v)),
            "LION-Lit (L² kernel)": (lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", lit_kv=False,
                                                               **lion_kw), (q, k, v)),
-           "LION-D": (lambda: fused_attention(q, k, v, lion.decay_log_gates(a), feature_map="normalized_silu",
+           "LION-D": (lambda: fused_attention(q, k, v, g_gamma=lion.decay_log_gates(a), feature_map="normalized_silu",
                                               **lion_kw), (q, k, v, a)),
            "LION-S": (lambda: fused_attention(q, k, v, lion.selective_log_gates(z), feature_map="normalized_silu",
                                               **lion_kw), (q, k, v, z)),
-           "LION-D♮": (lambda: fused_attention(q, k, v, orders=[(p, lion.decay_log_gates(a)) for p in perms],
+           "LION-D♮": (lambda: fused_attention(q, k, v, g_gamma=[lion.decay_log_gates(a) for p in perms], perms=perms,
                                                feature_map="normalized_silu", **lion_kw), (q, k, v, a)),
-           "LION-S♮": (lambda: fused_attention(q, k, v, orders=[(p, lion.selective_log_gates(z[:, p])) for p in perms],
+           "LION-S♮": (lambda: fused_attention(q, k, v, [lion.selective_log_gates(z[:, p]) for p in perms], perms=perms,
                                                feature_map="normalized_silu", **lion_kw), (q, k, v, z))}
     rows = {}
     grad = torch.randn(B, H, L, D, device=dev, dtype=dt)

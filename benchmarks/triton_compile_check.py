@@ -1,7 +1,7 @@
 """Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels, the LION-S gate
 kernels and the Vim baseline's selective-scan kernels) for sm_90 without a GPU and reports registers and spills
 (Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
-configs spill (the config lists in lion/ops/triton/attention.py are chosen by measured time; some spill a little).
+configs spill (the config lists in lion/ops/triton/naive.py are chosen by measured time; some spill a little).
 
     python benchmarks/triton_compile_check.py [--regs]
 """
@@ -16,10 +16,10 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from image_classification.ops import selective_scan as S
-from lion.ops.triton import attention as A
 from lion.ops.triton import chunk as CH
 from lion.ops.triton import gates as G
 from lion.ops.triton import lit as LIT
+from lion.ops.triton import naive as A
 from lion.ops.triton import recurrent as RN
 
 BF, F32 = "*bf16", "*fp32"

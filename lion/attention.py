@@ -19,14 +19,14 @@ from lion.backend import BACKENDS, set_backend, use_fused  # noqa: F401  (re-exp
 from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
-from lion.masks import per_token_gates, upcast
+from lion.masks import gate_arguments, gates_one_at_padding, per_token_gates, upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
 logger = logging.getLogger(__name__)
 
 try:  # fused Triton kernels. attention form: forward and backward (training); chunk and RNN forms: forward only
-    from lion.ops.triton.attention import fused_attention
     from lion.ops.triton.chunk import chunk_attention
+    from lion.ops.triton.naive import fused_attention
     from lion.ops.triton.recurrent import recurrent_attention
 except ImportError as err:  # no triton: the torch forms serve every call
     logger.debug("fused kernels unavailable: %s", err)
@@ -101,7 +101,7 @@ def lion_attention(
     chunk_size: None lets the fused chunk kernel pick one for the length (the torch chunk form then uses 32).
     Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
     backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'. The attention form's
-    fused kernels (lion.ops.triton.attention) apply φ, the mask, padding, dropout and the normalisation in-kernel
+    fused kernels (lion.ops.triton.naive) apply φ, the mask, padding, dropout and the normalisation in-kernel
     and return y as a view of a (B, L, H, dv) buffer. The chunk and RNN forms have forward-only kernels
     (lion.ops.triton.chunk / .recurrent), used when no gradient is needed; otherwise their torch forms run.
     """
@@ -109,11 +109,11 @@ def lion_attention(
     check_chunk_size(chunk_size)
     if feature_map is not None and feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
-    if form == "attention" and _use_fused(q, backend, fused_attention is not None, form):  # takes (H,) gates
-        return fused_attention(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
-                               key_padding_mask=key_padding_mask, orders=orders,
-                               dropout_p=dropout_p if training else 0.0)
     B, L = q.shape[0], q.shape[-2]
+    if form == "attention" and _use_fused(q, backend, fused_attention is not None, form):  # takes (H,) gates
+        return fused_attention(q, k, v, **gate_arguments(log_a, orders, B, L), feature_map=feature_map, scale=scale,
+                               normalize=normalize, eps=eps, key_padding_mask=key_padding_mask,
+                               dropout_p=dropout_p if training else 0.0)
     log_a = per_token_gates(log_a, B, L)
     if orders is not None:
         orders = [(p, per_token_gates(la, B, L)) for p, la in orders]
@@ -121,19 +121,18 @@ def lion_attention(
         kernel = chunk_attention if form == "chunk" else recurrent_attention
         if not _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \
                 _use_fused(q, backend, kernel is not None, form):
-            return kernel(q, k, v, log_a, feature_map=feature_map, scale=scale, normalize=normalize, eps=eps,
-                          key_padding_mask=key_padding_mask, orders=orders, chunk_size=chunk_size)
+            return kernel(q, k, v, **gate_arguments(log_a, orders, B, L), feature_map=feature_map, scale=scale,
+                          normalize=normalize, eps=eps, key_padding_mask=key_padding_mask, chunk_size=chunk_size)
     if feature_map is not None:
         phi = FEATURE_MAPS[feature_map]
         q, k = phi(q), phi(k)
     if key_padding_mask is not None:
         keep = key_padding_mask[:, None, :, None].to(k.dtype)
         k = k * keep
-        if orders is None and log_a is not None:
-            log_a = log_a.masked_fill(~key_padding_mask[:, None, :], 0.0)
-        elif orders is not None:
-            orders = [(p, None if la is None else la.masked_fill(~key_padding_mask[:, p][:, None, :], 0.0))
-                      for p, la in orders]
+        if orders is None:
+            log_a = gates_one_at_padding(log_a, key_padding_mask)
+        else:
+            orders = [(p, gates_one_at_padding(la, key_padding_mask, p)) for p, la in orders]
     if orders is None:
         num, den = _sums(q, k, v, log_a, scale, form, chunk_size, normalize, dropout_p, training)
     else:

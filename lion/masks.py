@@ -45,6 +45,34 @@ def per_token_gates(log_a: torch.Tensor | None, batch: int, length: int) -> torc
     return log_a[None, :, None].expand(batch, log_a.shape[0], length)
 
 
+def gates_one_at_padding(log_a: torch.Tensor | None, key_padding_mask: torch.Tensor | None,
+                         perm: Optional[torch.Tensor] = None) -> torch.Tensor | None:
+    """Per-token log gates (B, H, L) with the padded tokens' set to 0 (gate 1), so that padding passes every product
+    of gates through unchanged wherever it sits. ``key_padding_mask``: (B, L) bool, True for real tokens; ``perm``:
+    the gates are in that token order's indexing (entry t is token perm[t]). None gates or mask: returned as given."""
+    if log_a is None or key_padding_mask is None:
+        return log_a
+    pad = ~key_padding_mask.to(device=log_a.device, dtype=torch.bool)
+    return log_a.masked_fill((pad if perm is None else pad[:, perm])[:, None, :], 0.0)
+
+
+def gate_arguments(log_a: torch.Tensor | None, orders, batch: int, length: int) -> dict:
+    """``lion_attention``'s gates as the fused ops take them: ``g`` per-token log gates (B, H, L), ``g_gamma``
+    per-head log gates (H,) (fla's names; at most one of the two), ``perms`` the orders' permutations (None: the
+    natural order), with one entry of ``g`` / ``g_gamma`` per order. ``log_a`` (or each of ``orders``' (perm,
+    log_a)) is per token, per head or None (Lit); orders mixing the two kinds pass per-token gates throughout."""
+    gates = [log_a] if orders is None else [la for _, la in orders]
+    perms = None if orders is None else [p for p, _ in orders]
+    if all(la is None for la in gates):
+        return dict(g=None, g_gamma=None, perms=perms)
+    if any(la is None for la in gates):
+        raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
+    if all(la.dim() == 1 for la in gates):
+        return dict(g=None, g_gamma=gates[0] if perms is None else gates, perms=perms)
+    gates = [per_token_gates(la, batch, length) for la in gates]
+    return dict(g=gates[0] if perms is None else gates, g_gamma=None, perms=perms)
+
+
 _fused_gates = False  # lion.ops.triton.gates.fused_log_gates once looked up (None: unavailable)
 
 

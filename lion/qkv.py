@@ -2,7 +2,7 @@
 
 A model that projects x to qkv (B, L, 3·H·d) in one Linear usually splits it with reshape/permute/unbind; the
 backward of unbind then stacks dq, dk, dv into a new tensor and the reshape back copies it again. The fused
-attention kernels write dq, dk, dv into one (B, L, 3, H, d) buffer (lion.ops.triton.attention), so the gradient
+attention kernels write dq, dk, dv into one (B, L, 3, H, d) buffer (lion.ops.triton.naive), so the gradient
 of qkv is that buffer itself: ``unpack_qkv`` hands it back as is, and stacks only when the gradients come from
 elsewhere (the torch forms, or under torch.compile, which fuses the stack anyway).
 """

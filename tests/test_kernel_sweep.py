@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import kernel_sweep
-from lion.ops.triton import attention as A
+from lion.ops.triton import naive as A
 
 ROOT = Path(__file__).resolve().parents[1]
 

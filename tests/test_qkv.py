@@ -43,7 +43,7 @@ def test_bad_shape_is_refused():
 @pytest.mark.parametrize("mask", ["Decay", "Lit"])
 def test_fused_backward_returns_the_packed_buffer_without_a_stack(mask, monkeypatch):
     pytest.importorskip("triton")
-    from lion.ops.triton.utils import INTERPRET
+    from lion.ops.triton.common.launching import INTERPRET
     if not (INTERPRET or torch.cuda.is_available()):
         pytest.skip("needs CUDA or TRITON_INTERPRET=1 (make test-triton)")
     dev = "cuda" if torch.cuda.is_available() else "cpu"

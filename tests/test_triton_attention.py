@@ -1,4 +1,4 @@
-"""Fused Triton attention form (lion.ops.triton.attention) against the torch attention form in fp64.
+"""Fused Triton attention form (lion.ops.triton.naive) against the torch attention form in fp64.
 
 Marked ``triton``: they run on CUDA, or on the CPU under the Triton interpreter (``make test-triton`` sets
 TRITON_INTERPRET=1 before triton is imported) with tiny shapes; elsewhere they skip. The GPU-only cases use the
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates
-from lion.masks import log_mask
+from lion.masks import gate_arguments, log_mask
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 CUDA = torch.cuda.is_available() and not INTERPRET
@@ -24,16 +24,16 @@ gpu_only = pytest.mark.skipif(not CUDA, reason="model shapes run on the GPU only
 FEATURE = {"Lit": "elu_plus_one", "Decay": "normalized_silu", "Selective": "normalized_silu"}
 
 if INTERPRET or CUDA:
-
-    from lion.ops.triton.attention import FEATURES, _gate_inputs, attention_fwd, dropout_keep_mask, fused_attention
+    from lion.ops.triton.common.features import FEATURE_CODES
+    from lion.ops.triton.naive import _gate_inputs, attention_fwd, dropout_keep_mask, fused_attention
 
 
 @pytest.fixture(autouse=True)
 def _first_config_only(monkeypatch):
     """Correctness does not depend on the tile sizes: skip autotuning (compiling every config) in tests."""
     if INTERPRET or CUDA:
-        import lion.ops.triton.utils as utils
-        monkeypatch.setattr(utils, "AUTOTUNE", False)
+        import lion.ops.triton.common.launching as launching
+        monkeypatch.setattr(launching, "AUTOTUNE", False)
 
 
 def rel_err(x, ref):
@@ -86,7 +86,7 @@ def compare(mask, order="Normal", B=2, H=2, L=21, D=8, DV=8, normalize=True, pad
     q, k, v = leaves
     kw = dict(feature_map=FEATURE[mask], scale=D ** -0.5, normalize=normalize, key_padding_mask=kpm)
     log_a, orders = gates(params)
-    y = fused_attention(q, k, v, log_a, orders=orders, lit_kv=lit_kv, **kw)
+    y = fused_attention(q, k, v, **gate_arguments(log_a, orders, B, L), lit_kv=lit_kv, **kw)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves + params]
     rq, rk, rv = ref_leaves[:3]
     rlog_a, rorders = gates(ref_leaves[3:])
@@ -132,7 +132,7 @@ def test_decay_gates_per_token_match_per_head(order, L, B, pad):
     compare("Decay", order, B=B, L=L, seed=L, per_head=True, lit_kv=False, pad=pad)
     _, params, kpm, gates = make_case("Decay", order, B, 2, L, 8, 8, pad, seed=L)
     log_a, orders = gates(params)
-    P = _gate_inputs(log_a, orders, kpm)[0]
+    P = _gate_inputs(**gate_arguments(log_a, orders, B, L), key_padding_mask=kpm)[0]
     assert P.shape == ((2,) if len(params) == 1 else (2, 2))  # per head (H,) or (orders, H): not expanded
 
 
@@ -168,8 +168,9 @@ def test_dropout_matches_reference_with_kernel_mask(normalize):
     leaves, params, kpm, gates = make_case("Selective", "Normal", B, H, L, D, D, True, seed=3)
     log_a, _ = gates(params)
     seed = torch.tensor([1234], device=DEV)
-    P, C, R = _gate_inputs(log_a, None, kpm)
-    y, _ = attention_fwd(*leaves, P, C, R, kpm, seed, D ** -0.5, 1e-6, FEATURES["normalized_silu"], normalize, p)
+    P, C, R = _gate_inputs(log_a, None, None, kpm)
+    y, _ = attention_fwd(*leaves, P, C, R, kpm, seed, D ** -0.5, 1e-6, FEATURE_CODES["normalized_silu"], normalize,
+                         p)
     keep = dropout_keep_mask(seed, B, H, L, p)
     assert 0.5 < keep.float().mean().item() < 0.9  # p = 0.3
     groups = keep[..., :16].reshape(B, H, L, 4, 4).float().mean(-1)  # one Philox draw serves 4 keys
@@ -184,10 +185,10 @@ def test_dropout_p_zero_is_exact_and_training_draws_new_masks():
     leaves, params, kpm, gates = make_case("Decay", "Normal", 1, 2, 17, 8, 8, False, seed=5)
     log_a, _ = gates(params)
     kw = dict(feature_map="normalized_silu", scale=0.3, normalize=False)
-    y0 = fused_attention(*leaves, log_a, **kw)
+    y0 = fused_attention(*leaves, g_gamma=log_a, **kw)
     ref = lion_attention(*leaves, log_a, backend="torch", **kw)
     assert rel_err(y0, ref) < 1e-5
-    y1, y2 = (fused_attention(*leaves, log_a, dropout_p=0.5, **kw) for _ in range(2))
+    y1, y2 = (fused_attention(*leaves, g_gamma=log_a, dropout_p=0.5, **kw) for _ in range(2))
     assert not torch.allclose(y1, y2)
     assert rel_err(y1, ref) > 0.05  # dropout did act
 
@@ -201,7 +202,7 @@ def test_one_permuted_order_matches_reference(pad):
     perm = torch.randperm(L, generator=torch.Generator().manual_seed(4)).to(DEV)
     kw = dict(feature_map="normalized_silu", scale=D ** -0.5, key_padding_mask=kpm)
     z = params[0]
-    y = fused_attention(*leaves, orders=[(perm, selective_log_gates(z[:, perm]))], **kw)
+    y = fused_attention(*leaves, [selective_log_gates(z[:, perm])], perms=[perm], **kw)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves + params]
     ref = lion_attention(*ref_leaves[:3], orders=[(perm, selective_log_gates(ref_leaves[3][:, perm]))],
                          backend="torch", **kw)
@@ -212,7 +213,7 @@ def test_more_than_two_orders_fail_clearly():
     leaves, params, _, _ = make_case("Decay", "Normal", 1, 2, 9, 8, 8, False, seed=2)
     orders = [(torch.randperm(9).to(DEV), decay_log_gates(params[0])) for _ in range(3)]
     with pytest.raises(ValueError, match="one or two token orders, got 3.*backend='torch'"):
-        fused_attention(*leaves, orders=orders, feature_map="normalized_silu")
+        fused_attention(*leaves, **gate_arguments(None, orders, 1, 9), feature_map="normalized_silu")
 
 
 @pytest.mark.parametrize("L", [33, 40])
@@ -315,7 +316,8 @@ def test_gpu_autocast_keeps_dtypes():
     """Under bf16 autocast with fp32 inputs the op computes in bf16 and the gradients keep their dtypes."""
     leaves, params, _, gates = make_case("Selective", "S", 4, 6, 197, 64, 64, False, seed=11)
     with torch.autocast("cuda", dtype=torch.bfloat16):
-        y = fused_attention(*leaves, None, orders=gates(params)[1], feature_map="normalized_silu", scale=0.125)
+        y = fused_attention(*leaves, **gate_arguments(None, gates(params)[1], 4, 197), feature_map="normalized_silu",
+                            scale=0.125)
     assert y.dtype == torch.bfloat16
     grads = torch.autograd.grad(y.float().sum(), leaves + params)
     assert all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)

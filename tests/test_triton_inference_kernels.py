@@ -13,6 +13,7 @@ if os.environ.get("TRITON_INTERPRET") != "1":
 pytest.importorskip("triton")
 
 from lion import decay_log_gates, lion_attention, selective_log_gates  # noqa: E402
+from lion.masks import gate_arguments  # noqa: E402
 from lion.ops.triton.chunk import auto_chunk_size, chunk_attention  # noqa: E402
 from lion.ops.triton.recurrent import recurrent_attention  # noqa: E402
 
@@ -94,7 +95,7 @@ def test_orders_in_one_pass(form, n_orders):
     perms = [torch.arange(L)] + [torch.randperm(L, generator=g) for _ in range(n_orders - 1)]
     orders = [(p.to(DEVICE), _gates("selective", B, H, L, g).to(DEVICE)) for p in perms]
     kw = dict(feature_map="normalized_silu", scale=0.5)
-    y = FNS[form](q, k, v, orders=orders, chunk_size=8, **kw)
+    y = FNS[form](q, k, v, **gate_arguments(None, orders, B, L), chunk_size=8, **kw)
     assert _rel(y, _reference(q, k, v, orders=orders, **kw)) < 1e-5
 
 
@@ -109,7 +110,7 @@ def test_orders_with_padding(form):
     keep = torch.ones(B, L, dtype=torch.bool)
     keep[0, 11:] = False
     kw = dict(feature_map="normalized_silu", scale=0.5, key_padding_mask=keep.to(DEVICE))
-    y = FNS[form](q, k, v, orders=orders, chunk_size=4, **kw)
+    y = FNS[form](q, k, v, **gate_arguments(None, orders, B, L), chunk_size=4, **kw)
     assert _rel(y, _reference(q, k, v, orders=orders, **kw)) < 1e-5
 
 

@@ -1,10 +1,11 @@
-"""lion.ops.triton.utils: Launcher (the autotuner runs once per key, later calls launch the chosen config directly)
-and launch (after triton's own path has launched a key twice, its compiled kernel's launcher is called directly)."""
+"""lion.ops.triton.common.launching: Launcher (the autotuner runs once per key, later calls launch the chosen config
+directly) and launch (after triton's own path has launched a key twice, its compiled kernel's launcher is called
+directly)."""
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
-from lion.ops.triton import utils  # noqa: E402
+from lion.ops.triton.common import launching  # noqa: E402
 
 
 class FakeKernel:
@@ -33,9 +34,9 @@ class FakeTuned:
 
 @pytest.fixture
 def launcher(monkeypatch):
-    monkeypatch.setattr(utils, "INTERPRET", False)
-    monkeypatch.setattr(utils, "AUTOTUNE", True)
-    monkeypatch.setattr(utils, "FAST_LAUNCH", False)  # launches reach the fake kernel as kernel[grid](...)
+    monkeypatch.setattr(launching, "INTERPRET", False)
+    monkeypatch.setattr(launching, "AUTOTUNE", True)
+    monkeypatch.setattr(launching, "FAST_LAUNCH", False)  # launches reach the fake kernel as kernel[grid](...)
     made = []
 
     def autotune(configs, key, reset_to_zero=None):
@@ -44,11 +45,11 @@ def launcher(monkeypatch):
             return made[-1]
         return wrap
 
-    monkeypatch.setattr(utils.triton, "autotune", autotune)
+    monkeypatch.setattr(launching.triton, "autotune", autotune)
     configs = [triton.Config({"BLOCK": 16}, num_warps=4, num_stages=2),
                triton.Config({"BLOCK": 32}, num_warps=8, num_stages=3)]
     kernel = FakeKernel()
-    return utils.Launcher(kernel, configs, ["L", "D"], triton.Config({"BLOCK": 16}, num_warps=1)), kernel, made
+    return launching.Launcher(kernel, configs, ["L", "D"], triton.Config({"BLOCK": 16}, num_warps=1)), kernel, made
 
 
 def test_autotunes_once_per_key_then_launches_the_chosen_config(launcher):
@@ -133,12 +134,12 @@ class FakeJit:
 
 @pytest.fixture
 def direct(monkeypatch):
-    monkeypatch.setattr(utils, "INTERPRET", False)
-    monkeypatch.setattr(utils, "FAST_LAUNCH", True)
-    monkeypatch.setattr(utils, "_LAUNCHES", {})
-    monkeypatch.setattr(utils.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(launching, "INTERPRET", False)
+    monkeypatch.setattr(launching, "FAST_LAUNCH", True)
+    monkeypatch.setattr(launching, "_LAUNCHES", {})
+    monkeypatch.setattr(launching.torch.cuda, "current_device", lambda: 0)
     streams = iter(f"stream-{i}" for i in range(1, 100))
-    monkeypatch.setattr(utils, "_stream", lambda device: next(streams))
+    monkeypatch.setattr(launching, "_stream", lambda device: next(streams))
 
 
 @pytest.mark.parametrize("compiled", [FakeCompiled, FakeCompiledProperty])
@@ -146,14 +147,14 @@ def test_launch_goes_direct_from_the_third_call_with_triton_argument_layout(dire
     kernel = FakeJit(compiled=compiled)
     x = torch.zeros(64)
     for _ in range(4):
-        utils.launch(kernel, (3, 2), (x, 197), dict(BLOCK=32, num_warps=4))
+        launching.launch(kernel, (3, 2), (x, 197), dict(BLOCK=32, num_warps=4))
     assert kernel.via_triton == 2  # first: compiles; second: recorded; then direct
     (compiled,) = kernel.cache.values()
     first, recorded, third, fourth = compiled.launched
     assert third[:3] == (3, 2, 1) and third[3] == "stream-1" and fourth[3] == "stream-2"  # the current stream
     assert third[4:] == first[4:] and third[9] is x  # handles, hooks, then X, N and BLOCK's value
     y = torch.zeros(64)
-    utils.launch(kernel, (3, 2), (y, 197), dict(BLOCK=32, num_warps=4))  # another tensor, same key
+    launching.launch(kernel, (3, 2), (y, 197), dict(BLOCK=32, num_warps=4))  # another tensor, same key
     assert compiled.launched[-1][9] is y and kernel.via_triton == 2
 
 
@@ -163,7 +164,7 @@ def test_launch_keys_on_what_triton_specialises(direct, change):
     x = torch.zeros(64)
     args, meta = (x, 197), dict(BLOCK=32, num_warps=4)
     for _ in range(3):
-        utils.launch(kernel, (1,), args, meta)
+        launching.launch(kernel, (1,), args, meta)
     if change == "alignment":
         args = (x[1:], 197)  # 4 bytes off: not 16-byte aligned, another compiled kernel
     elif change == "int value":
@@ -172,7 +173,7 @@ def test_launch_keys_on_what_triton_specialises(direct, change):
         meta = dict(BLOCK=64, num_warps=4)
     else:
         meta = dict(BLOCK=32, num_warps=8)
-    utils.launch(kernel, (1,), args, meta)
+    launching.launch(kernel, (1,), args, meta)
     assert kernel.via_triton == 3 and len(kernel.cache) == 2
 
 
@@ -180,7 +181,7 @@ def test_launch_runtime_arguments_only_layout(direct):
     kernel = FakeJit(all_params=False)
     x = torch.zeros(64)
     for _ in range(3):
-        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+        launching.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
     assert kernel.via_triton == 2
     assert next(iter(kernel.cache.values())).launched[-1][9:] == (x, 5)
 
@@ -196,24 +197,24 @@ def test_launch_with_hooks(direct, monkeypatch):
     x = torch.zeros(64)
     kernel = FakeJit(hook=Chain([]))  # an empty hook chain is no hook: direct launches
     for _ in range(4):
-        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+        launching.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
     assert kernel.via_triton == 2
     kernel = FakeJit(hook=Chain([print]))  # a profiler's hook: triton's path every time
     for _ in range(4):
-        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+        launching.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
     assert kernel.via_triton == 4
     kernel = FakeJit()
-    monkeypatch.setattr(utils, "_hooks_set", lambda: True)  # a hook set after the key went direct
+    monkeypatch.setattr(launching, "_hooks_set", lambda: True)  # a hook set after the key went direct
     for _ in range(4):
-        utils.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+        launching.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
     assert kernel.via_triton == 4
 
 
 def test_launch_switch_off(direct, monkeypatch):
-    monkeypatch.setattr(utils, "FAST_LAUNCH", False)
+    monkeypatch.setattr(launching, "FAST_LAUNCH", False)
     kernel = FakeJit()
     for _ in range(4):
-        utils.launch(kernel, (1,), (torch.zeros(4), 5), dict(BLOCK=16))
+        launching.launch(kernel, (1,), (torch.zeros(4), 5), dict(BLOCK=16))
     assert kernel.via_triton == 4
 
 
@@ -222,8 +223,8 @@ def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
     """The real kernels (attention form forward and backward, chunk form) launched directly give what triton's own
     launches give: the forward and chunk outputs bit for bit, the gradients (fp32 atomics) to rounding."""
     import lion
-    from lion.ops.triton.attention import fused_attention
     from lion.ops.triton.chunk import chunk_attention
+    from lion.ops.triton.naive import fused_attention
 
     g = torch.Generator(device="cuda").manual_seed(0)
     qkv = torch.randn(4, 197, 3, 6, 64, device="cuda", generator=g).transpose(1, 3)
@@ -238,13 +239,13 @@ def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
             c = chunk_attention(q, k, v, lion.selective_log_gates(z), feature_map="normalized_silu", scale=0.125)
         return y, grads, c
 
-    monkeypatch.setattr(utils, "FAST_LAUNCH", False)
+    monkeypatch.setattr(launching, "FAST_LAUNCH", False)
     ref = run()
-    monkeypatch.setattr(utils, "FAST_LAUNCH", True)
-    monkeypatch.setattr(utils, "_LAUNCHES", {})
+    monkeypatch.setattr(launching, "FAST_LAUNCH", True)
+    monkeypatch.setattr(launching, "_LAUNCHES", {})
     for _ in range(3):
         out = run()
-    direct = {key[0].fn.__name__ for key, entry in utils._LAUNCHES.items() if isinstance(entry, utils._Direct)}
+    direct = {key[0].fn.__name__ for key, entry in launching._LAUNCHES.items() if isinstance(entry, launching._Direct)}
     assert {"_prep_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_q_kernel", "_chunk_states", "_scan_states",
             "_chunk_output"} <= direct
     assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])

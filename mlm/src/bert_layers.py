@@ -19,7 +19,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOu
 
 from lion import decay_log_gates, lion_attention, selective_log_gates_eps
 from lion.checks import KEEP, check_chunk_size
-from lion.masks import per_token_gates
+from lion.masks import gates_one_at_padding, per_token_gates
 from lion.ops.naive import naive_scores
 from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORM_ALIASES, FORMS, LionBertConfig, check_choice
 from mlm.src.hydra import HydraLayer, HydraMixer
@@ -90,9 +90,8 @@ class LionBertSelfAttention(nn.Module):
         if self.config.arch_type == "attention":
             scores = torch.matmul(q, k.transpose(-1, -2)).float() / math.sqrt(self.head_dim)
             return scores.masked_fill(~keys, torch.finfo(scores.dtype).min).softmax(-1).to(q.dtype)
-        log_a = per_token_gates(self._log_gates(hidden_states), q.shape[0], q.shape[2])
-        if log_a is not None:  # padded tokens: gate 1, as lion_attention does
-            log_a = log_a.masked_fill(~attention_mask[:, None, :], 0.0)
+        log_a = gates_one_at_padding(per_token_gates(self._log_gates(hidden_states), q.shape[0], q.shape[2]),
+                                     attention_mask)  # padded tokens: gate 1, as lion_attention does
         scores = naive_scores(q, k, log_a, 1.0 / math.sqrt(self.head_dim))
         return scores.masked_fill(~keys, 0.0).to(q.dtype)
 

@@ -1,3 +1,3 @@
-"""Triton kernels by form. attention.py: the fused attention form for training (forward and backward);
-utils.py: helpers shared by the kernels (interpreter detection, tile-size selection).
-lion.attention imports the kernels it dispatches to directly."""
+"""Triton kernels, laid out as the torch forms of ``lion.ops``: ``naive`` (the fused attention form, training and
+inference; ``lit`` its KᵀV path for Lit), ``chunk`` and ``recurrent`` (inference), ``gates`` (LION-S's log gates);
+``common`` holds what they share. ``lion.attention`` imports the kernels it dispatches to directly."""

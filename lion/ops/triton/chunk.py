@@ -19,7 +19,6 @@ buffer and the last one normalises. Extra memory: the states, 2·d·dv per chunk
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Sequence
 
 import torch
@@ -27,35 +26,15 @@ import triton
 import triton.language as tl
 
 from lion.checks import check_chunk_size
-from lion.ops.triton.utils import launch
+from lion.ops.triton.common.args import prepare_scan, stand_ins, strides_or_zero
+from lion.ops.triton.common.features import load_features
+from lion.ops.triton.common.launching import INTERPRET, launch
 
-FEATURE_CODES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
 MAX_KERNEL_CHUNK = 128  # larger chunk sizes run as chunks of 128 (the result does not depend on the chunk size)
 SCAN_ROWS = 16  # rows of the d×dv states per scan program
-_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-# --------------------------------------------------------------------------------------------- shared helpers
-@triton.jit
-def feature_map(x, m, FEATURE: tl.constexpr):
-    """φ of an fp32 tile of raw q or k rows (docs/lion.md §1), zero outside the mask ``m``.
-    FEATURE: 0 none, 1 elu(x) + 1, 2 r / ‖r‖ with r = silu(x) + 0.5 (the norm over the row)."""
-    if FEATURE == 1:
-        x = tl.where(x > 0, x + 1.0, tl.exp(x))
-    elif FEATURE == 2:
-        r = tl.where(m, x * tl.sigmoid(x) + 0.5, 0.0)
-        x = r / tl.sqrt(tl.maximum(tl.sum(r * r, 1), 1e-30))[:, None]
-    return tl.where(m, x, 0.0)
-
-
-@triton.jit
-def load_features(base, rows, s_row, s_col, offs_d, row_ok, col_ok, FEATURE: tl.constexpr):
-    """fp32 tile φ(x) of the rows ``rows`` (any order: a permutation gathers them); zero outside the mask."""
-    m = row_ok[:, None] & col_ok[None, :]
-    x = tl.load(base + rows[:, None] * s_row + offs_d[None, :] * s_col, mask=m, other=0.0).to(tl.float32)
-    return feature_map(x, m, FEATURE)
-
-
+# --------------------------------------------------------------------------------------------- device helpers
 @triton.jit
 def chunk_tokens(PERM, o, c, L, CHUNK, HAS_PERM: tl.constexpr, BLOCK_C: tl.constexpr):
     """Chunk c in order o: positions in that order, which are real tokens, and their natural token indices."""
@@ -258,63 +237,20 @@ def _chunk_output(
 
 
 # ------------------------------------------------------------------------------------------- python entry
-def interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
 def auto_chunk_size(length: int, head_dim: int, value_dim: int) -> int:
     """Chunk size of the fused kernel when the caller passes None: measured on an H200 (benchmarks/RESULTS.md),
     ViT-S heads (d = 64), 197 to 12545 tokens."""
     return 64
 
 
-def prepare(q, k, v, log_a, key_padding_mask, orders, feature_map):
-    """Checks and the kernels' view of the gates: (O, B, H, L) log gates (or None), (O, L) int32 permutations
-    (or None), (B, L) uint8 keep flags (or None)."""
-    if not (q.is_cuda or interpreting()):
-        raise ValueError("the fused chunk/RNN kernels need CUDA tensors (or TRITON_INTERPRET=1); "
-                         "use backend='torch' on the CPU")
-    if q.dim() != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-        raise ValueError(f"q, k must be (B, H, L, dk) and v (B, H, L, dv); got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.dtype not in _DTYPES:
-            raise ValueError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-    if feature_map not in FEATURE_CODES:
-        raise ValueError(f"feature_map must be one of {tuple(FEATURE_CODES)}, got {feature_map!r}")
-    B, H, L = q.shape[:3]
-    keep = None
-    if key_padding_mask is not None:
-        keep = key_padding_mask.to(device=q.device, dtype=torch.uint8).contiguous()
-        if orders is None and log_a is not None:  # padded keys pass the state on unchanged (gate 1)
-            log_a = log_a.masked_fill(~key_padding_mask[:, None, :], 0.0)
-    if orders is None:
-        gates = None if log_a is None else log_a.unsqueeze(0)
-        perms = None
-    else:
-        las = [la for _, la in orders]
-        if any(la is None for la in las) and not all(la is None for la in las):
-            raise ValueError("orders: either every order has log gates or none has")
-        perms = torch.stack([p.to(device=q.device, dtype=torch.int32) for p, _ in orders])
-        gates = None if las[0] is None else torch.stack([la.expand(B, H, L) for la in las])
-        if gates is not None and key_padding_mask is not None:  # each order's gates are in its token order
-            gates = gates.masked_fill(~key_padding_mask.to(q.device, torch.bool)[:, perms.long()]
-                                      .permute(1, 0, 2)[:, :, None, :], 0.0)
-    if gates is not None and tuple(gates.shape[1:]) != (B, H, L):
-        raise ValueError(f"log_a must be (B, H, L) = {(B, H, L)}, got {tuple(gates.shape[1:])}")
-    return gates, perms, keep
-
-
-def strides_or_zero(t, n):
-    return tuple(t.stride()) if t is not None else (0,) * n
-
-
-def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
-                    normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
-                    orders: Optional[Sequence] = None, chunk_size: Optional[int] = None,
+def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,
+                    perms: Optional[Sequence[torch.Tensor]] = None, feature_map: Optional[str] = None,
+                    scale: float = 1.0, normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
+                    chunk_size: Optional[int] = None,
                     num_warps: Optional[int] = None, block_dv: Optional[int] = None,
                     scan_rows: int = SCAN_ROWS) -> torch.Tensor:
-    """LION attention in the chunk form, forward only (the ``lion_attention`` contract, without dropout).
+    """LION attention in the chunk form, forward only (the ``lion_attention`` contract, without dropout; gates
+    ``g`` / ``g_gamma`` and orders ``perms`` as ``lion.masks.gate_arguments`` gives them).
 
     q, k (raw: ``feature_map`` is applied here), v: (B, H, L, d) tensors of any strides; returns y as a
     (B, H, L, dv) view of (B, L, H, dv) memory in v's dtype. ``chunk_size``: None picks one for the length
@@ -325,17 +261,17 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     for name, val, low in (("block_dv", block_dv, 16), ("scan_rows", scan_rows, 1)):
         if val is not None and not (isinstance(val, int) and val >= low and val & (val - 1) == 0):
             raise ValueError(f"{name} must be a power of two ≥ {low}, got {val!r}")
-    gates, perms, keep = prepare(q, k, v, log_a, key_padding_mask, orders, feature_map)
+    gates, perm_ids, keep, feature = prepare_scan(q, k, v, g, g_gamma, perms, key_padding_mask, feature_map)
     B, H, L, DK = q.shape
     DV = v.shape[-1]
-    n_orders = 1 if orders is None else len(orders)
+    n_orders = 1 if perms is None else len(perms)
     chunk = min(MAX_KERNEL_CHUNK, chunk_size or auto_chunk_size(L, DK, DV))
     block_c = max(16, triton.next_power_of_2(chunk))
     block_dk = max(16, triton.next_power_of_2(DK))
     block_dv = block_dv or min(64, max(16, triton.next_power_of_2(DV)))
     n_dv = triton.cdiv(DV, block_dv)
     n = triton.cdiv(L, chunk)
-    lowp = v.dtype != torch.float32 and not interpreting()  # the triton 3.3 interpreter multiplies bf16 wrongly
+    lowp = v.dtype != torch.float32 and not INTERPRET  # the triton 3.3 interpreter multiplies bf16 wrongly
     state_dtype = v.dtype if lowp else torch.float32
     dev = q.device
     states = torch.empty(n_orders * B * H, n, 2, block_dk, n_dv * block_dv, device=dev, dtype=state_dtype)
@@ -343,17 +279,15 @@ def chunk_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, s
     gs = torch.empty(n_orders * B * H, n, device=dev, dtype=torch.float32) if gates is not None else zs
     out = torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
     dummy = out
-    flags = dict(HAS_GATES=gates is not None, HAS_PERM=perms is not None, HAS_KEEP=keep is not None,
-                 FEATURE=FEATURE_CODES[feature_map], LOWP=lowp, PREC="ieee",
+    flags = dict(HAS_GATES=gates is not None, HAS_PERM=perm_ids is not None, HAS_KEEP=keep is not None,
+                 FEATURE=feature, LOWP=lowp, PREC="ieee",
                  BLOCK_C=block_c, BLOCK_DK=block_dk, BLOCK_DV=block_dv, DVP=n_dv * block_dv)
     warps = num_warps or (4 if block_c <= 64 else 8)  # measured: C = 64 with 4 warps, C = 128 with 8
     # C = 64 with 4 warps: capping registers at 128 a thread (from 146) fits a fourth program per multiprocessor,
     # 8–9 % faster at 3137 and 12545 tokens on an H200 (benchmarks/kernel_sweep.py chunk); C = 128 lost with it
     maxnreg = 128 if block_c == 64 and warps == 4 and lowp else None
-    la = gates if gates is not None else dummy
+    la, perm, kp = stand_ins(dummy, gates, perm_ids, keep)
     la_strides = strides_or_zero(gates, 4)
-    perm = perms if perms is not None else dummy
-    kp = keep if keep is not None else dummy
     keep_stride = keep.stride(0) if keep is not None else 0
     launch(_chunk_states, (n_orders * B * H, n, n_dv), (
         k, v, la, perm, kp, states, zs, gs, *k.stride(), *v.stride(), *la_strides, keep_stride,

@@ -18,9 +18,10 @@ import torch
 import triton
 import triton.language as tl
 
-from lion.ops.triton.utils import INTERPRET, launch
+from lion.ops.triton.common.args import KERNEL_DTYPES, check_device
+from lion.ops.triton.common.launching import INTERPRET, launch
+from lion.ops.triton.common.op import FusedOp
 
-KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _TOKENS = 64  # tokens per program
 
 
@@ -101,29 +102,18 @@ def _gates_bwd(z, perm, dout, first_gate_one, eps):
     return dz
 
 
-class _LogGatesFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, z, perm, first_gate_one, eps):
-        ctx.save_for_backward(z, perm)
-        ctx.first_gate_one, ctx.eps = first_gate_one, eps
-        return _gates_fwd(z, perm, first_gate_one, eps)
-
-    @staticmethod
-    def backward(ctx, dout):
-        z, perm = ctx.saved_tensors
-        return _gates_bwd(z, perm, dout, ctx.first_gate_one, ctx.eps), None, None, None
+# (z, perm, first_gate_one, eps) → (B, H, L) log gates; eager only (torch.compile takes lion.masks' torch ops)
+_log_gates = FusedOp(_gates_fwd, _gates_bwd, 2, lambda tensors, dz: (dz, None), save_outputs=False)
 
 
 def fused_log_gates(z: torch.Tensor, perm: Optional[torch.Tensor] = None, first_gate_one: bool = False,
                     eps: Optional[float] = None) -> torch.Tensor:
     """(B, H, L) fp32 log gates of z (B, L, H) taken in the order ``perm`` (see the module docstring): eps None
     gives logsigmoid(−z) (first entry 0 with ``first_gate_one``), a float log(σ(−z) + eps). Eager autograd."""
-    if not (z.is_cuda or INTERPRET):
-        raise ValueError("the fused gate kernel needs CUDA tensors, or TRITON_INTERPRET=1 set before triton is "
-                         f"imported; got z on {z.device}. Use backend='torch' or 'auto' on CPU.")
+    check_device(z, "the fused gate kernel")
     if z.dtype not in KERNEL_DTYPES:
         raise ValueError(f"the fused gate kernel takes z in {KERNEL_DTYPES}, got {z.dtype}")
     if perm is not None and perm.shape != z.shape[1:2]:
         raise ValueError(f"perm must be a permutation of the {z.shape[1]} tokens, got shape {tuple(perm.shape)}")
     perm = None if perm is None else perm.contiguous()
-    return _LogGatesFn.apply(z, perm, bool(first_gate_one), None if eps is None else float(eps))
+    return _log_gates(z, perm, bool(first_gate_one), None if eps is None else float(eps))

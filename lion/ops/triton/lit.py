@@ -2,7 +2,7 @@
 
     y_i = φ(q_i) S / (φ(q_i)·z + eps),   S = scale Σ_j φ(k_j) v_jᵀ,   z = scale Σ_j φ(k_j)   (padded keys dropped)
 
-one program per (batch, head), O(L·d·dv) work. ``lion.ops.triton.attention.fused_attention`` takes this path for Lit
+one program per (batch, head), O(L·d·dv) work. ``lion.ops.triton.naive.fused_attention`` takes this path for Lit
 normalised without dropout when L ≥ d (``lit_kv``); the L×L kernels serve the rest.
 """
 from __future__ import annotations
@@ -13,19 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from lion.ops.triton.utils import (
-    Launcher,
-    block_size,
-    dy_rows,
-    grad_buffer,
-    grad_views,
-    key_keep,
-    last_dim_unit,
-    load_rows,
-    phi,
-    phi_bwd,
-    token_major,
-)
+from lion.ops.triton.common.args import grad_buffer, grad_views, last_dim_unit, token_major
+from lion.ops.triton.common.features import phi, phi_bwd
+from lion.ops.triton.common.launching import Launcher, block_size
+from lion.ops.triton.common.op import FusedOp
+from lion.ops.triton.common.rows import dy_rows, key_keep, load_rows
 
 
 @triton.jit
@@ -196,39 +188,10 @@ def _(q, k, v, keep, y, den, dy, scale, eps, feature):
     return grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype)
 
 
-def _lit_save(ctx, q, k, v, keep, y, den, scale, eps, feature):
-    ctx.save_for_backward(q, k, v, keep, y, den)
-    ctx.args = (scale, eps, feature)
+def _input_grads(tensors, dqkv):
+    q, v = tensors[0], tensors[2]
+    return (*grad_views(dqkv, q.shape[-1], v.shape[-1]), None)
 
 
-def _lit_grads(ctx, dy, bwd):
-    q, k, v, keep, y, den = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros_like(y)
-    dqkv = bwd(q, k, v, keep, y, den, dy, *ctx.args)
-    return (*grad_views(dqkv, q.shape[-1], v.shape[-1]), None, None, None, None)
-
-
-def _lit_setup_context(ctx, inputs, output):
-    q, k, v, keep, *args = inputs
-    _lit_save(ctx, q, k, v, keep, *output, *args)
-
-
-def _lit_backward(ctx, dy, dden):
-    return _lit_grads(ctx, dy, lit_kv_bwd)
-
-
-lit_kv_fwd.register_autograd(_lit_backward, setup_context=_lit_setup_context)
-
-
-# eager mode: an autograd.Function costs less host time than the custom op (see attention.py)
-class _LitKVFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, keep, *args):
-        y, den = _lit_kv_fwd(q, k, v, keep, *args)
-        _lit_save(ctx, q, k, v, keep, y, den, *args)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _lit_grads(ctx, dy, _lit_kv_bwd)
+# (q, k, v, keep, scale, eps, feature) → y
+lit_kv_attention = FusedOp(_lit_kv_fwd, _lit_kv_bwd, 4, _input_grads, custom_ops=(lit_kv_fwd, lit_kv_bwd))

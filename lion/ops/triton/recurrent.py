@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from lion.ops.triton.chunk import FEATURE_CODES, feature_map, prepare, strides_or_zero
-from lion.ops.triton.utils import launch
+from lion.ops.triton.common.args import prepare_scan, stand_ins, strides_or_zero
+from lion.ops.triton.common.features import feature_map
+from lion.ops.triton.common.launching import launch
 
 # measured on an H200 (benchmarks/RESULTS.md): tokens per load, value columns per program, warps per program
 BLOCK_T, BLOCK_DV, NUM_WARPS = 4, 16, 1
@@ -132,17 +133,19 @@ def _normalize(NUM, DEN, OUT, n_rows, DV, eps, inv_orders, NORMALIZE: tl.constex
     tl.store(OUT + offs, y.to(OUT.dtype.element_ty), mask=m)
 
 
-def recurrent_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
-                        normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
-                        orders: Optional[Sequence] = None, chunk_size=None, block_t: int = BLOCK_T,
-                        block_dv: int = BLOCK_DV, num_warps: int = NUM_WARPS) -> torch.Tensor:
-    """LION attention in the RNN form, forward only (the ``lion_attention`` contract, without dropout).
+def recurrent_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,
+                        perms: Optional[Sequence[torch.Tensor]] = None, feature_map: Optional[str] = None,
+                        scale: float = 1.0, normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
+                        chunk_size=None, block_t: int = BLOCK_T, block_dv: int = BLOCK_DV,
+                        num_warps: int = NUM_WARPS) -> torch.Tensor:
+    """LION attention in the RNN form, forward only (the ``lion_attention`` contract, without dropout; gates
+    ``g`` / ``g_gamma`` and orders ``perms`` as ``lion.masks.gate_arguments`` gives them).
     q, k raw (``feature_map`` applied here), v: (B, H, L, d) of any strides; returns y as a (B, H, L, dv) view of
     (B, L, H, dv) memory in v's dtype. ``chunk_size`` is ignored (one token per step)."""
-    gates, perms, keep = prepare(q, k, v, log_a, key_padding_mask, orders, feature_map)
+    gates, perm_ids, keep, feature = prepare_scan(q, k, v, g, g_gamma, perms, key_padding_mask, feature_map)
     B, H, L, DK = q.shape
     DV = v.shape[-1]
-    n_orders = 1 if orders is None else len(orders)
+    n_orders = 1 if perms is None else len(perms)
     dev = q.device
     block_dk = max(16, triton.next_power_of_2(DK))
     block_dv = min(block_dv, max(16, triton.next_power_of_2(DV)))
@@ -150,12 +153,11 @@ def recurrent_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = Non
     den = torch.zeros(B, L, H, device=dev, dtype=torch.float32) if normalize else num
     dummy = num
     launch(_rnn_kernel, (n_orders * B * H, triton.cdiv(DV, block_dv), 2), (
-        q, k, v, gates if gates is not None else dummy, perms if perms is not None else dummy,
-        keep if keep is not None else dummy, num, den,
+        q, k, v, *stand_ins(dummy, gates, perm_ids, keep), num, den,
         *q.stride(), *k.stride(), *v.stride(), *strides_or_zero(gates, 4), keep.stride(0) if keep is not None else 0,
         *num.stride(), B * H, H, L, DK, DV, float(scale)), dict(
-        HAS_GATES=gates is not None, HAS_PERM=perms is not None, HAS_KEEP=keep is not None, NORMALIZE=normalize,
-        FEATURE=FEATURE_CODES[feature_map], BLOCK_T=block_t, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
+        HAS_GATES=gates is not None, HAS_PERM=perm_ids is not None, HAS_KEEP=keep is not None, NORMALIZE=normalize,
+        FEATURE=feature, BLOCK_T=block_t, BLOCK_DK=block_dk, BLOCK_DV=block_dv,
         num_warps=num_warps))
     out = num if v.dtype == torch.float32 else torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
     rows = 32

@@ -1,7 +1,5 @@
-"""Shared helpers of the Triton kernels: interpreter detection, tile-size selection (autotuned per shape), a
-launch path with less host work than triton's own (``launch``), and what the attention form's two ops (the L×L
-kernels of ``attention.py`` and Lit's KᵀV kernels of ``lit.py``) share: the feature map φ and its backward on a
-tile, row loads, and their buffers' layouts."""
+"""How every kernel is launched: the interpreter and tuning switches, tile sizes autotuned per shape
+(``Launcher``), and a launch path with less host work than triton's own (``launch``)."""
 from __future__ import annotations
 
 import functools
@@ -10,10 +8,7 @@ import time
 
 import torch
 import triton
-import triton.language as tl
 from triton.compiler.compiler import CompiledKernel
-
-from lion.qkv import qkv_views
 
 # TRITON_INTERPRET=1 (set before triton is imported) runs the kernels on the CPU: tiny tiles, no autotuning.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -179,77 +174,3 @@ def launch(kernel, grid, args, meta) -> None:
         stats = LAUNCH_TIMES.setdefault(kernel.fn.__name__, [0, 0.0])
         stats[0] += 1
         stats[1] += time.perf_counter() - t0
-
-
-# ------------------------------------------------------------------ shared by the attention form's kernels
-@triton.jit
-def load_rows(ptr, offs, in_rows, stride, offs_d, D):
-    return tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=in_rows[:, None] & (offs_d[None, :] < D),
-                   other=0.0).to(tl.float32)
-
-
-@triton.jit
-def phi(x, keep_rows, offs_d, D, FEATURE: tl.constexpr):
-    """φ(x) in fp32 on a (rows, BLOCK_D) tile; rows not kept and columns ≥ D are 0."""
-    if FEATURE == 1:    # elu + 1
-        x = tl.where(x > 0, x + 1.0, tl.exp(x))
-    elif FEATURE == 2:  # r / ‖r‖, r = silu(x) + 0.5
-        x = tl.where((offs_d < D)[None, :], x * tl.sigmoid(x) + 0.5, 0.0)
-        x = x / tl.sqrt(tl.sum(x * x, axis=1))[:, None]
-    return tl.where(keep_rows[:, None] & (offs_d < D)[None, :], x, 0.0)
-
-
-@triton.jit
-def phi_bwd(x, g, keep_rows, offs_d, D, FEATURE: tl.constexpr):
-    """Gradient wrt the raw x of a tile given g = ∂/∂φ(x)."""
-    if FEATURE == 1:
-        g = g * tl.where(x > 0, 1.0, tl.exp(x))
-    elif FEATURE == 2:
-        sg = tl.sigmoid(x)
-        r = tl.where((offs_d < D)[None, :], x * sg + 0.5, 0.0)
-        inv_n = 1.0 / tl.sqrt(tl.sum(r * r, axis=1))
-        y = r * inv_n[:, None]
-        g = (g - y * tl.sum(g * y, axis=1)[:, None]) * inv_n[:, None] * (sg * (1.0 + x * (1.0 - sg)))
-    return tl.where(keep_rows[:, None] & (offs_d < D)[None, :], g, 0.0)
-
-
-@triton.jit
-def key_keep(KEEP, b, L, offs, in_rows, HAS_KEEP: tl.constexpr):
-    if HAS_KEEP:
-        return in_rows & (tl.load(KEEP + b * L + offs, mask=in_rows, other=0) != 0)
-    return in_rows
-
-
-@triton.jit
-def dy_rows(DY, Y, DEN, dy_ptr, y_ptr, den_ptr, offs, in_rows, sdyl, syl, offs_dv, DV, eps, NORMALIZE: tl.constexpr):
-    """dy/D and δ/D = (dy·y)/D for a block of query rows (dy and 0 without normalisation)."""
-    dy = load_rows(dy_ptr, offs, in_rows, sdyl, offs_dv, DV)
-    if NORMALIZE:
-        y = load_rows(y_ptr, offs, in_rows, syl, offs_dv, DV)
-        inv = 1.0 / (tl.load(den_ptr + offs, mask=in_rows, other=1.0) + eps)
-        return dy * inv[:, None], tl.sum(dy * y, axis=1) * inv
-    return dy, tl.sum(dy, axis=1) * 0.0
-
-
-def last_dim_unit(t: torch.Tensor) -> torch.Tensor:
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def token_major(B, H, L, n, like, dtype):
-    """A (B, H, L, n) tensor stored as (B, L, H, n): the models' transpose + reshape back to (B, L, H·n) is free."""
-    return torch.empty(B, L, H, n, device=like.device, dtype=dtype).transpose(1, 2)
-
-
-def grad_buffer(B, H, L, D, DV, like, dtype):
-    """One buffer for dq, dk, dv: (B, L, 3, H, d) when D == DV, laid out as a model's fused qkv projection so
-    that ``lion.unpack_qkv``'s backward returns it without a copy; else (B, L, H, 2·D + DV)."""
-    if D == DV:
-        return torch.empty(B, L, 3, H, D, device=like.device, dtype=dtype)
-    return torch.empty(B, L, H, 2 * D + DV, device=like.device, dtype=dtype)
-
-
-def grad_views(buf, D, DV):
-    """(dq, dk, dv) as (B, H, L, ·) views of a ``grad_buffer``."""
-    if buf.dim() == 5:
-        return qkv_views(buf)
-    return (buf[..., :D].transpose(1, 2), buf[..., D:2 * D].transpose(1, 2), buf[..., 2 * D:].transpose(1, 2))

@@ -40,25 +40,21 @@ import triton
 import triton.language as tl
 
 from lion.curves import inverse_permutation
-from lion.masks import per_token_gates
-from lion.ops.triton.lit import _LitKVFn, lit_kv_fwd
-from lion.ops.triton.utils import (
-    INTERPRET,
-    Launcher,
-    block_size,
-    dy_rows,
+from lion.masks import gates_one_at_padding
+from lion.ops.triton.common.args import (
+    check_device,
     grad_buffer,
     grad_views,
-    key_keep,
     last_dim_unit,
-    launch,
-    load_rows,
-    phi,
-    phi_bwd,
+    one_gate_kind,
+    stand_ins,
     token_major,
 )
-
-FEATURES = {None: 0, "elu_plus_one": 1, "normalized_silu": 2}
+from lion.ops.triton.common.features import feature_code, phi, phi_bwd
+from lion.ops.triton.common.launching import INTERPRET, Launcher, block_size, launch
+from lion.ops.triton.common.op import FusedOp
+from lion.ops.triton.common.rows import dy_rows, key_keep, load_rows
+from lion.ops.triton.lit import lit_kv_attention
 
 
 # ----------------------------------------------------------------------------------------------- device helpers
@@ -522,11 +518,6 @@ def _kernel_gates(q, P, C, R, keep, gates):
     return pc[0], pc[1], (las[0], las[1], R, pc)
 
 
-def _ptrs(q, *tensors):
-    """Tensors standing in for absent optional inputs (never read: their flags are off)."""
-    return tuple(q if t is None else t for t in tensors)
-
-
 # token rows per program of the per-token kernels (_prep_kernel, _bwd_q_kernel); 64 rows with 4 warps spill
 # (ptxas -v, sm_90)
 _TOKEN_ROWS = 16 if INTERPRET else 32
@@ -570,7 +561,7 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     meta = _meta(q, v, gates, R, keep, seed, feature, normalize, dropout_p, fwd=True)
     Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, gates)
     _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, sums=sums)
-    Pp, Cp, Rp, Lp, Sp = _ptrs(q, Pk, Ck, R, P, seed)
+    Pp, Cp, Rp, Lp, Sp = stand_ins(q, Pk, Ck, R, P, seed)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
     _fwd(grid, q, kf, v, Pp, Cp, Rp, Lp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
@@ -622,7 +613,7 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     meta = _meta(q, v, (n, mode), R, keep, seed, feature, normalize, dropout_p)
     Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, (n, mode))
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype, sums=sums)
-    Pp, Cp, Rp, Lp, Kp, Sp = _ptrs(q, Pk, Ck, R, P, keep, seed)
+    Pp, Cp, Rp, Lp, Kp, Sp = stand_ins(q, Pk, Ck, R, P, keep, seed)
     grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
     _bwd(grid, k, v, Pp, Cp, Rp, Lp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
               *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
@@ -660,48 +651,17 @@ def _(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature, normalize, 
             q.new_empty(_gates_grad_shape(P, C), dtype=torch.float32))
 
 
-def _save(ctx, q, k, v, P, C, R, keep, seed, y, den, scale, eps, feature, normalize, dropout_p):
-    ctx.save_for_backward(q, k, v, P, C, R, keep, seed, y, den)
-    ctx.args = (scale, eps, feature, normalize, dropout_p)
-
-
-def _grads(ctx, dy, bwd):
-    """Gradients of (q, k, v, P, C, R, keep, seed, scale, …) from the saved tensors, by ``bwd``: the op
-    (dqkv, dgates) or the function, which also returns dq, dk, dv as views of dqkv."""
-    q, k, v, P, C, R, keep, seed, y, den = ctx.saved_tensors
-    if dy is None:
-        dy = torch.zeros_like(y)
-    dqkv, dgates, *views = bwd(q, k, v, P, C, R, keep, seed, y, den, dy, *ctx.args)
+def _input_grads(tensors, result):
+    """Gradients of (q, k, v, P, C, R, keep, seed) from the backward's (dqkv, dgates), or the eager backward's
+    (dqkv, dgates, (dq, dk, dv)) (dq, dk, dv as views of dqkv)."""
+    q, k, v, P, C = tensors[:5]
+    dqkv, dgates, *views = result
     dq, dk, dv = views[0] if views else grad_views(dqkv, q.shape[-1], v.shape[-1])
-    return (dq, dk, dv, dgates[0] if P is not None else None, dgates[1] if C is not None else None) + (None,) * 8
+    return dq, dk, dv, dgates[0] if P is not None else None, dgates[1] if C is not None else None, None, None, None
 
 
-def _setup_context(ctx, inputs, output):
-    q, k, v, P, C, R, keep, seed, *args = inputs
-    _save(ctx, q, k, v, P, C, R, keep, seed, *output, *args)
-
-
-def _backward(ctx, dy, dden):
-    return _grads(ctx, dy, attention_bwd)
-
-
-attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-# ---------------------------------------------------------------------------------- eager autograd functions
-# The same implementations as the custom ops above, for eager mode: a torch.library custom op costs about 70 µs of
-# host time per call (dispatch, schema and alias checks), an autograd.Function about 10; the custom ops remain what
-# torch.compile traces (fused_attention picks by torch.compiler.is_compiling()).
-class _AttentionFn(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, P, C, R, keep, seed, *args):
-        y, den = _attention_fwd(q, k, v, P, C, R, keep, seed, *args)
-        _save(ctx, q, k, v, P, C, R, keep, seed, y, den, *args)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        return _grads(ctx, dy, _attention_bwd)
+# (q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize, dropout_p) → y
+attention = FusedOp(_attention_fwd, _attention_bwd, 8, _input_grads, custom_ops=(attention_fwd, attention_bwd))
 
 
 # ------------------------------------------------------------------------------------------------ entry point
@@ -735,64 +695,60 @@ def _ranks(perms):
     return ranks
 
 
-def _gate_inputs(log_a, orders, key_padding_mask, shape=None):
-    """(P, C, R) for the kernels (``_gate_mode``); R: ``_ranks`` of the orders (None: the natural order); all None
-    for Lit. Per-head gates (H,) (LION-D): P is the (H,) or (orders, H) log λ itself and C None: the kernels form
-    M = λ^n, n = |r_i − r_j| (with padding: the number of real tokens between, see ``_kernel_gates``), and return
-    d log λ. Otherwise per-token (B, H, L) log gates, padded tokens' set to 0 (gate 1): one natural order's as P; the ♮
-    orders' (each in its order's indexing) as P and C with R. The kernels form every prefix sum themselves.
-    ``shape``: (B, L), needed only to expand per-head gates mixed with per-token ones."""
-    las = [log_a] if orders is None else [la for _, la in orders]
-    if all(la is None for la in las):  # M = 1 in every order: Lit
+def _gate_inputs(g, g_gamma, perms, key_padding_mask):
+    """(P, C, R) for the kernels (``_gate_mode``); R: ``_ranks`` of the orders ``perms`` (None: the natural order);
+    all None for Lit. Per-head gates ``g_gamma`` (H,) (LION-D): P is the (H,) or (orders, H) log λ itself and C
+    None: the kernels form M = λ^n, n = |r_i − r_j| (with padding: the number of real tokens between, see
+    ``_kernel_gates``), and return d log λ. Per-token gates ``g`` (B, H, L), padded tokens' set to 0 (gate 1): one
+    natural order's as P; the ♮ orders' (each in its order's indexing) as P and C with R. The kernels form every
+    prefix sum themselves. With ``perms``, ``g`` / ``g_gamma`` hold one entry per order."""
+    gates = one_gate_kind(g, g_gamma)
+    if gates is None:  # M = 1 in every order: Lit
         return None, None, None
-    if any(la is None for la in las):
-        raise ValueError("orders: either every (perm, log_a) pair has log gates or none has (Lit)")
-    if orders is not None and len(orders) > 2:
-        raise ValueError(f"orders: the fused kernels take one or two token orders, got {len(orders)}; "
+    las = [gates] if perms is None else list(gates)
+    if perms is not None and len(perms) > 2:
+        raise ValueError(f"orders: the fused kernels take one or two token orders, got {len(perms)}; "
                          "use backend='torch' for more")
-    R = None if orders is None else _ranks([p for p, _ in orders])
-    if all(la.dim() == 1 for la in las):
+    if perms is not None and len(las) != len(perms):
+        raise ValueError(f"one gate tensor per order: {len(perms)} orders, {len(las)} gate tensors")
+    if any(la.dim() != (1 if g is None else 3) for la in las):
+        raise ValueError("g: per-token log gates (B, H, L); g_gamma: per-head log gates (H,)")
+    R = None if perms is None else _ranks(perms)
+    if g_gamma is not None:
         return (torch.stack([la.float() for la in las]) if len(las) > 1 else las[0].float().contiguous()), None, R
-    if shape is not None:
-        las = [per_token_gates(la, *shape) for la in las]
-    las = [la.float() for la in las]
-    if key_padding_mask is not None:  # padded keys: gate 1, in each order's indexing
-        pad = ~key_padding_mask.to(torch.bool)
-        perms = [None] if orders is None else [p for p, _ in orders]
-        las = [la.masked_fill((pad if p is None else pad[:, p])[:, None, :], 0.0) for la, p in zip(las, perms)]
+    las = [gates_one_at_padding(la.float(), key_padding_mask, p) for la, p in zip(las, perms or [None])]
     return las[0], (las[1] if len(las) == 2 else None), R
 
 
-def fused_attention(q, k, v, log_a=None, *, feature_map: Optional[str] = None, scale: float = 1.0,
-                    normalize: bool = True, eps: float = 1e-6, key_padding_mask: Optional[torch.Tensor] = None,
-                    orders: Optional[Sequence] = None, dropout_p: float = 0.0, lit_kv: Optional[bool] = None
-                    ) -> torch.Tensor:
-    """The attention form of ``lion.lion_attention`` in one fused kernel per direction of the graph; same
-    arguments (``dropout_p`` > 0 means training). q, k, v may be strided views (last dim contiguous).
+def fused_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,
+                    perms: Optional[Sequence[torch.Tensor]] = None, feature_map: Optional[str] = None,
+                    scale: float = 1.0, normalize: bool = True, eps: float = 1e-6,
+                    key_padding_mask: Optional[torch.Tensor] = None, dropout_p: float = 0.0,
+                    lit_kv: Optional[bool] = None) -> torch.Tensor:
+    """The attention form of ``lion.lion_attention`` in one fused kernel per direction of the graph; the same
+    arguments with the gates as ``lion.masks.gate_arguments`` gives them: per-token log gates ``g`` (B, H, L) or
+    per-head ``g_gamma`` (H,) (none: Lit), and ``perms`` the ♮ orders (one or two permutations, each with its
+    entry of ``g`` / ``g_gamma`` in its own indexing). ``dropout_p`` > 0 means training. q, k, v may be strided
+    views (last dim contiguous).
 
     ``lit_kv`` (M = 1, normalised, no dropout): True forces the KᵀV path (one program per head, O(L·d·dv)),
     False the L×L kernel; None picks KᵀV when L ≥ head dim."""
-    if not (q.is_cuda or INTERPRET):
-        raise ValueError("backend='triton' (the fused attention form) needs CUDA tensors, or TRITON_INTERPRET=1 set "
-                         f"before triton is imported; got tensors on {q.device}. Use backend='torch' or 'auto' on CPU.")
-    if feature_map not in FEATURES:
-        raise ValueError(f"feature_map must be one of {tuple(FEATURES)}, got {feature_map!r}")
+    check_device(q, "backend='triton' (the fused attention form)")
+    feature = feature_code(feature_map)
     dt = _compute_dtype(q, k, v)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     L, D = q.shape[-2], q.shape[-1]
-    P, C, R = _gate_inputs(log_a, orders, key_padding_mask, (q.shape[0], L))
+    P, C, R = _gate_inputs(g, g_gamma, perms, key_padding_mask)
     keep = None if key_padding_mask is None else key_padding_mask.to(torch.bool).contiguous()
     if P is None and normalize and dropout_p == 0.0 and (lit_kv if lit_kv is not None else L >= D):
-        args = (q, k, v, keep, float(scale), float(eps), FEATURES[feature_map])
-        return lit_kv_fwd(*args)[0] if torch.compiler.is_compiling() else _LitKVFn.apply(*args)
+        return lit_kv_attention(q, k, v, keep, float(scale), float(eps), feature)
     seed = None
     if dropout_p > 0.0:
         if not 0.0 < dropout_p < 1.0:
             raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p}")
         seed = torch.randint(0, 2 ** 31 - 2 ** 24, (1,), device=q.device, dtype=torch.int64)
-    args = (q, k, v, P, C, R, keep, seed, float(scale), float(eps), FEATURES[feature_map], bool(normalize),
-            float(dropout_p))
-    return attention_fwd(*args)[0] if torch.compiler.is_compiling() else _AttentionFn.apply(*args)
+    return attention(q, k, v, P, C, R, keep, seed, float(scale), float(eps), feature, bool(normalize),
+                     float(dropout_p))
 
 
 def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, L: int, dropout_p: float) -> torch.Tensor:
