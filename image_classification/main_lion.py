@@ -283,6 +283,9 @@ def check_args(args):
     if not timm.is_model(args.model):
         lion = ", ".join(timm.list_models("lion_*"))
         raise ArgumentError(f"--model {args.model!r} is not a timm model; LION models: {lion}")
+    if args.eval and not (args.resume or args.finetune):
+        raise ArgumentError("--eval needs the weights to score: add --resume CHECKPOINT (or --finetune CHECKPOINT); "
+                            "without one it would evaluate a randomly initialised model")
     if not args.eval and args.epochs < 1:
         raise ArgumentError(f"--epochs must be ≥ 1, got {args.epochs}")
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -301,6 +304,24 @@ def check_args(args):
         raise ArgumentError(f"--device {args.device}: CUDA is not available (use --device cpu)")
     args.model_kwargs = parse_model_kwargs(args.model_kwargs) if isinstance(args.model_kwargs, list) \
         else dict(args.model_kwargs)
+    check_output_dir(args)
+    with torch.device("meta"):  # the constructor's checks (geometry, names) without memory or data
+        create_lion_model(args, nb_classes=2)
+
+
+def check_output_dir(args):
+    """--output_dir must be a directory (or not exist yet), and a run may not overwrite the checkpoint of another:
+    continuing it takes --resume."""
+    if not args.output_dir or args.eval:
+        return
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--output_dir {out}: exists and is not a directory; give a directory (it is created if "
+                            "missing)")
+    latest = out / "checkpoint.pth"
+    if latest.exists() and not (args.resume and Path(args.resume).resolve() == latest.resolve()):
+        raise ArgumentError(f"--output_dir {out} already holds a run's checkpoint.pth, which this run would "
+                            f"overwrite; continue that run with --resume {latest}, or choose another --output_dir")
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -333,8 +354,10 @@ def create_lion_model(args, nb_classes):
     kwargs.update(args.model_kwargs)
     try:
         return timm.create_model(args.model, pretrained=False, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise ArgumentError(f"--model {args.model} with {kwargs}: {e}") from None
+    except (ValueError, TypeError, AssertionError) as e:
+        given = " ".join(f"{k}={v}" for k, v in args.model_kwargs.items())
+        flags = f"--input-size {args.input_size}" + (f" --model-kwargs {given}" if given else "")
+        raise ArgumentError(f"--model {args.model} ({flags}) cannot be built: {e}") from None
 
 
 _HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
