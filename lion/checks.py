@@ -26,7 +26,7 @@ def check_chunk_size(chunk_size, allow_none: bool = True):
 
 
 def _shape(t) -> str:
-    return "(" + ", ".join(map(str, t.shape)) + ")"
+    return str(tuple(t.shape))
 
 
 def _check_gates(name, log_a, B, H, L):

@@ -37,7 +37,7 @@ from mlm.src.composer_checkpoint import (
     remove_partial_checkpoints,
     rotate_resumed_checkpoints,
 )
-from mlm.src.config_validation import ConfigError, Source, check_vocab, load_config, validate
+from mlm.src.config_validation import ConfigError, Source, check_folders, check_vocab, load_config, validate
 from mlm.src.convert_dataset import convert, is_complete, local_documents
 from mlm.src.create_bert import build_config, create_bert_mlm, load_tokenizer
 from mlm.src.text_data import build_mlm_dataloader
@@ -94,13 +94,9 @@ def build_model(cfg: DictConfig, source: Source):
 def check_save_folder(cfg: DictConfig, source: Source) -> None:
     """Before any work: save_folder is a directory (or not there yet), and a run that would start from batch 0
     never overwrites the checkpoints an earlier run left there unless asked (save_overwrite)."""
+    check_folders(cfg, ("save_folder", "train_loader.dataset.data_local", "eval_loader.dataset.data_local"), source)
     folder = cfg.get("save_folder")
-    if not folder:
-        return
-    if os.path.exists(folder) and not os.path.isdir(folder):
-        raise source.error("save_folder", f"({folder}) exists and is not a directory; give a directory (it is "
-                                          "created if missing)")
-    if cfg.get("autoresume", False) or cfg.get("save_overwrite", False) or cfg.get("load_path"):
+    if not folder or cfg.get("autoresume", False) or cfg.get("save_overwrite", False) or cfg.get("load_path"):
         return
     found = [os.path.basename(path) for _, path in complete_checkpoints(folder)]
     if found:

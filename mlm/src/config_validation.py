@@ -394,6 +394,15 @@ def validate_finetune(cfg: DictConfig, source: Optional[Source] = None) -> None:
                                    f"must be >= 1: {name} starts from the {origin} checkpoint")
 
 
+def check_folders(cfg: DictConfig, fields: tuple, source: Source) -> None:
+    """Each folder field names a directory, or a path not there yet (it is created): never an existing file."""
+    for field in fields:
+        folder = get(cfg, field)
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise source.error(field, f"({folder}) exists and is not a directory; give a directory (it is created "
+                                      "if missing)")
+
+
 def check_vocab(tokenizer, vocab_size: int, where: str) -> None:
     """The tokenizer may not produce ids the embedding does not have."""
     if tokenizer is not None and len(tokenizer) > vocab_size:

@@ -17,7 +17,7 @@ from composer.core import Callback
 from composer.devices import DeviceGPU
 from omegaconf import DictConfig
 
-from mlm.src.config_validation import Source
+from mlm.src.config_validation import Source, check_folders
 from mlm.src.glue.checkpoint import check_arch_type, fetch_checkpoint, read_checkpoint
 from mlm.src.glue.config import job_configs, task_order, validate
 from mlm.src.glue.data import read_glue_tsv
@@ -59,6 +59,8 @@ def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
     arch_type, loading its weights into the configured model, and local GLUE files (columns, labels). Raises
     ConfigError; returns the local checkpoint path."""
     validate(cfg, source)
+    check_folders(cfg, ("save_finetune_checkpoint_folder", "results_folder", "local_pretrain_checkpoint_folder",
+                        "data.cache_dir"), source or Source())
     path = fetch_checkpoint(cfg.get("starting_checkpoint_load_path"),
                             cfg.get("local_pretrain_checkpoint_folder", "./local-bert-checkpoints"))
     state = read_checkpoint(path, bool(cfg.get("allow_unsafe_checkpoints", False)))
