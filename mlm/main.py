@@ -199,8 +199,22 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
     return trainer
 
 
+def check_not_finished(trainer: Trainer, cfg: DictConfig, source: Source) -> None:
+    """A run resumed at its max_duration has nothing left to do (Composer would raise inside fit)."""
+    state = trainer.state
+    done = state.timestamp.get(state.max_duration.unit)
+    if done >= state.max_duration:
+        trainer.close()
+        raise source.error("max_duration", f"({cfg.max_duration}) is reached already: the run resumed from "
+                                           f"{cfg.get('save_folder') or cfg.get('load_path')} has trained {done}; "
+                                           "nothing left to train (raise max_duration to continue it, or choose "
+                                           "another save_folder)")
+
+
 def main(cfg: DictConfig, source: Optional[Source] = None, extra_callbacks: Sequence[Callback] = ()) -> Trainer:
+    source = source or Source()
     trainer = build_trainer(cfg, source, extra_callbacks)
+    check_not_finished(trainer, cfg, source)
     trainer.fit()
     return trainer
 

@@ -180,7 +180,7 @@ def load_published(config: Union[str, os.PathLike, Mapping[str, Any]], state_dic
     try:
         model.load_state_dict(sd, strict=True)
     except RuntimeError as e:  # torch lists every missing / unexpected key and size on many lines
-        problems = [line.strip() for line in str(e).splitlines()[1:] if line.strip()]
+        problems = [line.strip().rstrip(".") for line in str(e).splitlines()[1:] if line.strip()]
         raise ValueError(f"the weights do not fit the config's {model.config.arch_type} model: "
                          f"{'; '.join(problems)[:300]}") from None
     log.info("loaded a %s %s (positions: %s) strictly", model.config.arch_type, model_class.__name__,
