@@ -446,6 +446,30 @@ def test_bert_forward_refuses_more_tokens_than_its_position_table():
     assert model(torch.randint(0, 100, (2, 16))).logits.shape == (2, 16, 100)
 
 
+def test_glue_without_local_files_and_without_the_hub_stops_before_training(tmp_path, reference, monkeypatch):
+    import datasets
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(GLUE_DEMO)
+    cfg.tasks = {"sst2": {"trainer_kwargs": {"max_duration": "1ba"}}}
+    cfg.data = {"cache_dir": f"{tmp_path}/cache"}
+    OmegaConf.save(cfg, tmp_path / "hub.yaml")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    good = os.path.join(reference["folder"], "ep0-ba3-rank0.pt")
+    message = fail([str(tmp_path / "hub.yaml"), "model.model_config.hidden_size=32", "model.model_config.num_hidden_"
+                    "layers=2", "model.model_config.num_attention_heads=2", "model.model_config.intermediate_size=64",
+                    f"starting_checkpoint_load_path={good}", f"save_finetune_checkpoint_prefix={tmp_path}/ft"],
+                   entry=glue_cli.main)
+    assert message == (f"glue.py: {tmp_path / 'hub.yaml'}: data.data_dir: not set, so task sst2 is read from the hub "
+                       "(nyu-mll/glue, sst2, train), which fails (ConnectionError: Couldn't reach 'nyu-mll/glue' on "
+                       "the Hub (OfflineModeIsEnabled)); offline? set data.data_dir to a folder of GLUE TSV files")
+    assert sorted(os.listdir(tmp_path)) == ["hub.yaml"]
+
+
 # ---- crashes: SIGKILL while saving and while training, then resume -----------------------------------------------
 
 DRIVER = textwrap.dedent("""
