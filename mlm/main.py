@@ -32,6 +32,7 @@ from mlm.src.builders import (
 )
 from mlm.src.composer_checkpoint import (
     check_resumable,
+    checkpoint_batch,
     complete_checkpoints,
     newest_complete_checkpoint,
     remove_partial_checkpoints,
@@ -96,13 +97,19 @@ def check_save_folder(cfg: DictConfig, source: Source) -> None:
     never overwrites the checkpoints an earlier run left there unless asked (save_overwrite)."""
     check_folders(cfg, ("save_folder", "train_loader.dataset.data_local", "eval_loader.dataset.data_local"), source)
     folder = cfg.get("save_folder")
-    if not folder or cfg.get("autoresume", False) or cfg.get("save_overwrite", False) or cfg.get("load_path"):
+    if not folder or cfg.get("autoresume", False) or cfg.get("save_overwrite", False):
         return
-    found = [os.path.basename(path) for _, path in complete_checkpoints(folder)]
+    start, start_name = 0, "batch 0"
+    if cfg.get("load_path"):  # Composer refuses (inside fit) checkpoints later than the one it starts from
+        start = checkpoint_batch(os.path.realpath(cfg.load_path))  # latest-rank0.pt: the file it links to
+        if start is None:
+            return
+        start_name = os.path.basename(cfg.load_path)
+    found = [os.path.basename(path) for batch, path in complete_checkpoints(folder) if batch > start]
     if found:
         raise source.error("save_folder", f"({folder}) holds an earlier run's checkpoints ({', '.join(found[-3:])}), "
-                                          "which this run (from batch 0) would overwrite: set autoresume=true to "
-                                          "continue that run, save_overwrite=true to replace them, or choose "
+                                          f"which this run (from {start_name}) would overwrite: set autoresume=true "
+                                          "to continue that run, save_overwrite=true to replace them, or choose "
                                           "another save_folder")
 
 

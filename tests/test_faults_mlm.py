@@ -588,6 +588,12 @@ def test_a_run_from_batch_0_never_overwrites_an_earlier_runs_checkpoints(tmp_pat
                        "holds an earlier run's checkpoints (ep0-ba3-rank0.pt, ep0-ba6-rank0.pt, ep0-ba9-rank0.pt), "
                        "which this run (from batch 0) would overwrite: set autoresume=true to continue that run, "
                        "save_overwrite=true to replace them, or choose another save_folder")
+    start = folder / "ep0-ba3-rank0.pt"
+    message = fail([DEMO, *TINY, f"data_local={tmp_path}/data", f"save_folder={folder}", "autoresume=false",
+                    f"load_path={start}"])
+    assert message.endswith("holds an earlier run's checkpoints (ep0-ba6-rank0.pt, ep0-ba9-rank0.pt), which this run "
+                            "(from ep0-ba3-rank0.pt) would overwrite: set autoresume=true to continue that run, "
+                            "save_overwrite=true to replace them, or choose another save_folder"), message
     assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no data conversion started
 
 

@@ -106,6 +106,12 @@ def remove_partial_checkpoints(folder: str) -> None:
 
 
 
+def checkpoint_batch(path: str) -> Optional[int]:
+    """The batch in a Composer checkpoint's file name (``ep0-ba300-rank0.pt`` -> 300); None for another name."""
+    match = _CHECKPOINT_NAME.search(os.path.basename(path))
+    return int(match.group(2)) if match else None
+
+
 def complete_checkpoints(folder: str) -> list[tuple[int, str]]:
     """(batch, path) of the checkpoints in ``folder``, oldest first (our writes are atomic: every one is complete)."""
     return sorted((int(m.group(2)), p) for p in glob.glob(os.path.join(folder, "ep*-ba*-rank0.pt"))
