@@ -75,7 +75,7 @@ def pretrain(args, arch, work):
         "max_duration": f"{args.steps}ba", "eval_interval": f"{args.eval_every}ba",
         "eval_subset_num_batches": args.eval_batches, "console_log_interval": f"{max(1, args.steps // 4)}ba",
         "save_folder": str(work / "pretrain" / arch), "save_interval": f"{args.steps}ba",
-        "save_num_checkpoints_to_keep": 1, "save_overwrite": True, "progress_bar": False,
+        "save_num_checkpoints_to_keep": 1, "save_overwrite": True, "autoresume": False, "progress_bar": False,
     }
     cfg = om.merge(om.load(REPO / "yamls/pretrain/demo.yaml"), om.create(overrides))
     trainer = mlm_main.build_trainer(cfg)

@@ -63,9 +63,8 @@ def load(path: str, trust: bool = False):
 
 
 def _corrupt(path, size, err):
-    # torch's long weights-only preamble cut off; the reason follows on the same line (torch ≤ 2.7) or after a blank
-    unpickler = re.search(r"WeightsUnpickler error:\s*(\S.*)", str(err))
-    first = unpickler.group(1) if unpickler else str(err).strip().splitlines()[0] if str(err).strip() else ""
+    text = str(err).split("WeightsUnpickler error:")[-1]  # torch's long weights-only preamble cut off
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     first = re.sub(r"\x1b\[[0-9;]*m", "", first)[:160]
     kind = "a truncated or corrupt torch.save archive" if _looks_like_zip(path) else "not a torch.save file"
     return f"cannot be read: {kind} ({size} bytes; {type(err).__name__}: {first})"

@@ -24,9 +24,10 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from torch.utils.data import Dataset
 from torchvision import datasets, transforms
-from torchvision.datasets.folder import ImageFolder, default_loader
+from torchvision.datasets.folder import ImageFolder
 
 from image_classification.augment import three_augment_transform
+from image_classification.image_files import GuardedImages, checked_loader
 
 _logger = logging.getLogger(__name__)
 
@@ -138,7 +139,7 @@ class INatDataset(ImageFolder):
     """iNaturalist 2018/2019 from DeiT's json layout (``train{year}.json``, ``val{year}.json``, ``categories.json``)."""
 
     def __init__(self, root, train=True, year=2018, transform=None, target_transform=None, category="name",
-                 loader=default_loader):
+                 loader=checked_loader):
         self.loader, self.root, self.transform, self.target_transform = loader, root, transform, target_transform
         self.year = year
         with open(os.path.join(root, f"{'train' if train else 'val'}{year}.json")) as f:
@@ -164,13 +165,15 @@ class DataError(ValueError):
     """A data folder that cannot serve as the requested data set; the message says why in one line."""
 
 
-def image_folder(root, split, transform):
-    """``root/split/<class>/<image>``; every class folder must hold at least one image."""
+def image_folder(root, split, transform, bad_images="stop", loader_processes=0):
+    """``root/split/<class>/<image>``; every class folder must hold at least one image. A file that cannot be
+    decoded stops the run naming it, or is skipped and counted (``bad_images``, image_classification/image_files.py)."""
     path = os.path.join(root, split)
     if not os.path.isdir(path):
         raise DataError(f"no {split}/ folder (expected {path}/<class>/<image files>)")
     try:
-        return datasets.ImageFolder(path, transform=transform)
+        folder = datasets.ImageFolder(path, transform=transform, loader=checked_loader)
+        return GuardedImages(folder, bad_images, loader_processes)
     except FileNotFoundError as err:
         empty = re.match(r"Found no valid file for the classes (.*)\. Supported extensions are: (.*)", str(err))
         if not empty:
@@ -194,13 +197,14 @@ def build_dataset(is_train, args):
     """DeiT's ``build_dataset``: returns ``(dataset, nb_classes)``."""
     transform = build_transform(is_train, args)
     split, root = ("train" if is_train else "val"), args.data_path
+    guard = {"bad_images": getattr(args, "bad_images", "stop"), "loader_processes": getattr(args, "num_workers", 0)}
     if args.data_set == "FMNIST_MINI":
-        return image_folder(materialise_fmnist_mini(root), split, transform), 10
+        return image_folder(materialise_fmnist_mini(root), split, transform, **guard), 10
     if args.data_set == "FMNIST":
         images, labels = read_fashion_mnist(root, train=is_train)
         return ArrayImageDataset(images, labels, transform), 10
     if args.data_set == "IMNET":
-        dataset = image_folder(root, split, transform)
+        dataset = image_folder(root, split, transform, **guard)
         return dataset, len(dataset.classes)
     if args.data_set in ("CIFAR", "CIFAR10"):
         cls, n = (datasets.CIFAR100, 100) if args.data_set == "CIFAR" else (datasets.CIFAR10, 10)
@@ -208,6 +212,10 @@ def build_dataset(is_train, args):
             return cls(root, train=is_train, transform=transform, download=args.download), n
         except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. ..."
             raise DataError(f"{err} (--download fetches it)") from None
+        except OSError as err:  # --download without a network: urllib's URLError, a refused connection
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+            raise DataError(f"--download could not fetch {args.data_set} ({type(err).__name__}: {first}); offline? "
+                            "place torchvision's files under --data-path instead") from None
     if args.data_set in ("INAT", "INAT19"):
         dataset = INatDataset(root, train=is_train, year=2018 if args.data_set == "INAT" else 2019,
                               category=args.inat_category, transform=transform)

@@ -48,6 +48,7 @@ from image_classification import checkpoint as checkpoint_io
 from image_classification import utils
 from image_classification.datasets import DATA_SETS, DataError, build_dataset, check_same_classes, default_data_path
 from image_classification.engine import LossScaler, NonFiniteLossError, evaluate, train_one_epoch
+from image_classification.image_files import BAD_IMAGE_POLICIES, UnreadableImage, one_line
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
@@ -173,6 +174,9 @@ def get_args_parser():
     p.add_argument("--inat-category", default="name",
                    choices=("kingdom", "phylum", "class", "order", "supercategory", "family", "genus", "name"))
     p.add_argument("--download", action="store_true", help="CIFAR: download into --data-path if missing")
+    p.add_argument("--bad-images", default="stop", choices=BAD_IMAGE_POLICIES,
+                   help="an image file that cannot be decoded: stop the run naming it (default), or skip it (the "
+                        "next readable image takes its place; the count is logged and in log.txt)")
     p.add_argument("--output_dir", default="", help="where checkpoints and log.txt go (empty: nothing saved)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", default=0, type=int)
@@ -283,6 +287,9 @@ def check_args(args):
     if not timm.is_model(args.model):
         lion = ", ".join(timm.list_models("lion_*"))
         raise ArgumentError(f"--model {args.model!r} is not a timm model; LION models: {lion}")
+    if args.eval and not (args.resume or args.finetune):
+        raise ArgumentError("--eval needs the weights to score: add --resume CHECKPOINT (or --finetune CHECKPOINT); "
+                            "without one it would evaluate a randomly initialised model")
     if not args.eval and args.epochs < 1:
         raise ArgumentError(f"--epochs must be ≥ 1, got {args.epochs}")
     if args.chunk_size is not None and args.chunk_size < 1:
@@ -301,6 +308,27 @@ def check_args(args):
         raise ArgumentError(f"--device {args.device}: CUDA is not available (use --device cpu)")
     args.model_kwargs = parse_model_kwargs(args.model_kwargs) if isinstance(args.model_kwargs, list) \
         else dict(args.model_kwargs)
+    check_output_dir(args)
+    try:
+        with torch.device("meta"):  # the constructor's checks (geometry, names) without memory or data
+            create_lion_model(args, nb_classes=2)
+    except (NotImplementedError, RuntimeError) as err:  # a model that cannot be built on the meta device:
+        _logger.debug("model not pre-built on the meta device (%s); it is checked when built", err)
+
+
+def check_output_dir(args):
+    """--output_dir must be a directory (or not exist yet), and a run may not overwrite the checkpoint of another:
+    continuing it takes --resume."""
+    if not args.output_dir or args.eval:
+        return
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ArgumentError(f"--output_dir {out}: exists and is not a directory; give a directory (it is created if "
+                            "missing)")
+    latest = out / "checkpoint.pth"
+    if latest.exists() and not (args.resume and Path(args.resume).resolve() == latest.resolve()):
+        raise ArgumentError(f"--output_dir {out} already holds a run's checkpoint.pth, which this run would "
+                            f"overwrite; continue that run with --resume {latest}, or choose another --output_dir")
 
 
 # ---------------------------------------------------------------------------------------------- building blocks
@@ -333,8 +361,10 @@ def create_lion_model(args, nb_classes):
     kwargs.update(args.model_kwargs)
     try:
         return timm.create_model(args.model, pretrained=False, **kwargs)
-    except (ValueError, TypeError) as e:
-        raise ArgumentError(f"--model {args.model} with {kwargs}: {e}") from None
+    except (ValueError, TypeError, AssertionError) as e:
+        given = " ".join(f"{k}={v}" for k, v in args.model_kwargs.items())
+        flags = f"--input-size {args.input_size}" + (f" --model-kwargs {given}" if given else "")
+        raise ArgumentError(f"--model {args.model} ({flags}) cannot be built: {e}") from None
 
 
 _HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
@@ -550,13 +580,16 @@ def main(args):
         del resume
 
     if args.eval:
-        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq, cuda_graphs)
+        try:
+            test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq, cuda_graphs)
+        except UnreadableImage as err:
+            raise TrainingStopped(one_line(err)) from None
         print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}% "
               f"(--format {args.format})")
         return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": test_stats["acc1"]}
 
     _logger.info("Start training for %d epochs", args.epochs)
-    start_time, test_stats = time.time(), None
+    start_time, test_stats, skipped_before = time.time(), None, {}
     for epoch in range(args.start_epoch, args.epochs):
         utils.seed_everything(epoch_seed(args, epoch))
         if hasattr(sampler_train, "set_epoch"):
@@ -567,18 +600,25 @@ def main(args):
                                           amp_dtype, args.clip_grad, model_ema, mixup_fn, args.train_mode,
                                           args.bce_loss, args.nb_classes, args.print_freq, args.skip_nonfinite,
                                           cuda_graphs=cuda_graphs)
-        except NonFiniteLossError as err:
+            test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq, cuda_graphs)
+        except (NonFiniteLossError, UnreadableImage) as err:
             last = f"; the last checkpoint ({output_dir / 'checkpoint.pth'}) is untouched" \
                 if output_dir and (output_dir / "checkpoint.pth").exists() else ""
-            raise TrainingStopped(f"{err}{last}") from None
-        test_stats = evaluate(loader_val, model, device, amp_dtype, args.print_freq, cuda_graphs)
+            message = one_line(err) if isinstance(err, UnreadableImage) else str(err)
+            raise TrainingStopped(f"{message}{last}") from None
+        totals = {f"{name}_skipped_images": dataset.skipped for name, dataset in
+                  (("train", dataset_train), ("test", dataset_val)) if hasattr(dataset, "skipped")}
+        skipped = {key: total - skipped_before.get(key, 0) for key, total in totals.items()}  # this epoch's
+        skipped_before = totals
+        if any(skipped.values()):
+            _logger.warning("unreadable image files skipped in epoch %d (--bad-images skip): %s", epoch, skipped)
         print(f"Accuracy of the network on the {len(dataset_val)} test images: {test_stats['acc1']:.1f}%")
         is_best = test_stats["acc1"] > max_accuracy
         max_accuracy = max(max_accuracy, test_stats["acc1"])
         print(f"Max accuracy: {max_accuracy:.2f}%")
         log_stats = {**{f"train_{k}": v for k, v in train_stats.items()},
                      **{f"test_{k}": v for k, v in test_stats.items()},
-                     "epoch": epoch, "n_parameters": n_parameters}
+                     **skipped, "epoch": epoch, "n_parameters": n_parameters}
         if output_dir:
             # Order for crash safety: the log record, the best checkpoint, then the latest. A crash in between
             # leaves the previous latest checkpoint; resuming from it redoes this epoch and its record.

@@ -58,6 +58,34 @@ def _check_square_grid(grid, context):
                          "allowed: a square grid, or order='Normal'")
 
 
+def _check_heads(dim, num_heads):
+    if not isinstance(num_heads, int) or num_heads < 1 or dim % num_heads:
+        raise ValueError(f"embed_dim ({dim}) must be divisible by num_heads ({num_heads}): each head takes "
+                         "embed_dim / num_heads channels")
+
+
+def _check_patches(img_size, patch_size):
+    """An image side the patch size does not divide would lose its last pixels (the patch grid rounds down)."""
+    for side, patch in zip(img_size, patch_size):
+        if side % patch:
+            fits = f"{side - side % patch} or {side - side % patch + patch}"
+            raise ValueError(f"img_size {side} is not a multiple of patch_size {patch}; e.g. img_size {fits}")
+
+
+@register_notrace_function  # FX: a Python-level check, not traced
+def check_images(x, patch_embed, dynamic_img_size):
+    """Once per forward, sizes only: images (B, in_chans, H, W) whose sides the patch size divides (and, unless
+    ``dynamic_img_size``, the model's img_size)."""
+    channels, patch = patch_embed.proj.in_channels, tuple(patch_embed.patch_size)
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(f"x must be images (B, {channels}, H, W), got shape {tuple(x.shape)}")
+    size = tuple(x.shape[2:])
+    if not dynamic_img_size and size != tuple(patch_embed.img_size):
+        raise ValueError(f"x must be {tuple(patch_embed.img_size)} images (dynamic_img_size=False), got {size}")
+    if size[0] % patch[0] or size[1] % patch[1]:
+        raise ValueError(f"x's height and width {size} must be multiples of patch_size {patch}")
+
+
 @register_notrace_module  # FX leaf: token count, curve orders and kernel choice are Python-level decisions
 class LionAttention(nn.Module):
     """Multi-head LION attention. ``format`` and ``chunk_size`` may be changed at any time."""
@@ -68,6 +96,7 @@ class LionAttention(nn.Module):
         _check_choice("mask_type", mask_type, MASK_TYPES)
         _check_choice("order", order, ORDERS)
         _check_choice("backend", backend, (None, *BACKENDS))
+        _check_heads(dim, num_heads)
         self.backend = backend  # None: lion's process default ('auto': fused kernels on CUDA, torch on CPU)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -185,6 +214,7 @@ class LionVisionTransformer(nn.Module):
         _check_choice("order", order, ORDERS)
         _check_choice("format", format, FORMATS)
         check_chunk_size(chunk_size)
+        _check_heads(embed_dim, num_heads)
         norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
         self.num_classes = num_classes
         self.global_pool = _resolve_global_pool(global_pool, cls_tok)
@@ -196,12 +226,13 @@ class LionVisionTransformer(nn.Module):
         self.mask_type, self.order, self.pos_emb = mask_type, order, pos_emb
         self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
                                       strict_img_size=not dynamic_img_size)
+        _check_patches(self.patch_embed.img_size, self.patch_embed.patch_size)
         if order == "S":
             _check_square_grid(self.patch_embed.grid_size, f"img_size={img_size}, patch_size={patch_size}")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim)) if pos_emb else None
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # numbers, also under a meta device
         self.blocks = nn.Sequential(*[
             Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
                   norm_layer, mask_type=mask_type, order=order, format=format, chunk_size=chunk_size,
@@ -283,6 +314,7 @@ class LionVisionTransformer(nn.Module):
         returned alongside with ``return_prefix_tokens``. Returns (final normed tokens, intermediates) unless
         ``intermediates_only``."""
         _check_choice("output_fmt", output_fmt, ("NCHW", "NLC"))
+        check_images(x, self.patch_embed, self.dynamic_img_size)
         take_indices, max_index = feature_take_indices(len(self.blocks), indices)
         patches = self.patch_embed(x)
         B, H, W, _ = patches.shape
@@ -314,6 +346,7 @@ class LionVisionTransformer(nn.Module):
         return take_indices
 
     def forward_features(self, x):
+        check_images(x, self.patch_embed, self.dynamic_img_size)
         x = self._tokens(self.patch_embed(x))
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
         return self.norm(x)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 
 from lion.backend import BACKENDS, set_backend, use_fused  # noqa: F401  (re-exported)
-from lion.checks import check_chunk_size
+from lion.checks import check_attention_inputs, check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
 from lion.masks import gate_arguments, gates_one_at_padding, per_token_gates, upcast
@@ -107,6 +107,7 @@ def lion_attention(
     """
     form = canonical_form(form)
     check_chunk_size(chunk_size)
+    check_attention_inputs(q, k, v, log_a, key_padding_mask, orders)
     if feature_map is not None and feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
     B, L = q.shape[0], q.shape[-2]

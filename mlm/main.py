@@ -30,8 +30,15 @@ from mlm.src.builders import (
     extra_trainer_kwargs,
     use_atomic_checkpoint_writes,
 )
-from mlm.src.composer_checkpoint import check_resumable, newest_complete_checkpoint, remove_partial_checkpoints
-from mlm.src.config_validation import ConfigError, Source, check_vocab, load_config, validate
+from mlm.src.composer_checkpoint import (
+    check_resumable,
+    checkpoint_batch,
+    complete_checkpoints,
+    newest_complete_checkpoint,
+    remove_partial_checkpoints,
+    rotate_resumed_checkpoints,
+)
+from mlm.src.config_validation import ConfigError, Source, check_folders, check_vocab, load_config, validate
 from mlm.src.convert_dataset import convert, is_complete, local_documents
 from mlm.src.create_bert import build_config, create_bert_mlm, load_tokenizer
 from mlm.src.text_data import build_mlm_dataloader
@@ -85,6 +92,27 @@ def build_model(cfg: DictConfig, source: Source):
     return model
 
 
+def check_save_folder(cfg: DictConfig, source: Source) -> None:
+    """Before any work: save_folder is a directory (or not there yet), and a run that would start from batch 0
+    never overwrites the checkpoints an earlier run left there unless asked (save_overwrite)."""
+    check_folders(cfg, ("save_folder", "train_loader.dataset.data_local", "eval_loader.dataset.data_local"), source)
+    folder = cfg.get("save_folder")
+    if not folder or cfg.get("autoresume", False) or cfg.get("save_overwrite", False):
+        return
+    start, start_name = 0, "batch 0"
+    if cfg.get("load_path"):  # Composer refuses (inside fit) checkpoints later than the one it starts from
+        start = checkpoint_batch(os.path.realpath(cfg.load_path))  # latest-rank0.pt: the file it links to
+        if start is None:
+            return
+        start_name = os.path.basename(cfg.load_path)
+    found = [os.path.basename(path) for batch, path in complete_checkpoints(folder) if batch > start]
+    if found:
+        raise source.error("save_folder", f"({folder}) holds an earlier run's checkpoints ({', '.join(found[-3:])}), "
+                                          f"which this run (from {start_name}) would overwrite: set autoresume=true "
+                                          "to continue that run, save_overwrite=true to replace them, or choose "
+                                          "another save_folder")
+
+
 def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
     """Check the checkpoint the run will restore before Composer touches it; returns the load_path to use.
 
@@ -121,6 +149,7 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
         except (RuntimeError, TimeoutError) as err:  # torch's DistStoreError is a RuntimeError
             raise source.error("dist_timeout", f"({dist_timeout:g} s) passed before all {dist.get_world_size()} "
                                                f"ranks joined: {str(err).splitlines()[0][:160]}") from None
+    check_save_folder(cfg, source)
     reproducibility.seed_all(cfg.get("seed", 17))
     train_batch = device_batch_size(cfg.global_train_batch_size, "global_train_batch_size", source)
     model = build_model(cfg, source)
@@ -138,7 +167,7 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
     optimizer = cfg.optimizer
     extra = extra_trainer_kwargs(cfg, on_gpu)
     use_atomic_checkpoint_writes()
-    return Trainer(
+    trainer = Trainer(
         run_name=cfg.get("run_name"),
         seed=cfg.get("seed", 17),
         model=model,
@@ -171,10 +200,28 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
         autoresume=cfg.get("autoresume", False),
         python_log_level=cfg.get("python_log_level", None),
     )
+    saver = trainer._checkpoint_saver  # Composer's CheckpointSaver (None without save_folder)
+    if saver is not None and dist.get_global_rank() == 0:
+        rotate_resumed_checkpoints(saver, cfg.save_folder, int(trainer.state.timestamp.batch))
+    return trainer
+
+
+def check_not_finished(trainer: Trainer, cfg: DictConfig, source: Source) -> None:
+    """A run resumed at its max_duration has nothing left to do (Composer would raise inside fit)."""
+    state = trainer.state
+    done = state.timestamp.get(state.max_duration.unit)
+    if done >= state.max_duration:
+        trainer.close()
+        raise source.error("max_duration", f"({cfg.max_duration}) is reached already: the run resumed from "
+                                           f"{cfg.get('save_folder') or cfg.get('load_path')} has trained {done}; "
+                                           "nothing left to train (raise max_duration to continue it, or choose "
+                                           "another save_folder)")
 
 
 def main(cfg: DictConfig, source: Optional[Source] = None, extra_callbacks: Sequence[Callback] = ()) -> Trainer:
+    source = source or Source()
     trainer = build_trainer(cfg, source, extra_callbacks)
+    check_not_finished(trainer, cfg, source)
     trainer.fit()
     return trainer
 

@@ -4,8 +4,10 @@ Each case asserts the exit code (or the one error), the one-line message, and th
 """
 import argparse
 import itertools
+import json
 import os
 import pickle
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +25,7 @@ from transformers import BertTokenizerFast
 from mlm import glue as glue_cli
 from mlm.main import build_trainer, cli, resume_path
 from mlm.src.builders import NonFiniteLossGuard
+from mlm.src.checkpoint_loading import main as convert_checkpoint
 from mlm.src.composer_checkpoint import read_checkpoint
 from mlm.src.config_validation import ConfigError, Source, load_config
 from mlm.src.convert_dataset import MARKER, read_text_lines
@@ -141,6 +144,41 @@ def test_cli_exits_1_with_one_line_and_no_traceback():
                                                         "weight_decay")
 
 
+@pytest.mark.parametrize("content, expected", [
+    ("- optimizer\n- model\n", "must hold a mapping of fields (key: value), got a ListConfig"),
+    ("optimizer: {lr: [1, 2\nmodel: {}\n", "is not valid YAML: did not find expected ',' or ']' (line 2, column 6)"),
+    (b"max_seq_len: \xff\xfe\n", "cannot be read: 'utf-8' codec can't decode byte 0xff in position 13: invalid "
+                                   "start byte"),
+])
+@pytest.mark.parametrize("entry, prefix", [(cli, "error: "), (glue_cli.main, "glue.py: ")])
+def test_a_yaml_that_is_no_mapping_of_fields_is_one_line(tmp_path, content, expected, entry, prefix):
+    path = tmp_path / "bad.yaml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert fail([str(path)], entry=entry) == f"{prefix}{path}: {expected}"
+
+
+def test_a_folder_for_the_yaml_and_an_unparsable_override_are_one_line(tmp_path):
+    assert fail([str(tmp_path)]) == f"error: {tmp_path}: is a directory, not a yaml file"
+    assert fail([DEMO, "optimizer.betas=[0.9"]) == (f"error: {DEMO}: command-line override 'optimizer.betas=[0.9' "
+                                                     "cannot be parsed: did not find expected ',' or ']'")
+
+
+def test_an_override_that_empties_a_mapping_empties_it():
+    cfg, _ = load_config(DEMO, ["callbacks={}", "compile_config={}"])
+    assert dict(cfg.callbacks) == {} and dict(cfg.compile_config) == {}
+    cfg, _ = load_config(DEMO, ["callbacks={lr_monitor: {}}"])  # a mapping with entries merges into the yaml's
+    assert set(cfg.callbacks) == {"speed_monitor", "lr_monitor", "memory_monitor"}
+
+
+def test_glue_cli_exits_1_with_one_line_and_no_traceback(tmp_path):
+    (tmp_path / "list.yaml").write_text("- tasks\n")
+    proc = subprocess.run([sys.executable, "mlm/glue.py", str(tmp_path / "list.yaml")], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"glue.py: {tmp_path / 'list.yaml'}: must hold a mapping of fields "
+                                                "(key: value), got a ListConfig"]
+
+
 # ---- bad data and tokenizer --------------------------------------------------------------------------------------
 
 def test_text_data_with_no_rows_and_unfinished_conversion(tmp_path, corpus):
@@ -165,6 +203,58 @@ def test_converter_refuses_text_with_no_rows(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == ("error: the train split has no rows: its source holds no "
                                                     "document (non-empty line)")
     assert sorted(os.listdir(tmp_path)) == ["blank.txt"]
+
+
+NOISE = bytes(range(128, 256)) * 8  # no UTF-8 text, no gzip stream
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("noise.txt", NOISE, "cannot be read as UTF-8 text (line 1: UnicodeDecodeError: 'utf-8' codec can't decode byte "
+                         "0x80 in position 0: invalid start byte)"),
+    ("noise.txt.gz", NOISE, "cannot be read as gzip-compressed UTF-8 text (line 1: BadGzipFile: Not a gzipped file "
+                            "(b'\\x80\\x81'))"),
+    ("cut.txt.gz", "cut", "cannot be read as gzip-compressed UTF-8 text (line N: EOFError: Compressed file ended "
+                          "before the end-of-stream marker was reached)"),
+])
+def test_converter_names_a_source_file_that_is_not_text(tmp_path, name, content, expected):
+    from mlm.src.convert_dataset import main as convert_main
+
+    if content == "cut":
+        content = open(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz"), "rb").read(4000)
+    (tmp_path / "good.txt").write_text("a first document\nanother one\n" * 20)
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(SystemExit) as exit_info:
+        convert_main(["--local_files", str(tmp_path / "good.txt"), str(tmp_path / name), "--out_root",
+                      str(tmp_path / "out"), "--max_seq_len", "16", "--tokenizer", OFFLINE_TOKENIZER_DIR])
+    line = re.sub(r"\(line \d{2,}:", "(line N:", exit_info.value.code)  # gzip reads ahead: the line is near the cut
+    assert line == f"error: {tmp_path / name}: {expected}"
+    assert sorted(os.listdir(tmp_path)) == sorted(["good.txt", name])  # no output, no temporary directory
+
+
+def test_converter_without_the_hub_is_one_line_and_exit_1(tmp_path):
+    env = {**ENV, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "mlm.src.convert_dataset", "--dataset", "c4", "--out_root",
+                           str(tmp_path / "c4"), "--tokenizer", OFFLINE_TOKENIZER_DIR], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: --dataset c4 streams allenai/c4 from the Hugging Face hub, which cannot be reached (ConnectionError: "
+        "Couldn't reach 'allenai/c4' on the Hub (OfflineModeIsEnabled)); convert local text with --local_files "
+        "instead, or run where the hub is reachable")
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("override, field", [("save_folder={tmp}/a_file", "save_folder"),
+                                             ("data_local={tmp}/a_file", "train_loader.dataset.data_local")])
+def test_a_folder_field_that_names_a_file_stops_before_any_work(tmp_path, override, field):
+    (tmp_path / "a_file").write_text("not a folder")
+    override = override.format(tmp=tmp_path)
+    extra = [] if override.startswith("data_local") else [f"data_local={tmp_path}/data"]
+    message = fail([DEMO, *TINY, *extra, override])
+    where = f"command-line override '{override}'" if field == "save_folder" else ""
+    assert message == f"error: {DEMO}: {where + ': ' if where else ''}field '{field}' ({tmp_path}/a_file) exists and " \
+                      "is not a directory; give a directory (it is created if missing)"
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no data conversion started
 
 
 def test_tokenizer_larger_than_the_model_vocabulary(tmp_path, corpus):
@@ -267,6 +357,119 @@ def test_glue_refuses_bad_checkpoints_and_bad_files(tmp_path, reference):
     assert not (tmp_path / "ft").exists()
 
 
+def converter_error(source, out, *extra):
+    """The one line ``python -m mlm.src.checkpoint_loading`` ends with (called in this process)."""
+    with pytest.raises(SystemExit) as exit_info:
+        convert_checkpoint([str(source), str(out), *extra])
+    message = exit_info.value.code
+    assert isinstance(message, str) and "\n" not in message, message
+    return message
+
+
+def test_checkpoint_converter_answers_files_of_another_kind_in_one_line(tmp_path, reference):
+    marker = bad_checkpoints(tmp_path, reference)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "listed").mkdir()
+    (tmp_path / "listed" / "config.json").write_text("[1, 2]")
+    (tmp_path / "a_file").write_text("not a folder")
+    out, good = tmp_path / "out", os.path.join(reference["folder"], "ep0-ba3-rank0.pt")
+    size = os.path.getsize(tmp_path / "garbage.pt")
+    cases = {
+        tmp_path / "nowhere": f"{tmp_path / 'nowhere'}: no such file or directory (nor a hub id such as 'org/name')",
+        tmp_path / "garbage.pt": f"{tmp_path / 'garbage.pt'} is not a readable torch checkpoint (truncated, corrupt or "
+                                 f"another format; {size} bytes): ",
+        tmp_path / "truncated.pt": f"{tmp_path / 'truncated.pt'} is not a readable torch checkpoint (truncated, "
+                                   "corrupt or another format; ",
+        tmp_path / "malicious.pt": f"refusing to load {tmp_path / 'malicious.pt'}: it needs unpickling of more than "
+                                   "tensors and plain data",
+        tmp_path / "empty": f"{tmp_path / 'empty'} has no config.json",
+        tmp_path / "listed": f"{tmp_path / 'listed' / 'config.json'} must hold a JSON object (a model config), got a "
+                             "list",
+    }
+    for source, expected in cases.items():
+        assert converter_error(source, out).startswith(f"error: {expected}"), source
+    (tmp_path / "wider.json").write_text(json.dumps({"arch_type": "lion-d", "hidden_size": 64, "num_hidden_layers": 2,
+                                                     "num_attention_heads": 2, "intermediate_size": 64}))
+    message = converter_error(good, out, "--config", str(tmp_path / "wider.json"))
+    assert message.startswith("error: the weights do not fit the config's lion-d model: "), message
+    assert ("; size mismatch for bert.embeddings.word_embeddings.weight: copying a param with shape "
+            "torch.Size([30522, 32]) from checkpoint, the shape in current model is torch.Size([30522, 64]);"
+            ) in message
+    message = converter_error(good, out, "--config", str(tmp_path / "garbage.pt"))
+    assert message.startswith(f"error: {tmp_path / 'garbage.pt'} is not a JSON config file: "), message
+    assert converter_error(good, tmp_path / "a_file") == (f"error: {tmp_path / 'a_file'} exists and is not a "
+                                                          "directory; give a directory path")
+    assert not out.exists() and not os.path.exists(marker)
+
+
+def test_checkpoint_converter_cli_exits_1_with_one_line_and_no_traceback(tmp_path):
+    (tmp_path / "noise.bin").write_bytes(bytes(range(256)) * 4)
+    proc = subprocess.run([sys.executable, "-m", "mlm.src.checkpoint_loading", str(tmp_path / "noise.bin"),
+                           str(tmp_path / "out")], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'noise.bin'} is not a readable torch checkpoint (truncated, corrupt or another format; "
+        "1024 bytes): Unsupported operand 0"]
+
+
+@pytest.mark.parametrize("arch", ["lion-d", "attention"])
+@pytest.mark.parametrize("inputs, message", [
+    (dict(attention_mask=(2, 9)), "attention_mask must be (batch, length) = (2, 8) like the input, got shape (2, 9)"),
+    (dict(attention_mask=(8,)), "attention_mask must be (batch, length) = (2, 8) like the input, got shape (8,)"),
+    (dict(token_type_ids=(2, 7)), "token_type_ids must be (batch, length) = (2, 8) like the input, got shape (2, 7)"),
+    (dict(input_ids=(16,)), "input_ids must be (batch, length), got shape (16,)"),
+    (dict(inputs_embeds=(2, 8, 16)), "inputs_embeds must be (batch, length, hidden_size=32), got shape (2, 8, 16)"),
+])
+def test_bert_forward_names_an_input_of_the_wrong_shape(arch, inputs, message):
+    from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
+
+    model = LionBertForMaskedLM(LionBertConfig(arch_type=arch, hidden_size=32, num_hidden_layers=1,
+                                               num_attention_heads=2, intermediate_size=64, vocab_size=100))
+    kwargs = {"input_ids": torch.randint(0, 100, (2, 8))}
+    for name, shape in inputs.items():
+        kwargs[name] = torch.randn(shape) if name == "inputs_embeds" else torch.ones(shape, dtype=torch.long)
+    if "inputs_embeds" in inputs:
+        del kwargs["input_ids"]
+    with pytest.raises(ValueError) as info:
+        model(**kwargs)
+    assert str(info.value) == message
+
+
+def test_bert_forward_refuses_more_tokens_than_its_position_table():
+    from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
+
+    model = LionBertForMaskedLM(LionBertConfig(arch_type="attention", position_embedding_type="absolute",
+                                               hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                               intermediate_size=64, vocab_size=100, max_position_embeddings=16))
+    with pytest.raises(ValueError, match=r"^the input has 20 tokens, more than max_position_embeddings \(16\)"):
+        model(torch.randint(0, 100, (2, 20)))
+    assert model(torch.randint(0, 100, (2, 16))).logits.shape == (2, 16, 100)
+
+
+def test_glue_without_local_files_and_without_the_hub_stops_before_training(tmp_path, reference, monkeypatch):
+    import datasets
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(GLUE_DEMO)
+    cfg.tasks = {"sst2": {"trainer_kwargs": {"max_duration": "1ba"}}}
+    cfg.data = {"cache_dir": f"{tmp_path}/cache"}
+    OmegaConf.save(cfg, tmp_path / "hub.yaml")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    good = os.path.join(reference["folder"], "ep0-ba3-rank0.pt")
+    message = fail([str(tmp_path / "hub.yaml"), "model.model_config.hidden_size=32", "model.model_config.num_hidden_"
+                    "layers=2", "model.model_config.num_attention_heads=2", "model.model_config.intermediate_size=64",
+                    f"starting_checkpoint_load_path={good}", f"save_finetune_checkpoint_prefix={tmp_path}/ft"],
+                   entry=glue_cli.main)
+    assert message == (f"glue.py: {tmp_path / 'hub.yaml'}: data.data_dir: not set, so task sst2 is read from the hub "
+                       "(nyu-mll/glue, sst2, train), which fails (ConnectionError: Couldn't reach 'nyu-mll/glue' on "
+                       "the Hub (OfflineModeIsEnabled)); offline? set data.data_dir to a folder of GLUE TSV files")
+    assert sorted(os.listdir(tmp_path)) == ["hub.yaml"]
+
+
 # ---- crashes: SIGKILL while saving and while training, then resume -----------------------------------------------
 
 DRIVER = textwrap.dedent("""
@@ -329,6 +532,69 @@ def test_sigkill_then_autoresume_ends_as_the_uninterrupted_run(tmp_path, corpus,
     trainer.close()
     assert not [n for n in os.listdir(folder) if n.startswith(".partial-")]  # the dead run's file was removed
     assert os.path.isfile(folder / f"ep0-ba{STEPS}-rank0.pt")
+
+
+class CrashAt(Callback):
+    """Ends the run with an exception after the given step (a crash between two checkpoints)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def batch_end(self, state, logger):
+        if int(state.timestamp.batch) == self.step:
+            raise RuntimeError("planted crash")
+
+
+def checkpoint_names(folder):
+    return sorted(n for n in os.listdir(folder) if n.startswith("ep"))
+
+
+def test_rerunning_the_demo_command_after_a_crash_resumes_and_keeps_n_checkpoints(tmp_path, corpus, reference):
+    """The demo yaml autoresumes: the same command again continues after the last checkpoint (not from batch 1 over
+    it), ends as the uninterrupted run, and keep-1 holds across the resume; a third run changes nothing."""
+    folder = tmp_path / "ckpt"
+    argv = run_args(corpus, folder, "save_num_checkpoints_to_keep=1")
+    with pytest.raises(RuntimeError, match="planted crash"):
+        cli(argv, extra_callbacks=[CrashAt(5)])
+    assert checkpoint_names(folder) == ["ep0-ba3-rank0.pt"]
+    before_crash = (folder / "ep0-ba3-rank0.pt").read_bytes()
+
+    class Unchanged(Callback):
+        def fit_start(self, state, logger):  # after the resume, before any new save
+            assert (folder / "ep0-ba3-rank0.pt").read_bytes() == before_crash
+
+    recorder = Recorder()
+    trainer = cli(argv, extra_callbacks=[recorder, Unchanged()])
+    trainer.close()
+    assert sorted(recorder.losses) == list(range(4, STEPS + 1))  # resumed after step 3
+    for step, loss in recorder.losses.items():
+        assert abs(loss - reference["losses"][step]) <= 1e-6, (step, loss, reference["losses"][step])
+    assert checkpoint_names(folder) == [f"ep0-ba{STEPS}-rank0.pt"]  # the pre-crash ba3 rotated out too
+    final = (folder / f"ep0-ba{STEPS}-rank0.pt").read_bytes()
+    message = fail(argv)  # finished: nothing to train, nothing rewritten
+    assert message == (f"error: {DEMO}: command-line override 'max_duration={STEPS}ba': field 'max_duration' "
+                       f"({STEPS}ba) is reached already: the run resumed from {folder} has trained {STEPS}ba; "
+                       "nothing left to train (raise max_duration to continue it, or choose another "
+                       "save_folder)")
+    assert checkpoint_names(folder) == [f"ep0-ba{STEPS}-rank0.pt"]
+    assert (folder / f"ep0-ba{STEPS}-rank0.pt").read_bytes() == final
+
+
+def test_a_run_from_batch_0_never_overwrites_an_earlier_runs_checkpoints(tmp_path, reference):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(reference["folder"], folder, symlinks=True)
+    message = fail([DEMO, *TINY, f"data_local={tmp_path}/data", f"save_folder={folder}", "autoresume=false"])
+    assert message == (f"error: {DEMO}: command-line override 'save_folder={folder}': field 'save_folder' ({folder}) "
+                       "holds an earlier run's checkpoints (ep0-ba3-rank0.pt, ep0-ba6-rank0.pt, ep0-ba9-rank0.pt), "
+                       "which this run (from batch 0) would overwrite: set autoresume=true to continue that run, "
+                       "save_overwrite=true to replace them, or choose another save_folder")
+    start = folder / "ep0-ba3-rank0.pt"
+    message = fail([DEMO, *TINY, f"data_local={tmp_path}/data", f"save_folder={folder}", "autoresume=false",
+                    f"load_path={start}"])
+    assert message.endswith("holds an earlier run's checkpoints (ep0-ba6-rank0.pt, ep0-ba9-rank0.pt), which this run "
+                            "(from ep0-ba3-rank0.pt) would overwrite: set autoresume=true to continue that run, "
+                            "save_overwrite=true to replace them, or choose another save_folder"), message
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"]  # no data conversion started
 
 
 def test_autoresume_without_latest_link_takes_the_newest_checkpoint(tmp_path, corpus, reference):

@@ -283,6 +283,142 @@ def test_bad_flag_values_stop_before_training(data, tmp_path, flags, message):
 
 # ---------------------------------------------------------------------------------------------- crashes
 
+def untouched_data_folder(tmp_path):
+    """An --data-path that reading would refuse ("no train/ folder"): a check that fires later than the data says
+    so in its message."""
+    (tmp_path / "images").mkdir()
+    return ["--data-set", "IMNET", "--data-path", str(tmp_path / "images")]
+
+
+GEOMETRY = "--model lion_tiny_patch16_224 (--input-size {size} --model-kwargs patch_size=4 depth=1 embed_dim=32 " \
+           "num_heads={heads}) cannot be built: "
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--input-size", "30"], GEOMETRY.format(size=30, heads=2) + "img_size 30 is not a multiple of patch_size 4; "
+                                                                 "e.g. img_size 28 or 32"),
+    (["--model-kwargs", "patch_size=4", "depth=1", "embed_dim=32", "num_heads=3"],
+     GEOMETRY.format(size=28, heads=3) + "embed_dim (32) must be divisible by num_heads (3): each head takes "
+                                         "embed_dim / num_heads channels"),
+    (["--eval"], "--eval needs the weights to score: add --resume CHECKPOINT (or --finetune CHECKPOINT); without "
+                 "one it would evaluate a randomly initialised model"),
+    (["--output_dir", "{tmp}/a_file"], "--output_dir {tmp}/a_file: exists and is not a directory; give a directory "
+                                       "(it is created if missing)"),
+    *[(["--output_dir", "{tmp}/run", *more], "--output_dir {tmp}/run already holds a run's checkpoint.pth, which this "
+                                             "run would overwrite; continue that run with --resume "
+                                             "{tmp}/run/checkpoint.pth, or choose another --output_dir")
+      for more in ([], ["--finetune", "{tmp}/run/checkpoint.pth"])],
+])
+def test_bad_invocations_stop_before_any_data_is_read(tmp_path, flags, message):
+    (tmp_path / "a_file").write_text("not a folder")
+    (tmp_path / "run").mkdir()
+    torch.save({"model": {}}, tmp_path / "run" / "checkpoint.pth")
+    before = (tmp_path / "run" / "checkpoint.pth").read_bytes()
+    flags = [f.format(tmp=tmp_path) for f in flags]
+    error = cli_error(argv("unused", *flags) + untouched_data_folder(tmp_path))
+    assert error == f"main_lion.py: error: {message.format(tmp=tmp_path)}"
+    assert (tmp_path / "run" / "checkpoint.pth").read_bytes() == before
+
+
+def test_a_bad_invocation_exits_1_with_one_line_and_no_traceback(tmp_path):
+    proc = run_script(argv("unused", "--input-size", "30") + untouched_data_folder(tmp_path))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [f"main_lion.py: error: {GEOMETRY.format(size=30, heads=2)}img_size 30 "
+                                                "is not a multiple of patch_size 4; e.g. img_size 28 or 32"]
+
+
+def folder_with_unreadable_images(root):
+    """Two classes of 8 training images, one of them empty and one cut after 30 bytes (a PNG header)."""
+    make_folder(root, {"train": {"a": 8, "b": 8}, "val": {"a": 2, "b": 2}})
+    (root / "train" / "a" / "3.png").write_bytes(b"")
+    cut = root / "train" / "b" / "5.png"
+    cut.write_bytes(cut.read_bytes()[:30])
+    return root
+
+
+def test_an_unreadable_image_stops_the_run_naming_the_file(tmp_path):
+    root = folder_with_unreadable_images(tmp_path / "imagenet")
+    error = cli_error(argv(str(root), "--data-set", "IMNET", "--batch-size", "4", epochs=1))
+    assert error.startswith("main_lion.py: error: " + str(root / "train")), error
+    assert "cannot be read as an image (UnidentifiedImageError: cannot identify image file" in error
+    assert error.endswith("; --bad-images skip skips such files")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_bad_images_skip_replaces_and_counts_unreadable_files(tmp_path, workers, caplog):
+    root = folder_with_unreadable_images(tmp_path / "imagenet")
+    out = tmp_path / "out"
+    main(get_args_parser().parse_args(argv(str(root), "--data-set", "IMNET", "--batch-size", "4", "--bad-images",
+                                           "skip", "--num_workers", str(workers), "--output_dir", str(out),
+                                           "--no-model-ema", epochs=2)))
+    records = log_records(out)
+    assert [(r["train_skipped_images"], r["test_skipped_images"]) for r in records] == [(2, 0), (2, 0)]
+    assert "unreadable image files skipped in epoch 1 (--bad-images skip)" in caplog.text
+
+
+def test_cifar_download_without_a_network_is_one_line(tmp_path, monkeypatch):
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    (tmp_path / "cifar").mkdir()
+    error = cli_error(argv(str(tmp_path / "cifar"), "--data-set", "CIFAR10", "--download"))
+    assert error == (f"main_lion.py: error: --data-path {tmp_path / 'cifar'} (--data-set CIFAR10): --download could "
+                     "not fetch CIFAR10 (URLError: <urlopen error [Errno -3] Temporary failure in name resolution>); "
+                     "offline? place torchvision's files under --data-path instead")
+
+
+# ---------------------------------------------------------------------------------------------- library boundary
+
+@pytest.mark.parametrize("change,message", [
+    (dict(k=(2, 3, 9, 8)), "k must have q's shape (B, H, L, d) = (2, 3, 10, 8), got (2, 3, 9, 8)"),
+    (dict(q=(2, 3, 10)), "q must be (B, H, L, d), got (2, 3, 10)"),
+    (dict(v=(2, 3, 9, 5)), "v must be (B, H, L, dv) = (2, 3, 10, dv) like q (2, 3, 10, 8), got (2, 3, 9, 5)"),
+    (dict(log_a=(4,)), "log_a must be (H,) = (3,) or (B, H, L) = (2, 3, 10) for q of shape (B, H, L, d), got (4,)"),
+    (dict(log_a=(2, 10, 3)), "log_a must be (H,) = (3,) or (B, H, L) = (2, 3, 10) for q of shape (B, H, L, d), got "
+                             "(2, 10, 3)"),
+    (dict(key_padding_mask=(2, 9)), "key_padding_mask must be (B, L) = (2, 10) for q of shape (B, H, L, d) = "
+                                    "(2, 3, 10, 8), got (2, 9)"),
+    (dict(key_padding_mask="float"), "key_padding_mask must be a bool tensor (True for real tokens), got "
+                                     "torch.float32"),
+    (dict(orders=[((9,), (3,))]), "orders[0]'s permutation must be (L,) = (10,), got (9,)"),
+    (dict(orders=[((10,), (2,))]), "orders[0]'s log_a must be (H,) = (3,) or (B, H, L) = (2, 3, 10)"),
+])
+@pytest.mark.parametrize("form", ["attention", "rnn", "chunk"])
+def test_lion_attention_names_an_argument_of_the_wrong_shape(change, message, form):
+    shapes = {"q": (2, 3, 10, 8), "k": (2, 3, 10, 8), "v": (2, 3, 10, 5), "log_a": (3,), **change}
+    args = {name: -torch.rand(shape) if name == "log_a" else torch.randn(shape)
+            for name, shape in shapes.items() if name in ("q", "k", "v", "log_a")}
+    kwargs = {}
+    if "key_padding_mask" in change:
+        mask = change["key_padding_mask"]
+        kwargs["key_padding_mask"] = torch.ones(2, 10) if mask == "float" else torch.ones(mask, dtype=torch.bool)
+    if "orders" in change:
+        kwargs["orders"] = [(torch.arange(p[0]), -torch.rand(la)) for p, la in change["orders"]]
+    with pytest.raises(ValueError) as info:
+        lion_attention(args["q"], args["k"], args["v"], args["log_a"], form=form, **kwargs)
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_vision_models_refuse_bad_geometry_and_images_of_the_wrong_shape():
+    tiny = dict(patch_size=4, depth=1, num_classes=10)
+    with pytest.raises(ValueError, match=r"^img_size 30 is not a multiple of patch_size 4; e.g. img_size 28 or 32$"):
+        timm.create_model("lion_tiny_patch16_224", img_size=30, embed_dim=32, num_heads=2, **tiny)
+    with pytest.raises(ValueError, match=r"^embed_dim \(30\) must be divisible by num_heads \(4\)"):
+        timm.create_model("lion_tiny_patch16_224", img_size=28, embed_dim=30, num_heads=4, **tiny)
+    model = timm.create_model("lion_tiny_patch16_224", img_size=28, embed_dim=32, num_heads=2, **tiny)
+    for shape, message in (((2, 3, 30, 30), r"x's height and width \(30, 30\) must be multiples of patch_size "
+                                            r"\(4, 4\)"),
+                           ((2, 1, 28, 28), r"x must be images \(B, 3, H, W\), got shape \(2, 1, 28, 28\)"),
+                           ((3, 28, 28), r"x must be images \(B, 3, H, W\), got shape \(3, 28, 28\)")):
+        for forward in (model, model.forward_features, model.forward_intermediates):
+            with pytest.raises(ValueError, match=message):
+                forward(torch.randn(shape))
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)  # dynamic image size: any multiple of the patch
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("uninterrupted")

@@ -187,11 +187,11 @@ def test_published_checkpoint_loads_strictly_and_maps_legacy_names():
 def test_published_checkpoint_with_a_wrong_key_is_refused():
     sd = published_state_dict(PUBLISHED_CONFIG)
     sd["bert.encoder.layer.0.attention.self.ai"] = torch.zeros(2)  # a lion-d parameter in a lion-s checkpoint
-    with pytest.raises(RuntimeError, match="Unexpected key"):
+    with pytest.raises(ValueError, match="do not fit the config.s lion-s model: Unexpected key"):
         load_published(PUBLISHED_CONFIG, sd)
     sd = published_state_dict(PUBLISHED_CONFIG)
     del sd["bert.encoder.layer.1.attention.self.Wa_i.weight"]
-    with pytest.raises(RuntimeError, match="Missing key"):
+    with pytest.raises(ValueError, match="do not fit the config.s lion-s model: Missing key"):
         load_published(PUBLISHED_CONFIG, sd)
 
 

@@ -78,7 +78,7 @@ def test_explicit_load_path_restores_weights(corpus, tmp_path):
     saved = {k: v.clone() for k, v in trainer.state.model.state_dict().items()}
     trainer.close()
     loaded = demo_trainer([f"data_local={corpus}", f"load_path={tmp_path}/a/ep0-ba5-rank0.pt",
-                           "max_duration=5ba", "save_folder=null"], LossRecorder())
+                           "max_duration=5ba", "save_folder=null", "autoresume=false"], LossRecorder())
     assert int(loaded.state.timestamp.batch) == 5
     for k, v in loaded.state.model.state_dict().items():
         assert torch.equal(v, saved[k]), k

@@ -238,7 +238,7 @@ def test_lion_pooling_default_and_cls_tok():
     with pytest.raises(ValueError, match="global_pool must be one of"):
         model.reset_classifier(0, "cls")
     fixed = create("lion_tiny_patch16_224", LION_SEL, dynamic_img_size=False).eval()
-    with pytest.raises(AssertionError, match="doesn't match model"):
+    with pytest.raises(ValueError, match=r"x must be \(32, 32\) images \(dynamic_img_size=False\), got \(48, 48\)"):
         fixed(image(size=48))
 
 

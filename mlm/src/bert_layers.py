@@ -275,6 +275,25 @@ class LionBertPreTrainedModel(PreTrainedModel):
 
 
 class LionBertModel(LionBertPreTrainedModel):
+    def _check_input_shapes(self, input_ids, inputs_embeds, attention_mask, token_type_ids):
+        """Once per call, sizes only: a wrong shape is a ValueError naming the argument, not a broadcasting error
+        in a layer."""
+        if input_ids is not None and input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        hidden = self.config.hidden_size
+        if inputs_embeds is not None and (inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != hidden):
+            raise ValueError(f"inputs_embeds must be (batch, length, hidden_size={hidden}), got shape "
+                             f"{tuple(inputs_embeds.shape)}")
+        shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
+        for name, mask in (("attention_mask", attention_mask), ("token_type_ids", token_type_ids)):
+            if mask is not None and tuple(mask.shape) != shape:
+                raise ValueError(f"{name} must be (batch, length) = {shape} like the input, got shape "
+                                 f"{tuple(mask.shape)}")
+        limit = self.config.max_position_embeddings
+        if self.config.uses_position_embeddings and shape[1] > limit:
+            raise ValueError(f"the input has {shape[1]} tokens, more than max_position_embeddings ({limit}) of this "
+                             "model's absolute position table")
+
     def __init__(self, config: LionBertConfig, add_pooling_layer: bool = True):
         super().__init__(config)
         self.embeddings = LionBertEmbeddings(config)
@@ -299,6 +318,7 @@ class LionBertModel(LionBertPreTrainedModel):
                              "call model.set_form('parallel') first")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
         device = input_ids.device if input_ids is not None else inputs_embeds.device
+        self._check_input_shapes(input_ids, inputs_embeds, attention_mask, token_type_ids)
         if attention_mask is None:
             attention_mask = torch.ones(shape, dtype=torch.bool, device=device)
         hidden = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)

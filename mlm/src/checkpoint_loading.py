@@ -23,7 +23,9 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
+import sys
 import tempfile
 from typing import Any, Mapping, Optional, Union
 
@@ -44,6 +46,7 @@ POSITION_TABLE = "bert.embeddings.position_embeddings.weight"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")  # 'name' or 'org/name'; paths like ./x or a/b/c are not
 
 
 def _plain_data_globals() -> list:
@@ -54,25 +57,49 @@ def _plain_data_globals() -> list:
 
 
 def safe_torch_load(path: Union[str, os.PathLike]) -> Any:
-    """``torch.load(path, weights_only=True)``; a file that needs any other unpickling is refused, naming it."""
+    """``torch.load(path, weights_only=True)``; a file that needs any other unpickling is refused, and one that is
+    not a torch checkpoint at all (cut short, random bytes, another format) is named as such."""
     try:
         with torch.serialization.safe_globals(_plain_data_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # not a refusal: the bytes are no pickle torch can read
+            raise ValueError(_not_a_checkpoint(path, e)) from None
         reason = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line), str(e).splitlines()[0])
         raise ValueError(f"refusing to load {os.fspath(path)}: it needs unpickling of more than tensors and plain "
                          f"data ({reason}); only weights_only checkpoints are read") from None
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise ValueError(_not_a_checkpoint(path, e)) from None
+
+
+def _not_a_checkpoint(path, err: BaseException) -> str:
+    text = str(err).split("WeightsUnpickler error:")[-1]  # past torch's weights-only preamble
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[0] if lines else type(err).__name__
+    return (f"{os.fspath(path)} is not a readable torch checkpoint (truncated, corrupt or another format; "
+            f"{os.path.getsize(path)} bytes): {detail[:160]}")
 
 
 def _model_type_is_ours(config: Mapping[str, Any]) -> bool:
     return config.get("model_type") == LionBertConfig.model_type
 
 
+def read_json_config(path: Union[str, os.PathLike]) -> dict:
+    """A config.json as a dict; a file that is no JSON object is a ValueError naming it."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{os.fspath(path)} is not a JSON config file: {e}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{os.fspath(path)} must hold a JSON object (a model config), got a {type(config).__name__}")
+    return config
+
+
 def published_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> LionBertConfig:
     """A LionBertConfig from a published ``config.json`` (path or dict), legacy names mapped; ours pass through."""
     if not isinstance(config, Mapping):
-        with open(config) as f:
-            config = json.load(f)
+        config = read_json_config(config)
     fields = dict(config)
     arch = next((fields.pop(k) for k in ARCH_FIELDS if k in fields), "attention")
     arch = LEGACY_ARCH_TYPES.get(str(arch).lower(), str(arch).lower())
@@ -133,8 +160,7 @@ def load_published(config: Union[str, os.PathLike, Mapping[str, Any]], state_dic
                    model_class: Optional[type] = None):
     """Build our model from a published config and load its weights strictly (any other mismatch raises)."""
     if not isinstance(config, Mapping):
-        with open(config) as f:
-            config = json.load(f)
+        config = read_json_config(config)
     sd = rename_published_keys(state_dict)
     if any(".distance_embedding." in k for k in sd):
         raise ValueError("the checkpoint has relative-position attention weights (distance_embedding); "
@@ -151,7 +177,12 @@ def load_published(config: Union[str, os.PathLike, Mapping[str, Any]], state_dic
     if dropped:
         log.info("weights: dropped %s", dropped)
     _fill_tied(model, sd)
-    model.load_state_dict(sd, strict=True)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:  # torch lists every missing / unexpected key and size on many lines
+        problems = [line.strip().rstrip(".") for line in str(e).splitlines()[1:] if line.strip()]
+        raise ValueError(f"the weights do not fit the config's {model.config.arch_type} model: "
+                         f"{'; '.join(problems)[:300]}") from None
     log.info("loaded a %s %s (positions: %s) strictly", model.config.arch_type, model_class.__name__,
              model.config.position_embedding_type)
     return model
@@ -202,8 +233,9 @@ def read_checkpoint(source: str, config: Union[None, str, os.PathLike, Mapping] 
     """(config dict, state dict) of a directory or hub id (config.json + weights), or of a checkpoint file
     (a Composer checkpoint, whose recorded HF config serves when ``config`` is None, or a bare state dict)."""
     if config is not None and not isinstance(config, Mapping):
-        with open(config) as f:
-            config = json.load(f)
+        config = read_json_config(config)
+    if not os.path.exists(source) and not HUB_ID.match(source):
+        raise FileNotFoundError(f"{source}: no such file or directory (nor a hub id such as 'org/name')")
     if os.path.isfile(source):
         state = safe_torch_load(source)
         weights = state["state"]["model"] if "state" in state else state
@@ -214,9 +246,10 @@ def read_checkpoint(source: str, config: Union[None, str, os.PathLike, Mapping] 
     if config is None:
         config_file = _hub_file(source, "config.json", **hub_kwargs)
         if not config_file:
-            raise FileNotFoundError(f"{source} has no config.json")
-        with open(config_file) as f:
-            config = json.load(f)
+            where = "" if os.path.isdir(source) else " (not a local directory; as a hub id it is not in the cache " \
+                                                      "and the hub cannot be reached, or has no such repository)"
+            raise FileNotFoundError(f"{source} has no config.json{where}")
+        config = read_json_config(config_file)
     return dict(config), _directory_weights(source, **hub_kwargs)
 
 
@@ -260,6 +293,8 @@ def convert(source: str, out_dir: str, config=None, task: Optional[str] = None, 
     """Write ``source`` as a ``save_pretrained`` directory (weights, config with auto_map, model code, and the
     tokenizer files a directory / hub source has), atomically: a temporary sibling directory renamed at the end."""
     out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise FileExistsError(f"{out_dir} exists and is not a directory; give a directory path")
     if os.path.exists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} exists; pass --overwrite to replace it")
     model_class = {None: None, "mlm": LionBertForMaskedLM, "classification": LionBertForSequenceClassification}[task]
@@ -301,7 +336,11 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hub_kwargs = {"revision": args.revision} if args.revision else {}
-    convert(args.source, args.out_dir, args.config, args.task, args.overwrite, **hub_kwargs)
+    try:
+        convert(args.source, args.out_dir, args.config, args.task, args.overwrite, **hub_kwargs)
+    except (ValueError, OSError) as e:  # bad paths, files of another kind, weights that do not fit: one line
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        sys.exit(f"error: {lines[0]}")
 
 
 if __name__ == "__main__":

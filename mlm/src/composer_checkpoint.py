@@ -106,8 +106,27 @@ def remove_partial_checkpoints(folder: str) -> None:
 
 
 
+def checkpoint_batch(path: str) -> Optional[int]:
+    """The batch in a Composer checkpoint's file name (``ep0-ba300-rank0.pt`` -> 300); None for another name."""
+    match = _CHECKPOINT_NAME.search(os.path.basename(path))
+    return int(match.group(2)) if match else None
+
+
+def complete_checkpoints(folder: str) -> list[tuple[int, str]]:
+    """(batch, path) of the checkpoints in ``folder``, oldest first (our writes are atomic: every one is complete)."""
+    return sorted((int(m.group(2)), p) for p in glob.glob(os.path.join(folder, "ep*-ba*-rank0.pt"))
+                  if (m := _CHECKPOINT_NAME.search(os.path.basename(p))))
+
+
 def newest_complete_checkpoint(folder: str) -> Optional[str]:
-    """The checkpoint of the highest batch in ``folder`` (our writes are atomic: every such file is complete)."""
-    found = [(int(m.group(2)), p) for p in glob.glob(os.path.join(folder, "ep*-ba*-rank0.pt"))
-             if (m := _CHECKPOINT_NAME.search(os.path.basename(p)))]
-    return max(found)[1] if found else None
+    """The checkpoint of the highest batch in ``folder``."""
+    found = complete_checkpoints(folder)
+    return found[-1][1] if found else None
+
+
+def rotate_resumed_checkpoints(saver, folder: str, batch: int) -> None:
+    """Composer's saver rotates (keeps ``save_num_checkpoints_to_keep`` of) only the files its own process wrote;
+    hand it those of the run it resumed (up to ``batch``), so a resumed run keeps N checkpoints, not N + the old."""
+    earlier = [path for b, path in complete_checkpoints(folder) if b <= batch]
+    known = {os.path.abspath(p) for p in saver.saved_checkpoints}
+    saver.saved_checkpoints[:0] = [p for p in earlier if os.path.abspath(p) not in known]

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional
 
+import yaml
 from composer.core import Time
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -216,19 +217,37 @@ class Source:
 
 
 def load_config(yaml_path: str, overrides: list[str]) -> tuple[DictConfig, Source]:
-    """The yaml merged with ``key=value`` overrides; a missing or unreadable file or a bad override is a ConfigError."""
+    """The yaml merged with ``key=value`` overrides; a missing or unreadable file or a bad override is a ConfigError.
+    An override ``key={}`` empties that mapping (a merge would keep its entries)."""
     if not os.path.isfile(yaml_path):
-        raise ConfigError(f"{yaml_path}: config file does not exist")
+        what = "is a directory, not a yaml file" if os.path.isdir(yaml_path) else "config file does not exist"
+        raise ConfigError(f"{yaml_path}: {what}")
     for arg in overrides:
         if "=" not in arg or not arg.split("=", 1)[0]:
             raise ConfigError(f"{yaml_path}: command-line argument {arg!r} is not of the form key=value "
                               "(e.g. optimizer.lr=1e-3)")
+        try:
+            OmegaConf.from_dotlist([arg])
+        except (yaml.YAMLError, OmegaConfBaseException, ValueError) as err:
+            raise ConfigError(f"{yaml_path}: command-line override {arg!r} cannot be parsed: "
+                              f"{getattr(err, 'problem', None) or _first_line(err)}") from None
     try:
-        cfg = OmegaConf.merge(OmegaConf.load(yaml_path), OmegaConf.from_dotlist(overrides))
-    except (OmegaConfBaseException, ValueError) as err:  # yaml syntax errors are ValueErrors of omegaconf
+        cfg = OmegaConf.load(yaml_path)
+        if not isinstance(cfg, DictConfig):
+            raise ConfigError(f"{yaml_path}: must hold a mapping of fields (key: value), got a {type(cfg).__name__}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        for key, value in (arg.split("=", 1) for arg in overrides):
+            if value.strip() == "{}":
+                OmegaConf.update(cfg, key.lstrip("+~"), {}, merge=False)
+    except yaml.YAMLError as err:  # the parser's own problem and place, in one line
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{yaml_path}: is not valid YAML: {getattr(err, 'problem', None) or _first_line(err)}"
+                          f"{where}") from None
+    except (OmegaConfBaseException, ValueError, TypeError) as err:  # e.g. undecodable bytes, a bad override
+        if isinstance(err, ConfigError):
+            raise
         raise ConfigError(f"{yaml_path}: cannot be read: {_first_line(err)}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{yaml_path}: must hold a mapping of fields")
     return cfg, Source(yaml_path, overrides)
 
 
@@ -373,6 +392,15 @@ def validate_finetune(cfg: DictConfig, source: Optional[Source] = None) -> None:
             if keep < 1:
                 raise source.error(f"tasks.{origin}.trainer_kwargs.save_num_checkpoints_to_keep",
                                    f"must be >= 1: {name} starts from the {origin} checkpoint")
+
+
+def check_folders(cfg: DictConfig, fields: tuple, source: Source) -> None:
+    """Each folder field names a directory, or a path not there yet (it is created): never an existing file."""
+    for field in fields:
+        folder = get(cfg, field)
+        if folder and os.path.exists(folder) and not os.path.isdir(folder):
+            raise source.error(field, f"({folder}) exists and is not a directory; give a directory (it is created "
+                                      "if missing)")
 
 
 def check_vocab(tokenizer, vocab_size: int, where: str) -> None:

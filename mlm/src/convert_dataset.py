@@ -25,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zlib
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 from datasets import Dataset
@@ -43,13 +44,24 @@ def is_complete(out_root: str) -> bool:
     return os.path.isfile(os.path.join(out_root, MARKER))
 
 
+class UnreadableText(ValueError):
+    """A source file that is not (gzip-compressed) UTF-8 text; the message names it."""
+
+
 def read_text_lines(path: str) -> Iterator[str]:
     """One document per non-empty line; ``.gz`` files are decompressed."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield line.rstrip("\n")
+    kind = "gzip-compressed UTF-8 text" if path.endswith(".gz") else "UTF-8 text"
+    line_number = 0
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            for line in f:
+                line_number += 1
+                if line.strip():
+                    yield line.rstrip("\n")
+    except (OSError, EOFError, UnicodeDecodeError, zlib.error) as err:  # not gzip, cut short, binary, a directory
+        raise UnreadableText(f"{path}: cannot be read as {kind} (line {line_number + 1}: "
+                             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def local_documents(files: Sequence[str], val_fraction: float) -> dict[str, Callable[[], Iterator[str]]]:
@@ -69,15 +81,22 @@ def local_documents(files: Sequence[str], val_fraction: float) -> dict[str, Call
 
 
 def c4_documents(max_samples: Optional[int], max_val_samples: Optional[int]) -> dict[str, Callable[[], Iterator[str]]]:
+    """The C4 streams, opened now: a hub that cannot be reached stops here, before any work (ValueError)."""
     from datasets import load_dataset
 
-    def stream(split: str, limit: Optional[int]) -> Iterator[str]:
-        data = load_dataset("allenai/c4", "en", split=C4_SPLITS[split], streaming=True)
-        if limit is not None:
-            data = data.take(limit)
-        for row in data:
+    try:
+        data = {split: load_dataset("allenai/c4", "en", split=C4_SPLITS[split], streaming=True) for split in SPLITS}
+    except (ConnectionError, OSError) as err:
+        raise ValueError(f"--dataset c4 streams allenai/c4 from the Hugging Face hub, which cannot be reached "
+                         f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); convert local "
+                         "text with --local_files instead, or run where the hub is reachable") from None
+    limits = {"train": max_samples, "val": max_val_samples}
+
+    def stream(split: str) -> Iterator[str]:
+        rows = data[split] if limits[split] is None else data[split].take(limits[split])
+        for row in rows:
             yield row["text"]
-    return {"train": lambda: stream("train", max_samples), "val": lambda: stream("val", max_val_samples)}
+    return {split: (lambda split=split: stream(split)) for split in SPLITS}
 
 
 def tokenize_documents(docs: Dataset, tokenizer, max_seq_len: int, concat: bool, batch_size: int,
@@ -107,6 +126,8 @@ def convert(sources: dict[str, Callable[[], Iterable[str]]], out_root: str, toke
     if max_seq_len < 8:
         raise ValueError(f"--max_seq_len must be >= 8, got {max_seq_len}")
     out_root = os.path.abspath(out_root)
+    if os.path.exists(out_root) and not os.path.isdir(out_root):
+        raise FileExistsError(f"--out_root {out_root} exists and is not a directory; give a directory path")
     if os.path.exists(out_root):
         if not overwrite:
             state = "a finished conversion" if is_complete(out_root) else "an unfinished or foreign directory"
@@ -122,7 +143,9 @@ def convert(sources: dict[str, Callable[[], Iterable[str]]], out_root: str, toke
         for split, docs in sources.items():
             try:
                 texts = Dataset.from_generator(_rows, gen_kwargs={"docs": docs}, cache_dir=cache)
-            except DatasetGenerationError:
+            except DatasetGenerationError as err:
+                if isinstance(err.__cause__, UnreadableText):
+                    raise err.__cause__ from None
                 if next(iter(docs()), None) is None:  # datasets cannot build a table of no rows
                     raise ValueError(f"the {split} split has no rows: its source holds no document "
                                      "(non-empty line)") from None
@@ -161,6 +184,16 @@ def _rows(docs):
         yield {"text": text}
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+_positive_int.__name__ = "integer >= 1"  # argparse names the type in its message
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -168,13 +201,13 @@ def parse_args(argv=None):
     src.add_argument("--local_files", nargs="+", help="text files (.txt or .txt.gz), one document per line")
     p.add_argument("--out_root", required=True)
     p.add_argument("--tokenizer", default="bert-base-uncased")
-    p.add_argument("--max_seq_len", type=int, default=128)
-    p.add_argument("--max_samples", type=int, default=None, help="C4: documents to take from train")
-    p.add_argument("--max_val_samples", type=int, default=None, help="C4: documents to take from validation")
+    p.add_argument("--max_seq_len", type=_positive_int, default=128)
+    p.add_argument("--max_samples", type=_positive_int, default=None, help="C4: documents to take from train")
+    p.add_argument("--max_val_samples", type=_positive_int, default=None, help="C4: documents to take from validation")
     p.add_argument("--val_fraction", type=float, default=0.05, help="local files: share of documents for val")
     p.add_argument("--concat", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--map_batch_size", type=int, default=1000)
-    p.add_argument("--num_proc", type=int, default=None)
+    p.add_argument("--map_batch_size", type=_positive_int, default=1000)
+    p.add_argument("--num_proc", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true")
     return p.parse_args(argv)
 
@@ -194,9 +227,9 @@ def main(argv=None) -> None:
         if not files:
             sys.exit(f"error: --local_files matched no file: {args.local_files}")
         sources, meta = local_documents(files, args.val_fraction), {"source": files}
-    else:
-        sources, meta = c4_documents(args.max_samples, args.max_val_samples), {"source": "allenai/c4 en"}
     try:
+        if not args.local_files:
+            sources, meta = c4_documents(args.max_samples, args.max_val_samples), {"source": "allenai/c4 en"}
         summary = convert(sources, args.out_root, tokenizer, args.max_seq_len, args.concat, args.map_batch_size,
                           args.num_proc, args.overwrite, {**meta, "tokenizer": args.tokenizer})
     except (ValueError, FileExistsError) as err:  # bad arguments, empty or undecodable text

@@ -34,7 +34,11 @@ def fetch_checkpoint(path: str, local_folder: str) -> str:
     local = os.path.join(local_folder, urlparse(path).path.lstrip("/").replace("/", "|"))
     if not os.path.isfile(local):
         os.makedirs(local_folder, exist_ok=True)
-        get_file(path, local + ".tmp", progress_bar=True, overwrite=True)
+        try:
+            get_file(path, local + ".tmp", progress_bar=True, overwrite=True)
+        except (OSError, RuntimeError, ValueError) as e:  # no network, no such object, no credentials
+            raise ConfigError(f"{FIELD}: {path} cannot be downloaded ({type(e).__name__}: "
+                              f"{(str(e).strip().splitlines() or [''])[0][:160]})") from None
         os.replace(local + ".tmp", local)
     return local
 

@@ -75,7 +75,13 @@ def load_split(task: GlueTask, split: str, data_dir: str | None = None):
     if task.hub_config is None:
         raise ConfigError(f"data.data_dir: task {task.name} exists only as a local fixture: set data.data_dir "
                          f"(e.g. mlm/data/glue_fixture)")
-    ds = datasets.load_dataset(HUB_NAME, task.hub_config, split=split)
+    try:
+        ds = datasets.load_dataset(HUB_NAME, task.hub_config, split=split)
+    except OSError as e:  # ConnectionError offline, DatasetNotFoundError
+        raise ConfigError(f"data.data_dir: not set, so task {task.name} is read from the hub ({HUB_NAME}, "
+                          f"{task.hub_config}, {split}), which fails ({type(e).__name__}: "
+                          f"{(str(e).strip().splitlines() or [''])[0][:160]}); offline? set data.data_dir to a folder "
+                          "of GLUE TSV files") from None
     return ds.remove_columns([c for c in ds.column_names if c not in (*task.text_columns, "label")]), ds._fingerprint
 
 

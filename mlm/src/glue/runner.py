@@ -17,10 +17,10 @@ from composer.core import Callback
 from composer.devices import DeviceGPU
 from omegaconf import DictConfig
 
-from mlm.src.config_validation import Source
+from mlm.src.config_validation import Source, check_folders
 from mlm.src.glue.checkpoint import check_arch_type, fetch_checkpoint, read_checkpoint
 from mlm.src.glue.config import job_configs, task_order, validate
-from mlm.src.glue.data import read_glue_tsv
+from mlm.src.glue.data import load_split, read_glue_tsv
 from mlm.src.glue.jobs import build_model, run_job
 from mlm.src.glue.tasks import get_task
 
@@ -59,6 +59,8 @@ def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
     arch_type, loading its weights into the configured model, and local GLUE files (columns, labels). Raises
     ConfigError; returns the local checkpoint path."""
     validate(cfg, source)
+    check_folders(cfg, ("save_finetune_checkpoint_folder", "results_folder", "local_pretrain_checkpoint_folder",
+                        "data.cache_dir"), source or Source())
     path = fetch_checkpoint(cfg.get("starting_checkpoint_load_path"),
                             cfg.get("local_pretrain_checkpoint_folder", "./local-bert-checkpoints"))
     state = read_checkpoint(path, bool(cfg.get("allow_unsafe_checkpoints", False)))
@@ -67,11 +69,13 @@ def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
     first = job_configs(cfg, [next(iter(cfg.tasks))])[0]
     build_model({**first, "load_path": path})  # raises if the weights do not fit model_config
     data_dir = (cfg.get("data") or {}).get("data_dir")
-    if data_dir:
-        for name in cfg.tasks:
-            task = get_task(name)
-            for split in ("train", *task.eval_splits.values()):
+    for name in cfg.tasks:
+        task = get_task(name)
+        for split in ("train", *task.eval_splits.values()):
+            if data_dir:
                 read_glue_tsv(task, split, data_dir)
+            else:  # from the hub (downloaded once, then cached): a hub that cannot be reached stops here
+                load_split(task, split)
     return path
 
 
