@@ -40,7 +40,7 @@ from lion import (
 from lion.checks import KEEP, check_chunk_size
 
 ORDERS = ("Normal", "S")
-FORMATS = ("Attention", "RNN", "Chunk")
+FORMATS = ("Attention", "RNN", "Chunk", "Auto")  # Auto: the faster of Attention and Chunk for the length
 # 'avg_all' (the published pooling): mean over all tokens, cls included; 'avg': mean over the patch tokens only;
 # 'token': the cls token; '': no pooling (all tokens go to the head).
 GLOBAL_POOLS = ("avg_all", "avg", "token", "max", "avgmax", "")

@@ -6,7 +6,8 @@ from transformers import PretrainedConfig
 from lion.checks import check_chunk_size
 
 ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s", "hydra")  # hydra: the baseline in mlm/src/hydra.py
-FORMS = ("parallel", "rnn", "chunk")  # the published spellings; lion's own names are accepted as aliases
+# the published spellings (lion's own names are accepted as aliases); auto: the faster of parallel and chunk
+FORMS = ("parallel", "rnn", "chunk", "auto")
 FORM_ALIASES = {"attention": "parallel", "recurrent": "rnn"}
 POSITION_EMBEDDING_TYPES = ("absolute", "none")
 # the paper's choice when position_embedding_type is not given: lion-d and lion-s encode position in their mask
@@ -35,7 +36,8 @@ class LionBertConfig(PretrainedConfig):
     layer_norm_after: a LayerNorm on the attention output (``attention.self.layer_norm``), used by lion-lit.
     position_embedding_type: 'absolute' (learned positions added to the token embeddings) | 'none'; when not given,
         'absolute' for attention and lion-lit, 'none' for lion-d and lion-s.
-    form / chunk_size: how LION attention is evaluated ('parallel', 'rnn', 'chunk'); all give the same result.
+    form / chunk_size: how LION attention is evaluated ('parallel', 'rnn', 'chunk', or 'auto': the faster of
+        parallel and chunk for the sequence length, ``lion.form_choice``); all give the same result.
     """
 
     model_type = "lion_bert"
