@@ -9,7 +9,8 @@ import torch
 from image_classification.main_lion import check_args, get_args_parser
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--model", "lion_tiny_patch16_224", "--data-set", "FMNIST_MINI", "--input-size", "28"]
+TINY = ["--model", "lion_tiny_patch16_224", "--model-kwargs", "patch_size=7", "depth=1", "embed_dim=32", "num_heads=2",
+        "--data-set", "FMNIST_MINI", "--input-size", "28"]
 
 
 @pytest.mark.parametrize("extra", [[], ["--compile"]], ids=["eager", "compile"])
