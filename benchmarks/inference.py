@@ -33,9 +33,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.results_md import replace_block, run_header  # noqa: E402
 from benchmarks.timing import kernel_time_by_category, median_ms, peak_activation_gib, peak_tensors  # noqa: E402
 
-BEGIN, END = "<!-- inference:begin -->", "<!-- inference:end -->"
 LION = {"LION-D": ("Decay", "Normal"), "LION-S": ("Selective", "Normal"),
         "LION-D♮": ("Decay", "S"), "LION-S♮": ("Selective", "S")}
 PATHS = ("amp", "bf16")
@@ -141,9 +141,8 @@ def markdown(env, rows):
     res_list = sorted({r["res"] for r in rows})
     tok = {r["res"]: r["tokens"] for r in rows}
     get = _get(rows)
-    out = [BEGIN, "## Inference: `benchmarks/inference.py`", "",
-           f"{env['date']} · {env['gpu']} · torch {env['torch']} · triton {env['triton']} · batch {env['batch']} · "
-           f"`{env['command']}`", "",
+    out = ["## Inference: `benchmarks/inference.py`", "",
+           run_header(env["command"], env["gpu"], env["torch"], env["triton"], env["date"]), "",
            "Paths: **amp** = fp32 weights and input under `torch.autocast(bfloat16)`; **bf16** = bf16 weights and "
            "input. Library defaults (chunk size chosen by the fused kernel). Time: median ms per forward (CUDA "
            "events). Memory: peak GiB allocated during the forward beyond what was allocated before it. DeiT-S is "
@@ -163,21 +162,13 @@ def markdown(env, rows):
     out += ["Targets: best linear form ≤ 0.70× DeiT-S time at 896 px and ≤ 0.50× at 1792 px, chunk-form activation "
             "memory ≤ DeiT-S (LION-D and LION-S; ♮ rows for information):", ""] + target_lines(rows)
     out += [""] + [f"- {n}" for n in env.get("notes", [])]
-    out += ["", "![inference time and memory vs tokens](inference.png)", END]
+    out += ["", "![inference time and memory vs tokens](inference.png)"]
     return "\n".join(out) + "\n"
 
 
 def write_results(section, path):
-    """Replace the inference section of RESULTS.md (between the markers) or append it; the rest is kept."""
-    path = Path(path)
-    text = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + section.rstrip("\n") + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Replace the inference block of RESULTS.md (between its markers) or append it; the rest is kept."""
+    replace_block(path, "inference", section)
 
 
 def plot(rows, path):

@@ -18,11 +18,13 @@ times one model at a time instead (built, warmed up, timed, freed): lower peak m
     python benchmarks/train_step.py [--sizes small base] [--variants Lit D S] [--compile] [--no-mlm] [--no-op]
                                     [--mlm-dropout 0.1 0.0] [--sequential] [--results benchmarks/RESULTS.md]
                                     [--json out.json]
+
+Each part measured (the ViT rows and the MLM rows of one mode, the op alone) replaces its own block of RESULTS.md
+(benchmarks/results_md.py): the file holds the current numbers only.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import gc
 import json
@@ -42,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 import image_classification.models_lion  # noqa: F401  (registers lion_* in timm)
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baseline in timm)
 import lion
+from benchmarks.results_md import replace_block, run_header
 from benchmarks.timing import interleaved_median_ms, kernel_time_by_category, median_ms
 
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
@@ -328,36 +331,68 @@ def op_rows(L: int, B=128, H=12, D=64) -> dict:
     return rows
 
 
-def ratio_table(results: dict) -> str:
+def verdict(ratio: float, target: float) -> str:
+    """A ratio cell with its verdict against the target, as measured."""
+    return f"{ratio:.2f} {'met' if ratio <= target else 'NOT met'}"
+
+
+def vit_table(results: dict) -> str:
     names = [n for n in VARIANTS if any(n in r for r in results.get("vit", {}).values())]
-    lines = []
     vit = [(size, ms) for size, ms in results.get("vit", {}).items() if "DeiT" in ms]
-    if vit and names:  # no ViT table without ViT rows (--no-vit)
-        lines = ["| train step / softmax baseline | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-        for size, ms in vit:
-            cells = [f"{ms[n] / ms['DeiT']:.2f}" if n in ms else "–" for n in names]
-            lines.append(f"| ViT-{size[0].upper()} (DeiT {ms['DeiT']:.1f} ms) | " + " | ".join(cells) + " |")
-        lines.append("| target | " + " | ".join(f"≤ {TARGETS[n]:.2f}" for n in names) + " |")
-    mlm = results.get("mlm") or {}
-    rows = [(p, ms) for p, ms in mlm.items() if "BERT" in ms]
-    if rows:
-        lines += [""] * bool(lines) + ["| MLM train step / softmax BERT | Lit | D | S |", "|---|---|---|---|"]
-        lines += [f"| BERT-base seq 128, attention dropout {p[2:]} (BERT {ms['BERT']:.1f} ms) | "
-                  + " | ".join(f"{ms[n] / ms['BERT']:.2f}" if n in ms else "–" for n in MLM_ARCHS) + " |"
-                  for p, ms in rows]
-        lines.append("| target | " + " | ".join(f"≤ {MLM_TARGETS[n]:.2f}" for n in MLM_ARCHS) + " |")
-    base = [f"ViT-{size[0].upper()} Vim {ms['Vim']:.1f} ms ({ms['Vim'] / ms['DeiT']:.2f}× DeiT)"
-            for size, ms in results.get("vit", {}).items() if "Vim" in ms and "DeiT" in ms]
-    base += [f"BERT-base Hydra (23 layers), attention dropout {p[2:]}: {ms['Hydra']:.1f} ms "
-             f"({ms['Hydra'] / ms['BERT']:.2f}× BERT)" for p, ms in rows if "Hydra" in ms]
-    if base:
-        lines += ["", "Baselines (paper: Vim ×10.86 DeiT, Hydra ×3.13 BERT): " + "; ".join(base)]
-    extra = [(size, k) for size, ms in results.get("vit", {}).items() if "DeiT" in ms for k in ms if "[" in k]
+    if not (vit and names):  # no ViT table without ViT rows (--no-vit)
+        return ""
+    lines = ["| train step / softmax baseline | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for size, ms in vit:
+        cells = [verdict(ms[n] / ms["DeiT"], TARGETS[n]) if n in ms else "–" for n in names]
+        lines.append(f"| ViT-{size[0].upper()} (DeiT {ms['DeiT']:.1f} ms) | " + " | ".join(cells) + " |")
+    lines.append("| target | " + " | ".join(f"≤ {TARGETS[n]:.2f}" for n in names) + " |")
+    extra = [(size, k) for size, ms in vit for k in ms if "[" in k]
     if extra:
         lines += ["", "Other backends (ms, ratio to DeiT): " + ", ".join(
             f"ViT-{s[0].upper()} {k} {ms[k]:.1f} ({ms[k] / ms['DeiT']:.2f})"
             for s, k in extra for ms in [results["vit"][s]])]
     return "\n".join(lines)
+
+
+def mlm_table(results: dict) -> str:
+    rows = [(p, ms) for p, ms in (results.get("mlm") or {}).items() if "BERT" in ms]
+    if not rows:
+        return ""
+    lines = ["| MLM train step / softmax BERT | Lit | D | S |", "|---|---|---|---|"]
+    lines += [f"| BERT-base seq 128, attention dropout {p[2:]} (BERT {ms['BERT']:.1f} ms) | "
+              + " | ".join(verdict(ms[n] / ms["BERT"], MLM_TARGETS[n]) if n in ms else "–" for n in MLM_ARCHS) + " |"
+              for p, ms in rows]
+    lines.append("| target | " + " | ".join(f"≤ {MLM_TARGETS[n]:.2f}" for n in MLM_ARCHS) + " |")
+    return "\n".join(lines)
+
+
+def baselines_line(results: dict) -> str:
+    base = [f"ViT-{size[0].upper()} Vim {ms['Vim']:.1f} ms ({ms['Vim'] / ms['DeiT']:.2f}× DeiT)"
+            for size, ms in results.get("vit", {}).items() if "Vim" in ms and "DeiT" in ms]
+    base += [f"BERT-base Hydra (23 layers), attention dropout {p[2:]}: {ms['Hydra']:.1f} ms "
+             f"({ms['Hydra'] / ms['BERT']:.2f}× BERT)" for p, ms in (results.get("mlm") or {}).items()
+             if "Hydra" in ms and "BERT" in ms]
+    return "Baselines (paper: Vim ×10.86 DeiT, Hydra ×3.13 BERT): " + "; ".join(base) if base else ""
+
+
+def ratio_table(results: dict) -> str:
+    """The ViT and MLM tables and the baselines line, as printed."""
+    return "\n\n".join(s for s in (vit_table(results), mlm_table(results), baselines_line(results)) if s)
+
+
+def result_blocks(results: dict, args, command: str) -> dict:
+    """RESULTS.md blocks of this run, by marker name: one per part measured (ViT rows, MLM rows per mode, the
+    op alone), each replaced by the next run that measures that part."""
+    mode = f"compiled-{args.compile_mode}" if args.compile else "eager"
+    head = run_header(command, results["gpu"], results["torch"], results.get("triton", "?"))
+    setup = (f"batch {args.batch} (MLM {args.mlm_batch}×128 tokens), bf16 autocast, fused AdamW, {mode}, LION backend "
+             f"{args.backends[0]}; median of {args.steps} steps after {args.warmup} warm-up, models timed "
+             + ("one at a time" if args.sequential else "interleaved"))
+    vit_part = "\n\n".join(s for s in (vit_table(results), baselines_line(results)) if s)
+    parts = {f"train_step:vit-{mode}": (f"ViT, {mode}", vit_part),
+             f"train_step:mlm-{mode}": (f"MLM, {mode}", mlm_table(results)),
+             "train_step:op": ("Attention op alone", op_table(results))}
+    return {name: f"**{title}** · {head}\n\n{setup}\n\n{table}" for name, (title, table) in parts.items() if table}
 
 
 def op_table(results: dict) -> str:
@@ -422,7 +457,8 @@ def main():
     ap.add_argument("--profile-mlm", nargs="+", default=[], choices=list(MLM_ARCHS), metavar="VARIANT",
                     help="only print where the kernel time of one MLM step goes, softmax BERT vs these LION "
                          "variants, for each --mlm-dropout")
-    ap.add_argument("--results", default="benchmarks/RESULTS.md", help="markdown file to append to ('' = none)")
+    ap.add_argument("--results", default="benchmarks/RESULTS.md",
+                    help="markdown file: this run replaces its blocks of the parts it measured ('' = none)")
     ap.add_argument("--json", default="")
     args = ap.parse_args()
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # models failing while timed
@@ -436,7 +472,10 @@ def main():
             for p in args.mlm_dropout:
                 print(profile_mlm(variant, p, args) + "\n", flush=True)
         return
-    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "batch": args.batch,
+    import triton
+
+    results = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+               "batch": args.batch,
                "dtype": "bf16 autocast", "compile": args.compile, "backends": args.backends,
                "timing": "sequential" if args.sequential else "interleaved"}
     try:
@@ -459,21 +498,14 @@ def main():
                 results["mlm"] = None
     except KeyboardInterrupt:
         print("interrupted: reporting what was measured", flush=True)
-    timing = ("sequentially, one model at a time" if args.sequential else
-              "interleaved, one step of each model per round, the order rotated each round")
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    mode = f"torch.compile (each block, mode {args.compile_mode})" if args.compile else "eager"
-    head = (f"### Training step, {stamp}: {results['gpu']}, torch {results['torch']}, batch {args.batch} "
-            f"(MLM {args.mlm_batch}×128 tokens), bf16 autocast, AdamW, {mode}, "
-            f"LION backend {args.backends[0]}; models timed {timing}, median of {args.steps} steps after "
-            f"{args.warmup} warm-up")
-    section = "\n\n".join(s for s in (head, ratio_table(results), op_table(results)) if s)
+    command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
+    blocks = result_blocks(results, args, command)
     if results.get("mlm") is None and not args.no_mlm:
-        section += "\n\nMLM: not measured (interrupted before the MLM rows, or mlm.src.bert_layers did not import)."
-    print("\n" + section, flush=True)
+        print("MLM: not measured (interrupted before the MLM rows, or mlm.src.bert_layers did not import).")
+    print("\n\n".join(blocks.values()), flush=True)
     if args.results:
-        with open(args.results, "a") as f:
-            f.write("\n" + section + "\n")
+        for name, body in blocks.items():
+            replace_block(args.results, name, body)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -29,7 +29,15 @@ def test_report_writes_section_and_keeps_notes(tmp_path):
                           "--plot", "", "--note", "a note about this run"], cwd=ROOT, capture_output=True, text=True,
                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=120)
     assert run.returncode == 0, run.stderr
+    first = md.read_text()
+    again = subprocess.run([sys.executable, "benchmarks/inference.py", "--report", str(data), "--results-md", str(md),
+                            "--plot", ""], cwd=ROOT, capture_output=True, text=True,
+                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=""), timeout=120)
+    assert again.returncode == 0, again.stderr
     text = md.read_text()
+    assert text == first  # replaced, not appended: one block, the same numbers
+    assert text.count("<!-- inference:begin -->") == 1 and text.count("## Inference") == 1
+    assert "2026-01-01 00:00 UTC · GPU · torch 2.x · triton 3.x · `python benchmarks/inference.py`" in text
     assert "kept" in text and "tail" in text and "old" not in text
     assert "- a note about this run" in text
     assert "| amp | LION-D | 896 | Chunk | 6.50 | 0.65 |" in text  # 6.5 ms over DeiT-S's 10 ms
