@@ -119,7 +119,7 @@ def target_lines(rows):
     for path in dict.fromkeys(r["path"] for r in rows):
         for res in sorted({r["res"] for r in rows}):
             deit = get.get((path, "DeiT-S", "SDPA", res))
-            for model in dict.fromkeys(r["model"] for r in rows if r["model"] != "DeiT-S"):
+            for model in dict.fromkeys(r["model"] for r in rows if r["model"] != "DeiT-S" and "♮" not in r["model"]):
                 forms = [r for r in rows if (r["path"], r["model"], r["res"]) == (path, model, res) and r["ms"]]
                 if not deit or not deit["ms"] or not forms:
                     continue
@@ -143,11 +143,10 @@ def markdown(env, rows):
     get = _get(rows)
     out = ["## Inference: `benchmarks/inference.py`", "",
            run_header(env["command"], env["gpu"], env["torch"], env["triton"], env["date"]), "",
-           "Paths: **amp** = fp32 weights and input under `torch.autocast(bfloat16)`; **bf16** = bf16 weights and "
-           "input. Library defaults (chunk size chosen by the fused kernel). Time: median ms per forward (CUDA "
-           "events). Memory: peak GiB allocated during the forward beyond what was allocated before it. DeiT-S is "
-           "timm's `deit_small_patch16_224` (SDPA); LION models are `lion_small_patch16_224` with random weights, "
-           "both built with `img_size` = the resolution.", ""]
+           "**amp**: fp32 weights and input under bf16 autocast; **bf16**: bf16 weights and input. timm's "
+           "`deit_small_patch16_224` (SDPA) and `lion_small_patch16_224` (random weights, library defaults) at "
+           "`img_size` = the resolution. Median ms per forward; peak GiB allocated beyond the start of the forward.",
+           ""]
     for path in dict.fromkeys(r["path"] for r in rows):
         keys = list(dict.fromkeys((r["model"], r["form"]) for r in rows if r["path"] == path))
         out.append(f"| {path}: ms / GiB | " + " | ".join(f"{r} px ({tok[r]} tok)" for r in res_list) + " |")
@@ -160,7 +159,8 @@ def markdown(env, rows):
             out.append(f"| {model} {form} | " + " | ".join(cells) + " |")
         out.append("")
     out += ["Targets: best linear form ≤ 0.70× DeiT-S time at 896 px and ≤ 0.50× at 1792 px, chunk-form activation "
-            "memory ≤ DeiT-S (LION-D and LION-S; ♮ rows for information):", ""] + target_lines(rows)
+            "memory ≤ DeiT-S (LION-D and LION-S; the ♮ models' times are in the tables above):", ""]
+    out += target_lines(rows)
     out += [""] + [f"- {n}" for n in env.get("notes", [])]
     out += ["", "![inference time and memory vs tokens](inference.png)"]
     return "\n".join(out) + "\n"

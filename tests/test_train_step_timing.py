@@ -113,3 +113,17 @@ def test_each_part_replaces_its_own_block(tmp_path):
     assert "(BERT 40.0 ms) | – | 1.10 NOT met | – |" in text and "BERT 50.0" not in text
     assert "· GPU · torch 2.x · triton 3.x · `python benchmarks/train_step.py --no-op`" in text
     assert text.startswith("# Benchmark results\n\nintro\n") and "inference table" in text
+
+
+def test_op_table_judges_the_kernel_time_against_sdpa():
+    from benchmarks.train_step import op_table
+
+    op = {197: {"SDPA": dict(fwd_bwd_kernel_ms=0.4, fwd_bwd_ms=0.5),
+                "LION-D": dict(fwd_bwd_kernel_ms=0.38, fwd_bwd_ms=1.2),  # slower with the host, faster on the GPU
+                "LION-S": dict(fwd_bwd_kernel_ms=0.6, fwd_bwd_ms=0.6),
+                "LION-D♮": dict(fwd_bwd_kernel_ms=0.8, fwd_bwd_ms=0.9)}}
+    text = op_table({"op": op, "matmul_tflops": 700.0})
+    assert "| 197 | LION-D | 0.380 | 0.95 | ≤ 1.00 met | 1.200 |" in text
+    assert "| 197 | LION-S | 0.600 | 1.50 | ≤ 1.00 NOT met | 0.600 |" in text
+    assert "| 197 | LION-D♮ | 0.800 | 2.00 |  | 0.900 |" in text  # no target
+    assert "8192³: 700 TFLOP/s" in text and op_table({}) == ""
