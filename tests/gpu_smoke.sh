@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # GPU smoke: every entry point as a user types it, on one GPU, in a few minutes (`make test-gpu`).
 #
-#   bash tests/gpu_smoke.sh [WORK_DIR]   (PY=python: another interpreter than the venv's; SMOKE_DIR: the work dir)
+#   bash tests/gpu_smoke.sh [WORK_DIR]   (PY=python: another interpreter than the venv's; SMOKE_DIR: the work dir;
+#                                         SMOKE_STEPS="vision-eager glue": only the steps named)
 #
 # Each step prints one line, "ok  NAME (Ns)" or "FAIL NAME: <its last output line>" (the whole output is in
 # WORK_DIR/NAME.log); the run ends with a summary line and exits non-zero if any step failed. Steps:
@@ -31,8 +32,9 @@ print(f"gpu smoke {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} 
 EOF
 
 failed=()
-step() {  # step NAME COMMAND...: run, print one line
+step() {  # step NAME COMMAND...: run, print one line (SMOKE_STEPS="NAME ...": only those steps)
     local name=$1 start=$SECONDS; shift
+    if [ -n "${SMOKE_STEPS:-}" ] && [[ " $SMOKE_STEPS " != *" $name "* ]]; then return; fi
     if "$@" > "$work/$name.log" 2>&1; then
         printf 'ok   %-22s (%ds)\n' "$name" $((SECONDS - start))
     else
