@@ -283,11 +283,11 @@ def test_bad_flag_values_stop_before_training(data, tmp_path, flags, message):
 
 # ---------------------------------------------------------------------------------------------- crashes
 
-def untouched_data_folder(tmp_path):
-    """An --data-path that reading would refuse ("no train/ folder"): a check that fires later than the data says
-    so in its message."""
-    (tmp_path / "images").mkdir()
-    return ["--data-set", "IMNET", "--data-path", str(tmp_path / "images")]
+def argv_without_data(tmp_path, *flags):
+    """The tiny run's flags with a --data-path that reading would refuse ("no train/ folder"): a check that fires
+    only after the data is read says so in its message."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return argv(str(tmp_path / "images"), "--data-set", "IMNET", *flags)
 
 
 GEOMETRY = "--model lion_tiny_patch16_224 (--input-size {size} --model-kwargs patch_size=4 depth=1 embed_dim=32 " \
@@ -315,13 +315,13 @@ def test_bad_invocations_stop_before_any_data_is_read(tmp_path, flags, message):
     torch.save({"model": {}}, tmp_path / "run" / "checkpoint.pth")
     before = (tmp_path / "run" / "checkpoint.pth").read_bytes()
     flags = [f.format(tmp=tmp_path) for f in flags]
-    error = cli_error(argv("unused", *flags) + untouched_data_folder(tmp_path))
+    error = cli_error(argv_without_data(tmp_path, *flags))
     assert error == f"main_lion.py: error: {message.format(tmp=tmp_path)}"
     assert (tmp_path / "run" / "checkpoint.pth").read_bytes() == before
 
 
 def test_a_bad_invocation_exits_1_with_one_line_and_no_traceback(tmp_path):
-    proc = run_script(argv("unused", "--input-size", "30") + untouched_data_folder(tmp_path))
+    proc = run_script(argv_without_data(tmp_path, "--input-size", "30"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"main_lion.py: error: {GEOMETRY.format(size=30, heads=2)}img_size 30 "
                                                 "is not a multiple of patch_size 4; e.g. img_size 28 or 32"]
