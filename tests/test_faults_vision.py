@@ -6,6 +6,7 @@ leave no output or half-written checkpoint behind. Crashes are planted with ``LI
 """
 import argparse
 import builtins
+import gzip
 import json
 import os
 import pathlib
@@ -354,6 +355,20 @@ def test_bad_images_skip_replaces_and_counts_unreadable_files(tmp_path, workers,
     records = log_records(out)
     assert [(r["train_skipped_images"], r["test_skipped_images"]) for r in records] == [(2, 0), (2, 0)]
     assert "unreadable image files skipped in epoch 1 (--bad-images skip)" in caplog.text
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"GIF89a not gzip", "BadGzipFile: Not a gzipped file (b'GI')"),
+    (gzip.compress(b"<html>moved</html>"), "ValueError: no idx header of uint8 data"),
+    (gzip.compress(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 99),
+     "ValueError: cannot reshape array of size 99 into shape (60000,28,28)"),
+])
+def test_a_fashion_mnist_file_that_is_not_idx_is_one_line(tmp_path, content, problem):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(content)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(content)
+    error = cli_error(argv(str(tmp_path), "--data-set", "FMNIST"))
+    assert error == (f"main_lion.py: error: --data-path {tmp_path} (--data-set FMNIST): "
+                     f"{tmp_path / 'train-images-idx3-ubyte.gz'}: not a readable idx file ({problem})")
 
 
 def test_cifar_download_without_a_network_is_one_line(tmp_path, monkeypatch):
