@@ -56,11 +56,16 @@ def default_data_path(data_set):
 def _read_idx(path):
     """An idx file (optionally gzipped): big-endian header, dims, then uint8 data."""
     opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        if len(data) < 4 or data[:3] != b"\x00\x00\x08":  # zero, zero, uint8 type code, then the rank
+            raise ValueError("no idx header of uint8 data")
+        ndim = data[3]
+        shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+        return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+    except (OSError, EOFError, ValueError) as err:  # not gzip, cut short, another format
+        raise DataError(f"{path}: not a readable idx file ({type(err).__name__}: {str(err)[:120]})") from None
 
 
 def _find_idx(root, stem):

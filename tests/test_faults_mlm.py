@@ -221,14 +221,19 @@ def test_converter_names_a_source_file_that_is_not_text(tmp_path, name, content,
 
     if content == "cut":
         content = open(os.path.join(REPO, "mlm", "data", "corpus", "moby_dick.txt.gz"), "rb").read(4000)
-    (tmp_path / "good.txt").write_text("a first document\nanother one\n" * 20)
+    (tmp_path / "good.txt").write_text("a first document\nanother one\n" * 200)
     (tmp_path / name).write_bytes(content)
     with pytest.raises(SystemExit) as exit_info:
         convert_main(["--local_files", str(tmp_path / "good.txt"), str(tmp_path / name), "--out_root",
                       str(tmp_path / "out"), "--max_seq_len", "16", "--tokenizer", OFFLINE_TOKENIZER_DIR])
     line = re.sub(r"\(line \d{2,}:", "(line N:", exit_info.value.code)  # gzip reads ahead: the line is near the cut
-    assert line == f"error: {tmp_path / name}: {expected}"
+    assert line == f"error: {tmp_path / name}: {expected}; --bad-files skip skips such files"
     assert sorted(os.listdir(tmp_path)) == sorted(["good.txt", name])  # no output, no temporary directory
+    convert_main(["--local_files", str(tmp_path / "good.txt"), str(tmp_path / name), "--out_root",
+                  str(tmp_path / "out"), "--max_seq_len", "16", "--tokenizer", OFFLINE_TOKENIZER_DIR, "--bad-files",
+                  "skip"])
+    summary = json.loads((tmp_path / "out" / MARKER).read_text())
+    assert summary["skipped_files"] == [str(tmp_path / name)] and summary["splits"]["train"]["rows"] > 0
 
 
 def test_converter_without_the_hub_is_one_line_and_exit_1(tmp_path):

@@ -6,6 +6,7 @@ leave no output or half-written checkpoint behind. Crashes are planted with ``LI
 """
 import argparse
 import builtins
+import gzip
 import json
 import os
 import pathlib
@@ -283,11 +284,11 @@ def test_bad_flag_values_stop_before_training(data, tmp_path, flags, message):
 
 # ---------------------------------------------------------------------------------------------- crashes
 
-def untouched_data_folder(tmp_path):
-    """An --data-path that reading would refuse ("no train/ folder"): a check that fires later than the data says
-    so in its message."""
-    (tmp_path / "images").mkdir()
-    return ["--data-set", "IMNET", "--data-path", str(tmp_path / "images")]
+def argv_without_data(tmp_path, *flags):
+    """The tiny run's flags with a --data-path that reading would refuse ("no train/ folder"): a check that fires
+    only after the data is read says so in its message."""
+    (tmp_path / "images").mkdir(exist_ok=True)
+    return argv(str(tmp_path / "images"), "--data-set", "IMNET", *flags)
 
 
 GEOMETRY = "--model lion_tiny_patch16_224 (--input-size {size} --model-kwargs patch_size=4 depth=1 embed_dim=32 " \
@@ -315,13 +316,13 @@ def test_bad_invocations_stop_before_any_data_is_read(tmp_path, flags, message):
     torch.save({"model": {}}, tmp_path / "run" / "checkpoint.pth")
     before = (tmp_path / "run" / "checkpoint.pth").read_bytes()
     flags = [f.format(tmp=tmp_path) for f in flags]
-    error = cli_error(argv("unused", *flags) + untouched_data_folder(tmp_path))
+    error = cli_error(argv_without_data(tmp_path, *flags))
     assert error == f"main_lion.py: error: {message.format(tmp=tmp_path)}"
     assert (tmp_path / "run" / "checkpoint.pth").read_bytes() == before
 
 
 def test_a_bad_invocation_exits_1_with_one_line_and_no_traceback(tmp_path):
-    proc = run_script(argv("unused", "--input-size", "30") + untouched_data_folder(tmp_path))
+    proc = run_script(argv_without_data(tmp_path, "--input-size", "30"))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert proc.stderr.strip().splitlines() == [f"main_lion.py: error: {GEOMETRY.format(size=30, heads=2)}img_size 30 "
                                                 "is not a multiple of patch_size 4; e.g. img_size 28 or 32"]
@@ -354,6 +355,20 @@ def test_bad_images_skip_replaces_and_counts_unreadable_files(tmp_path, workers,
     records = log_records(out)
     assert [(r["train_skipped_images"], r["test_skipped_images"]) for r in records] == [(2, 0), (2, 0)]
     assert "unreadable image files skipped in epoch 1 (--bad-images skip)" in caplog.text
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b"GIF89a not gzip", "BadGzipFile: Not a gzipped file (b'GI')"),
+    (gzip.compress(b"<html>moved</html>"), "ValueError: no idx header of uint8 data"),
+    (gzip.compress(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2 + b"\x00" * 99),
+     "ValueError: cannot reshape array of size 99 into shape (60000,28,28)"),
+])
+def test_a_fashion_mnist_file_that_is_not_idx_is_one_line(tmp_path, content, problem):
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(content)
+    (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(content)
+    error = cli_error(argv(str(tmp_path), "--data-set", "FMNIST"))
+    assert error == (f"main_lion.py: error: --data-path {tmp_path} (--data-set FMNIST): "
+                     f"{tmp_path / 'train-images-idx3-ubyte.gz'}: not a readable idx file ({problem})")
 
 
 def test_cifar_download_without_a_network_is_one_line(tmp_path, monkeypatch):

@@ -114,8 +114,8 @@ def checkpoint_batch(path: str) -> Optional[int]:
 
 def complete_checkpoints(folder: str) -> list[tuple[int, str]]:
     """(batch, path) of the checkpoints in ``folder``, oldest first (our writes are atomic: every one is complete)."""
-    return sorted((int(m.group(2)), p) for p in glob.glob(os.path.join(folder, "ep*-ba*-rank0.pt"))
-                  if (m := _CHECKPOINT_NAME.search(os.path.basename(p))))
+    return sorted((batch, p) for p in glob.glob(os.path.join(folder, "ep*-ba*-rank0.pt"))
+                  if (batch := checkpoint_batch(p)) is not None)
 
 
 def newest_complete_checkpoint(folder: str) -> Optional[str]:

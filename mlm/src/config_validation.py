@@ -233,21 +233,22 @@ def load_config(yaml_path: str, overrides: list[str]) -> tuple[DictConfig, Sourc
                               f"{getattr(err, 'problem', None) or _first_line(err)}") from None
     try:
         cfg = OmegaConf.load(yaml_path)
-        if not isinstance(cfg, DictConfig):
-            raise ConfigError(f"{yaml_path}: must hold a mapping of fields (key: value), got a {type(cfg).__name__}")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-        for key, value in (arg.split("=", 1) for arg in overrides):
-            if value.strip() == "{}":
-                OmegaConf.update(cfg, key.lstrip("+~"), {}, merge=False)
     except yaml.YAMLError as err:  # the parser's own problem and place, in one line
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         raise ConfigError(f"{yaml_path}: is not valid YAML: {getattr(err, 'problem', None) or _first_line(err)}"
                           f"{where}") from None
-    except (OmegaConfBaseException, ValueError, TypeError) as err:  # e.g. undecodable bytes, a bad override
-        if isinstance(err, ConfigError):
-            raise
+    except (OmegaConfBaseException, ValueError) as err:  # e.g. bytes that are no UTF-8
         raise ConfigError(f"{yaml_path}: cannot be read: {_first_line(err)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{yaml_path}: must hold a mapping of fields (key: value), got a {type(cfg).__name__}")
+    try:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
+        for key, value in (arg.split("=", 1) for arg in overrides):
+            if value.strip() == "{}":
+                OmegaConf.update(cfg, key.lstrip("+~"), {}, merge=False)
+    except (OmegaConfBaseException, ValueError, TypeError) as err:
+        raise ConfigError(f"{yaml_path}: the command-line overrides cannot be applied: {_first_line(err)}") from None
     return cfg, Source(yaml_path, overrides)
 
 

@@ -64,8 +64,11 @@ def read_text_lines(path: str) -> Iterator[str]:
                              f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
-def local_documents(files: Sequence[str], val_fraction: float) -> dict[str, Callable[[], Iterator[str]]]:
-    """Every ``round(1/val_fraction)``-th document (counted over all files) goes to val, the rest to train."""
+def local_documents(files: Sequence[str], val_fraction: float,
+                    skipped: Optional[list] = None) -> dict[str, Callable[[], Iterator[str]]]:
+    """Every ``round(1/val_fraction)``-th document (counted over all files) goes to val, the rest to train.
+    A file that is not text stops the conversion naming it (UnreadableText), unless ``skipped`` is a list: the file
+    (its readable beginning kept) is then appended to it, logged, and the conversion goes on (``--bad-files skip``)."""
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"--val_fraction must be in (0, 1), got {val_fraction}")
     every = max(2, round(1.0 / val_fraction))
@@ -73,10 +76,17 @@ def local_documents(files: Sequence[str], val_fraction: float) -> dict[str, Call
     def split_docs(want_val: bool) -> Iterator[str]:
         index = 0
         for path in files:
-            for doc in read_text_lines(path):
-                if (index % every == every - 1) == want_val:
-                    yield doc
-                index += 1
+            try:
+                for doc in read_text_lines(path):
+                    if (index % every == every - 1) == want_val:
+                        yield doc
+                    index += 1
+            except UnreadableText as err:
+                if skipped is None:
+                    raise
+                if path not in skipped:
+                    skipped.append(path)
+                    log.warning("skipped (--bad-files skip) %s", err)
     return {"train": lambda: split_docs(False), "val": lambda: split_docs(True)}
 
 
@@ -209,6 +219,9 @@ def parse_args(argv=None):
     p.add_argument("--map_batch_size", type=_positive_int, default=1000)
     p.add_argument("--num_proc", type=_positive_int, default=None)
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--bad-files", choices=("stop", "skip"), default="stop",
+                   help="local files: one that is not (gzip-compressed) UTF-8 text stops the conversion naming it; "
+                        "skip: keep its readable beginning, go on, and list it in COMPLETE.json (skipped_files)")
     return p.parse_args(argv)
 
 
@@ -226,15 +239,20 @@ def main(argv=None) -> None:
         files = sorted({f for pattern in args.local_files for f in glob.glob(pattern)})
         if not files:
             sys.exit(f"error: --local_files matched no file: {args.local_files}")
-        sources, meta = local_documents(files, args.val_fraction), {"source": files}
+        skipped = [] if args.bad_files == "skip" else None  # filled while converting, written in COMPLETE.json
+        sources = local_documents(files, args.val_fraction, skipped)
+        meta = {"source": files, **({"skipped_files": skipped} if skipped is not None else {})}
     try:
         if not args.local_files:
             sources, meta = c4_documents(args.max_samples, args.max_val_samples), {"source": "allenai/c4 en"}
         summary = convert(sources, args.out_root, tokenizer, args.max_seq_len, args.concat, args.map_batch_size,
                           args.num_proc, args.overwrite, {**meta, "tokenizer": args.tokenizer})
     except (ValueError, FileExistsError) as err:  # bad arguments, empty or undecodable text
-        sys.exit(f"error: {str(err).splitlines()[0]}")
+        hint = "; --bad-files skip skips such files" if isinstance(err, UnreadableText) else ""
+        sys.exit(f"error: {str(err).splitlines()[0]}{hint}")
     log.info("wrote %s: %s", args.out_root, json.dumps(summary["splits"]))
+    if summary.get("skipped_files"):
+        log.warning("%d unreadable file(s) skipped: %s", len(summary["skipped_files"]), summary["skipped_files"])
 
 
 if __name__ == "__main__":
