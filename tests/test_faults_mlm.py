@@ -361,6 +361,15 @@ def test_glue_refuses_bad_checkpoints_and_bad_files(tmp_path, reference):
                               "rt_sentiment missing")
     assert not (tmp_path / "ft").exists()
 
+    earlier = tmp_path / "ft" / "demo-glue" / "task=moby_sentence_order" / "seed=19" / "ep1-ba30-rank0.pt"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_bytes(b"an earlier run's finetuned weights")
+    message = glue_fail(f"starting_checkpoint_load_path={good}")
+    assert message == (f"glue.py: {GLUE_DEMO}: field 'save_finetune_checkpoint_folder' ({tmp_path}/ft/demo-glue) "
+                       f"holds the checkpoints of an earlier run ({earlier.parent}); set overwrite=true to replace "
+                       "them, or choose another base_run_name")
+    assert earlier.read_bytes() == b"an earlier run's finetuned weights"
+
 
 def converter_error(source, out, *extra):
     """The one line ``python -m mlm.src.checkpoint_loading`` ends with (called in this process)."""

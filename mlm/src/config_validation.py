@@ -191,7 +191,7 @@ FINETUNE = {
               "model_config": MODEL_CONFIG},
     "starting_checkpoint_load_path": Field((str,)), "local_pretrain_checkpoint_folder": Field((str,)),
     "save_finetune_checkpoint_prefix": Field((str,)), "save_finetune_checkpoint_folder": Field((str,), required=True),
-    "results_folder": Field((str,)),
+    "results_folder": Field((str,)), "overwrite": Field((bool,)),
     "data": {"data_dir": Field((str,)), "cache_dir": Field((str,))},
     "scheduler": SCHEDULER,
     "tasks": Entries(_task_names, {"seeds": Field((ListConfig,)), "trainer_kwargs": TRAINER_KWARGS}),

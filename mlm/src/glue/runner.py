@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Optional, Sequence
@@ -61,6 +62,7 @@ def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
     validate(cfg, source)
     check_folders(cfg, ("save_finetune_checkpoint_folder", "results_folder", "local_pretrain_checkpoint_folder",
                         "data.cache_dir"), source or Source())
+    check_no_earlier_checkpoints(cfg, source or Source())
     path = fetch_checkpoint(cfg.get("starting_checkpoint_load_path"),
                             cfg.get("local_pretrain_checkpoint_folder", "./local-bert-checkpoints"))
     state = read_checkpoint(path, bool(cfg.get("allow_unsafe_checkpoints", False)))
@@ -77,6 +79,18 @@ def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
             else:  # from the hub (downloaded once, then cached): a hub that cannot be reached stops here
                 load_split(task, split)
     return path
+
+
+def check_no_earlier_checkpoints(cfg: DictConfig, source: Source) -> None:
+    """A rerun into the folders of an earlier run would replace its finetuned checkpoints: only with overwrite=true."""
+    if cfg.get("overwrite", False):
+        return
+    for job in job_configs(cfg, list(cfg.tasks)):
+        folder = job["save_folder"]
+        if os.path.isdir(folder) and any(name.endswith(".pt") for name in os.listdir(folder)):
+            raise source.error("save_finetune_checkpoint_folder", f"({cfg.save_finetune_checkpoint_folder}) holds "
+                               f"the checkpoints of an earlier run ({folder}); set overwrite=true to replace them, "
+                               "or choose another base_run_name")
 
 
 def train(cfg: DictConfig, extra_callbacks: Optional[Sequence[Callback]] = None,
