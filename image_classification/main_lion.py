@@ -49,9 +49,9 @@ from image_classification import utils
 from image_classification.datasets import DATA_SETS, DataError, build_dataset, check_same_classes, default_data_path
 from image_classification.engine import LossScaler, NonFiniteLossError, evaluate, train_one_epoch
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
-from image_classification.models_lion import FORMATS, ORDERS, resample_pos_embed
+from image_classification.models_lion import FAMILY, FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
-from lion import MASK_TYPES
+from lion import variants
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks replay CUDA graphs
@@ -101,7 +101,7 @@ def get_args_parser():
                         "a GPU, benchmarks/RESULTS.md)")
 
     # LION (docs/lion.md §1)
-    p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
+    p.add_argument("--mask_type", default="Decay", choices=variants.names(FAMILY))
     p.add_argument("--order", default="Normal", choices=ORDERS, help="'S': the ♮ variant (two snake orders)")
     p.add_argument("--format", default="Attention", choices=FORMATS, help="attention form used for training/eval")
     p.add_argument("--chunk_size", default=None, type=int,
@@ -341,8 +341,11 @@ _HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 
 
 def _is_lion_gate(key):
-    """``blocks.3.attn.a_i`` (LION-D), ``blocks.3.attn.a2_i.weight`` (LION-S, ♮ order) ..."""
-    return re.search(r"\.attn\.a2?_i(\.|$)", key) is not None
+    """A gate parameter of any mask type (lion.variants): ``blocks.3.attn.a_i`` (LION-D), ``blocks.3.attn.a2_i.weight``
+    (LION-S, ♮ order) ..."""
+    names = {name for v in variants.registered() for g in v.gates for name in g.params[FAMILY]}
+    match = re.search(r"\.attn\.([^.]+)(\.|$)", key)
+    return match is not None and match.group(1) in names
 
 
 def load_finetune_weights(model, path, checkpoint):

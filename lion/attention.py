@@ -19,6 +19,7 @@ from lion.backend import BACKENDS, set_backend, use_fused  # noqa: F401  (re-exp
 from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
+from lion.forms import canonical_form
 from lion.masks import gate_arguments, gates_one_at_padding, per_token_gates, upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
@@ -35,9 +36,6 @@ except Exception as err:  # a broken triton install must not break the torch for
     logger.warning("fused kernels failed to load (%s); using the torch forms", err)
     fused_attention = chunk_attention = recurrent_attention = None
 
-FORMS = ("attention", "rnn", "chunk")
-
-
 def fused_forms() -> tuple[str, ...]:
     """The forms whose fused Triton kernels are importable here (none without triton)."""
     kernels = {"attention": fused_attention, "chunk": chunk_attention, "rnn": recurrent_attention}
@@ -46,17 +44,6 @@ def fused_forms() -> tuple[str, ...]:
 
 def _use_fused(q: torch.Tensor, backend: Optional[str], available: bool, form: str) -> bool:
     return use_fused(q, backend, available, f"form {form!r}")
-
-
-_ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk"}
-
-
-def canonical_form(form: str) -> str:
-    key = str(form).lower()
-    if key not in _ALIASES:
-        raise ValueError(f"form must be one of 'attention', 'rnn', 'chunk' (case-insensitive; aliases 'parallel', "
-                         f"'recurrent'), got {form!r}")
-    return _ALIASES[key]
 
 
 def _needs_grad(*tensors) -> bool:
