@@ -59,16 +59,20 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks re
 _logger = logging.getLogger("main_lion")
 
 
-class ArgumentError(SystemExit):
-    """Bad command-line input, raised before any training; the message names the flag and the allowed values.
-    A ``SystemExit``: Python prints the one line (no traceback) and exits with status 1."""
+class Stop(SystemExit):
+    """A one-line stop of the script: Python prints the message (no traceback) and exits with status 1."""
 
     def __init__(self, message):
         super().__init__(f"main_lion.py: error: {message}")
 
 
-class TrainingStopped(ArgumentError):
-    """Training stopped on purpose: a non-finite loss (the message names the epoch and step) or a lost process."""
+class ArgumentError(Stop):
+    """Bad command-line input, raised before any training; the message names the flag and the allowed values."""
+
+
+class TrainingStopped(Stop):
+    """Training stopped on purpose: a non-finite loss (the message names the epoch and step) or a lost process;
+    not an argument error."""
 
 
 def get_args_parser():
@@ -148,7 +152,6 @@ def get_args_parser():
     p.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
     p.add_argument("--remode", type=str, default="pixel")
     p.add_argument("--recount", type=int, default=1)
-    p.add_argument("--resplit", action="store_true")
     p.add_argument("--mixup", type=float, default=0.8)
     p.add_argument("--cutmix", type=float, default=1.0)
     p.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)

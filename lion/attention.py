@@ -108,8 +108,9 @@ def lion_attention(
         kernel = chunk_attention if form == "chunk" else recurrent_attention
         if not _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \
                 _use_fused(q, backend, kernel is not None, form):
+            chunk = dict(chunk_size=chunk_size) if form == "chunk" else {}  # the RNN form has no chunks
             return kernel(q, k, v, **gate_arguments(log_a, orders, B, L), feature_map=feature_map, scale=scale,
-                          normalize=normalize, eps=eps, key_padding_mask=key_padding_mask, chunk_size=chunk_size)
+                          normalize=normalize, eps=eps, key_padding_mask=key_padding_mask, **chunk)
     if feature_map is not None:
         phi = FEATURE_MAPS[feature_map]
         q, k = phi(q), phi(k)

@@ -31,6 +31,9 @@ from lion.ops.triton.common.features import load_features
 from lion.ops.triton.common.launching import INTERPRET, launch
 
 MAX_KERNEL_CHUNK = 128  # larger chunk sizes run as chunks of 128 (the result does not depend on the chunk size)
+# chunk_size=None: the fastest chunk on an H200 at every length measured, 197 to 12545 tokens with ViT-S heads (d = 64;
+# 32, and 128 with 4 or 8 warps, were slower: benchmarks/RESULTS.md); a default, not a function of the shape
+DEFAULT_KERNEL_CHUNK = 64
 SCAN_ROWS = 16  # rows of the d×dv states per scan program
 
 
@@ -237,12 +240,6 @@ def _chunk_output(
 
 
 # ------------------------------------------------------------------------------------------- python entry
-def auto_chunk_size(length: int, head_dim: int, value_dim: int) -> int:
-    """Chunk size of the fused kernel when the caller passes None: measured on an H200 (benchmarks/RESULTS.md),
-    ViT-S heads (d = 64), 197 to 12545 tokens."""
-    return 64
-
-
 def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,
                     perms: Optional[Sequence[torch.Tensor]] = None, feature_map: Optional[str] = None,
                     scale: float = 1.0, normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
@@ -254,7 +251,7 @@ def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
 
     q, k (raw: ``feature_map`` is applied here), v: (B, H, L, d) tensors of any strides; returns y as a
     (B, H, L, dv) view of (B, L, H, dv) memory in v's dtype. ``chunk_size``: None picks one for the length
-    (``auto_chunk_size``); an int is used as given (sizes above 128 run as 128; the result is the same).
+    (``DEFAULT_KERNEL_CHUNK``); an int is used as given (sizes above 128 run as 128; the result is the same).
     Launch settings (the result does not depend on them): ``num_warps``, ``block_dv`` (value columns per program,
     default min(64, dv rounded up to a power of two)), ``scan_rows`` (state rows per scan program)."""
     check_chunk_size(chunk_size, allow_none=True)
@@ -265,7 +262,7 @@ def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
     B, H, L, DK = q.shape
     DV = v.shape[-1]
     n_orders = 1 if perms is None else len(perms)
-    chunk = min(MAX_KERNEL_CHUNK, chunk_size or auto_chunk_size(L, DK, DV))
+    chunk = min(MAX_KERNEL_CHUNK, chunk_size or DEFAULT_KERNEL_CHUNK)
     block_c = max(16, triton.next_power_of_2(chunk))
     block_dk = max(16, triton.next_power_of_2(DK))
     block_dv = block_dv or min(64, max(16, triton.next_power_of_2(DV)))
