@@ -4,7 +4,8 @@
     vision (normalize=True):  y_i = Σ_j A_ij v_j / (Σ_j A_ij + eps)        docs/lion.md §1
     MLM    (normalize=False): y_i = Σ_j A_ij v_j                           docs/lion.md §2
 
-``form`` picks the attention (reference), RNN or chunk form; all three give the same result.
+``form`` picks the attention (reference), RNN or chunk form; all three give the same result. 'auto' takes the chunk
+form from the length where it trains faster (``lion.form_choice``), else the attention form.
 ``orders`` implements the ♮ variants: a list of (perm, log_a) pairs, each a token order with its own gates;
 the sums are taken in each order, mapped back, averaged, then normalised (docs/lion.md §1, order 'S').
 """
@@ -19,22 +20,24 @@ from lion.backend import BACKENDS, set_backend, use_fused  # noqa: F401  (re-exp
 from lion.checks import check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
+from lion.form_choice import auto_form
 from lion.forms import canonical_form
 from lion.masks import gate_arguments, gates_one_at_padding, per_token_gates, upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
 logger = logging.getLogger(__name__)
 
-try:  # fused Triton kernels. attention form: forward and backward (training); chunk and RNN forms: forward only
+try:  # fused Triton kernels. attention and chunk forms: forward and backward (training); RNN form: forward only
     from lion.ops.triton.chunk import chunk_attention
+    from lion.ops.triton.chunk_grad import chunk_attention_trainable
     from lion.ops.triton.naive import fused_attention
     from lion.ops.triton.recurrent import recurrent_attention
 except ImportError as err:  # no triton: the torch forms serve every call
     logger.debug("fused kernels unavailable: %s", err)
-    fused_attention = chunk_attention = recurrent_attention = None
+    fused_attention = chunk_attention = chunk_attention_trainable = recurrent_attention = None
 except Exception as err:  # a broken triton install must not break the torch forms
     logger.warning("fused kernels failed to load (%s); using the torch forms", err)
-    fused_attention = chunk_attention = recurrent_attention = None
+    fused_attention = chunk_attention = chunk_attention_trainable = recurrent_attention = None
 
 def fused_forms() -> tuple[str, ...]:
     """The forms whose fused Triton kernels are importable here (none without triton)."""
@@ -86,13 +89,20 @@ def lion_attention(
     key_padding_mask: (B, L) bool, True for real tokens. Padded keys are dropped and their gates set to 1,
     so padded positions never influence real ones, whatever their content or place.
     chunk_size: None lets the fused chunk kernel pick one for the length (the torch chunk form then uses 32).
-    Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser.
+    Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser;
+    the chunk form has no attention matrix and refuses ``dropout_p`` > 0 in training.
     backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'. The attention form's
     fused kernels (lion.ops.triton.naive) apply φ, the mask, padding, dropout and the normalisation in-kernel
-    and return y as a view of a (B, L, H, dv) buffer. The chunk and RNN forms have forward-only kernels
-    (lion.ops.triton.chunk / .recurrent), used when no gradient is needed; otherwise their torch forms run.
+    and return y as a view of a (B, L, H, dv) buffer. The chunk form's kernels (lion.ops.triton.chunk, forward;
+    .chunk_grad, forward and backward) do likewise in O(L) memory. The RNN form has a forward-only kernel
+    (lion.ops.triton.recurrent), used when no gradient is needed; otherwise its torch form runs.
     """
     form = canonical_form(form)
+    if form == "auto":  # the faster form for the length (lion.form_choice); attention dropout needs the attention form
+        form = "attention" if training and dropout_p > 0.0 else auto_form(q.shape[-2], log_a, orders)
+    if form == "chunk" and training and dropout_p > 0.0:
+        raise ValueError(f"form='chunk' has no attention matrix to drop out (dropout_p={dropout_p}): "
+                         "pass dropout_p=0, or form='attention' for attention dropout")
     check_chunk_size(chunk_size)
     if feature_map is not None and feature_map not in FEATURE_MAPS:
         raise ValueError(f"feature_map must be None or one of {tuple(FEATURE_MAPS)}, got {feature_map!r}")
@@ -101,6 +111,11 @@ def lion_attention(
         return fused_attention(q, k, v, **gate_arguments(log_a, orders, B, L), feature_map=feature_map, scale=scale,
                                normalize=normalize, eps=eps, key_padding_mask=key_padding_mask,
                                dropout_p=dropout_p if training else 0.0)
+    if form == "chunk" and _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \
+            _use_fused(q, backend, chunk_attention_trainable is not None, form):
+        return chunk_attention_trainable(q, k, v, **gate_arguments(log_a, orders, B, L), feature_map=feature_map,
+                                         scale=scale, normalize=normalize, eps=eps,
+                                         key_padding_mask=key_padding_mask, chunk_size=chunk_size)
     log_a = per_token_gates(log_a, B, L)
     if orders is not None:
         orders = [(p, per_token_gates(la, B, L)) for p, la in orders]

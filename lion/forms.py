@@ -1,11 +1,13 @@
-"""Names of the three forms of LION attention (docs/lion.md §1.3–1.5): one canonical set, the spellings each model
-family publishes, and the one alias table that maps any spelling to the canonical name."""
+"""Names of the three forms of LION attention (docs/lion.md §1.3–1.5) and of 'auto': one canonical set, the
+spellings each model family publishes, and the one alias table that maps any spelling to the canonical name."""
 from __future__ import annotations
 
-FORMS = ("attention", "rnn", "chunk")  # canonical: what lion_attention's dispatch reads
+# canonical: what lion_attention's dispatch reads; 'auto' picks the attention or the chunk form by the sequence length
+# (lion.form_choice)
+FORMS = ("attention", "rnn", "chunk", "auto")
 ALIASES = {"parallel": "attention", "recurrent": "rnn"}  # accepted wherever a form is named, case-insensitively
 # each family's published spellings, in FORMS' order (vision: timm models' ``format``; MLM: the configs' ``form``)
-PUBLISHED_FORMS = {"vision": ("Attention", "RNN", "Chunk"), "mlm": ("parallel", "rnn", "chunk")}
+PUBLISHED_FORMS = {"vision": ("Attention", "RNN", "Chunk", "Auto"), "mlm": ("parallel", "rnn", "chunk", "auto")}
 
 
 def canonical_form(form: str) -> str:

@@ -14,7 +14,7 @@ def test_every_spelling_maps_to_one_canonical_name():
         assert published_form(spelling, "mlm") == ("parallel", "rnn", "chunk")[FORMS.index(form)]
     with pytest.raises(ValueError, match="form must be one of 'attention', 'rnn', 'chunk'"):
         canonical_form("scan")
-    with pytest.raises(ValueError, match=r"form must be one of \['parallel', 'rnn', 'chunk'\]"):
+    with pytest.raises(ValueError, match=r"form must be one of \['parallel', 'rnn', 'chunk', 'auto'\]"):
         published_form("scan", "mlm")
 
 

@@ -153,3 +153,28 @@ def test_per_head_decay_gates_equal_per_token_gates(form):
         y_tok = lion_attention(q, k, v, orders=[(p, decay_log_gates(a, L, B)) for p in perms], key_padding_mask=pad,
                                **kw)
         assert rel_err_max(y_head, y_tok) <= 1e-12
+
+
+def test_auto_form_follows_the_measured_crossover(monkeypatch):
+    """form='auto' runs the chunk form from the stored crossover length of the mask kind on, the attention form
+    below it and whenever attention dropout acts (the chunk form refuses it in training with one clear line)."""
+    import lion.attention as attention
+    import lion.form_choice as form_choice
+
+    lengths = form_choice.crossover_lengths()
+    assert set(lengths) <= {"Lit", "Decay", "Selective"} and all(n >= 1 for n in lengths.values())
+    monkeypatch.setattr(form_choice, "crossover_lengths", lambda: {"Lit": 8, "Decay": 12, "Selective": 16})
+    used = []
+    monkeypatch.setattr(attention, "_sums", lambda q, k, v, log_a, scale, form, *a: used.append(form) or (
+        torch.zeros_like(v), torch.ones(v.shape[:-1], dtype=v.dtype)))
+    a, z = torch.randn(2), torch.randn(1, 12, 2)
+    for L, gate, form in [(7, None, "attention"), (8, None, "chunk"), (12, decay_log_gates(a), "chunk"),
+                          (12, selective_log_gates(z), "attention"), (11, decay_log_gates(a), "attention")]:
+        q = torch.randn(1, 2, L, 4)
+        lion_attention(q, q, q, gate, form="auto", backend="torch")
+        assert used.pop() == form, (L, form)
+    q = torch.randn(1, 2, 12, 4)
+    lion_attention(q, q, q, form="auto", backend="torch", dropout_p=0.1, training=True)
+    assert used.pop() == "attention"
+    with pytest.raises(ValueError, match="form='chunk' has no attention matrix to drop out"):
+        lion_attention(q, q, q, form="chunk", backend="torch", dropout_p=0.1, training=True)

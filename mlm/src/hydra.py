@@ -70,8 +70,10 @@ def ssd_scan(x, B, C, dt, A, form: str = "chunk", chunk_size: int = 32) -> torch
         P = exclusive_cumsum(log_g)                                # lower triangle of lion.masks.log_mask
         decay = (P[..., :, None] - P[..., None, :]).masked_fill(~lower, float("-inf")).exp()
         return (((C @ B.transpose(1, 2))[:, None] * dt[:, :, None, :] * decay) @ v).permute(0, 2, 1, 3)
+    if form == "auto":  # LION's automatic choice; Hydra's scan has only its torch forms, of which chunk is the fastest
+        form = "chunk"
     if form not in ("chunk", "rnn"):
-        raise ValueError(f"form must be one of ['parallel', 'rnn', 'chunk'], got {form!r}")
+        raise ValueError(f"form must be one of ['parallel', 'rnn', 'chunk', 'auto'], got {form!r}")
     q = C[:, None].expand(-1, v.shape[1], -1, -1)                 # (b, H, L, N): one C for all heads
     k = B[:, None] * dt[..., None]                                 # (b, H, L, N)
     if form == "chunk":

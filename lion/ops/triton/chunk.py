@@ -1,4 +1,7 @@
-"""Chunk form on the GPU, inference only: the fused twin of ``lion.ops.chunk`` (docs/lion.md §1, chunk form).
+"""Chunk form on the GPU: the fused twin of ``lion.ops.chunk`` (docs/lion.md §1, chunk form). ``chunk_attention``
+is the forward for inference; ``chunk_sums``, the same three launches for any operator Σ_j M_ij (x_i·y_j) z_j, also
+serves the training op and its backward (``lion.ops.triton.chunk_grad``: the transposed mask, a per-token term of
+the scores, the normaliser and the gates' dot products as options).
 
 ``chunk_attention`` takes raw q, k (the feature map is applied on load), v, the log gates, and returns the whole
 LION attention output y (normalised in the epilogue), written as (B, L, H, dv) memory and returned as a
@@ -51,6 +54,17 @@ def chunk_tokens(PERM, o, c, L, CHUNK, HAS_PERM: tl.constexpr, BLOCK_C: tl.const
 
 
 @triton.jit
+def local_sums(la, TRANS: tl.constexpr):
+    """(f, u, g) of a chunk's log gates: the prefix sums of the lower (f) and upper (u) parts of the mask and the
+    total g. M: lower e^{f_i − f_j}, f exclusive; upper e^{u_j − u_i}, u inclusive. Its transpose Mᵀ (the backward's
+    mask, ``TRANS``): f inclusive, u exclusive (M_ji = e^{C_i − C_j} for i > j, e^{P_j − P_i} for i < j)."""
+    incl = tl.cumsum(la, 0)
+    if TRANS:
+        return incl, incl - la, tl.sum(la, 0)
+    return incl - la, incl, tl.sum(la, 0)
+
+
+@triton.jit
 def _mm(a, b, acc, LOWP: tl.constexpr, PREC: tl.constexpr):
     """acc + a @ b, fp32 accumulation; LOWP: operands in b's (bf16/fp16) dtype."""
     if LOWP:
@@ -61,12 +75,12 @@ def _mm(a, b, acc, LOWP: tl.constexpr, PREC: tl.constexpr):
 # ------------------------------------------------------------------------------------------------- kernels
 @triton.jit
 def _chunk_states(
-    K, V, LA, PERM, KEEP, S, Z, G,
-    skb, skh, skl, skd, svb, svh, svl, svd, sao, sab, sah, sal, skeep,
+    K, V, LA, PERM, KEEP, S, Z, G, CS,
+    skb, skh, skl, skd, svb, svh, svl, svd, sao, sab, sah, sal, skeep, scb, sch, scl,
     BH, H, L, DK, DV, N, CHUNK,
     HAS_GATES: tl.constexpr, HAS_PERM: tl.constexpr, HAS_KEEP: tl.constexpr, WITH_DEN: tl.constexpr,
-    FEATURE: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DVP: tl.constexpr,
+    FEATURE: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, TRANS: tl.constexpr, SCAL: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DVP: tl.constexpr, ZW: tl.constexpr,
 ):
     pid = tl.program_id(0)  # (order, batch, head)
     c = tl.program_id(1)
@@ -84,13 +98,14 @@ def _chunk_states(
                 mask=ok[:, None] & (offs_dv[None, :] < DV), other=0.0)
     if HAS_GATES:
         la = tl.load(LA + o * sao + b * sab + h * sah + pos * sal, mask=ok, other=0.0).to(tl.float32)
-        incl = tl.cumsum(la, 0)
-        g = tl.sum(la, 0)
-        k_fwd = k * tl.exp(g - incl + la)[:, None]
-        k_bwd = k * tl.exp(incl)[:, None]
+        f, u, g = local_sums(la, TRANS)
+        w_fwd = tl.exp(g - f)
+        w_bwd = tl.exp(u)
     else:
-        k_fwd = k
-        k_bwd = k
+        w_fwd = tl.full((BLOCK_C,), 1.0, tl.float32)
+        w_bwd = w_fwd
+    k_fwd = k * w_fwd[:, None]
+    k_bwd = k * w_bwd[:, None]
     zero = tl.zeros((BLOCK_DK, BLOCK_DV), dtype=tl.float32)
     state = ((pid.to(tl.int64) * N + c) * 2) * BLOCK_DK * DVP  # S is (O·B·H, N, 2, BLOCK_DK, DVP)
     tile = offs_dk[:, None] * DVP + offs_dv[None, :]
@@ -103,16 +118,24 @@ def _chunk_states(
         if HAS_GATES:
             tl.store(G + pid.to(tl.int64) * N + c, g)
         if WITH_DEN:
-            zb = ((pid.to(tl.int64) * N + c) * 2) * BLOCK_DK
+            zb = ((pid.to(tl.int64) * N + c) * 2) * ZW
             tl.store(Z + zb + offs_dk, tl.sum(k_fwd, 0))
-            tl.store(Z + zb + BLOCK_DK + offs_dk, tl.sum(k_bwd, 0))
+            tl.store(Z + zb + ZW + offs_dk, tl.sum(k_bwd, 0))
+    if SCAL != 0:  # the states of the rank-one term (``_chunk_output``): Σ_j w_j z_j, with SCAL 2 Σ_j w_j c_j z_j
+        vz = v.to(tl.float32)
+        if SCAL == 2:
+            vz = vz * tl.load(CS + b * scb + h * sch + tok * scl, mask=ok, other=0.0)[:, None]
+        zb = ((pid.to(tl.int64) * N + c) * 2) * ZW
+        tl.store(Z + zb + offs_dv, tl.sum(vz * w_fwd[:, None], 0))
+        tl.store(Z + zb + ZW + offs_dv, tl.sum(vz * w_bwd[:, None], 0))
 
 
 @triton.jit
 def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BLOCK_DK: tl.constexpr,
-                 DVP: tl.constexpr, ROWS: tl.constexpr):
-    """Grid (O·B·H, directions, BLOCK_DK / ROWS): ROWS rows of the d×dv states through all chunks, in place.
-    The next chunk's delta is loaded before the current one is stored, so the loads do not wait on the scan."""
+                 DVP: tl.constexpr, ROWS: tl.constexpr, ZW: tl.constexpr, ZROWS: tl.constexpr):
+    """Grid (O·B·H, directions, BLOCK_DK / ROWS): ROWS rows of the d×dv states through all chunks, in place, and
+    ZROWS entries of the vector states Z (width ZW; WITH_DEN). The next chunk's delta is loaded before the current
+    one is stored, so the loads do not wait on the scan."""
     pid = tl.program_id(0).to(tl.int64)
     fwd = tl.program_id(1) == 0
     rows = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
@@ -120,11 +143,12 @@ def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BL
     step = tl.where(fwd, 1, -1).to(tl.int64)
     tile = rows[:, None] * DVP + tl.arange(0, DVP)[None, :]
     run = tl.zeros((ROWS, DVP), dtype=tl.float32)
-    zrun = tl.zeros((ROWS,), dtype=tl.float32)
+    zrun = tl.zeros((ZROWS,), dtype=tl.float32)
+    zrows = tl.program_id(2) * ZROWS + tl.arange(0, ZROWS)
     c = tl.where(fwd, 0, N - 1).to(tl.int64)
     delta = tl.load(S + ((pid * N + c) * 2 + half) * BLOCK_DK * DVP + tile).to(tl.float32)
     if WITH_DEN:
-        zd = tl.load(Z + ((pid * N + c) * 2 + half) * BLOCK_DK + rows)
+        zd = tl.load(Z + ((pid * N + c) * 2 + half) * ZW + zrows)
     if HAS_GATES:
         g = tl.load(G + pid * N + c)
     for it in range(0, N):
@@ -132,7 +156,7 @@ def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BL
         more = it + 1 < N
         delta_n = tl.load(S + ((pid * N + nxt) * 2 + half) * BLOCK_DK * DVP + tile, mask=more, other=0.0)
         if WITH_DEN:
-            zd_n = tl.load(Z + ((pid * N + nxt) * 2 + half) * BLOCK_DK + rows, mask=more, other=0.0)
+            zd_n = tl.load(Z + ((pid * N + nxt) * 2 + half) * ZW + zrows, mask=more, other=0.0)
         if HAS_GATES:
             g_n = tl.load(G + pid * N + nxt, mask=more, other=0.0)
             decay = tl.exp(g)
@@ -142,7 +166,7 @@ def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BL
         tl.store(S + ((pid * N + c) * 2 + half) * BLOCK_DK * DVP + tile, run.to(S.dtype.element_ty))
         run = run * decay + delta
         if WITH_DEN:
-            tl.store(Z + ((pid * N + c) * 2 + half) * BLOCK_DK + rows, zrun)
+            tl.store(Z + ((pid * N + c) * 2 + half) * ZW + zrows, zrun)
             zrun = zrun * decay + zd
             zd = zd_n
         delta = delta_n.to(tl.float32)
@@ -151,16 +175,22 @@ def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BL
 
 @triton.jit
 def _chunk_output(
-    Q, K, V, LA, PERM, KEEP, S, Z, OUT, NUMBUF, DENBUF,
+    Q, K, V, LA, PERM, KEEP, S, Z, OUT, NUMBUF, DENBUF, DEN, W, GD, CS,
     sqb, sqh, sql, sqd, skb, skh, skl, skd, svb, svh, svl, svd, sao, sab, sah, sal, skeep,
-    sob, sol, soh, sod,
+    sob, sol, soh, sod, swb, swh, swl, swd, scb, sch, scl,
     order, BH, H, L, DK, DV, N, CHUNK, scale, eps, inv_orders,
     HAS_GATES: tl.constexpr, HAS_PERM: tl.constexpr, HAS_KEEP: tl.constexpr, NORMALIZE: tl.constexpr,
-    PASS: tl.constexpr, FEATURE: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_C: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DVP: tl.constexpr,
+    PASS: tl.constexpr, FEATURE: tl.constexpr, LOWP: tl.constexpr, PREC: tl.constexpr, TRANS: tl.constexpr,
+    STORE_DEN: tl.constexpr, GATE_DOT: tl.constexpr, SCAL: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_DK: tl.constexpr, BLOCK_DV: tl.constexpr, DVP: tl.constexpr, ZW: tl.constexpr,
 ):
     """PASS 0: the only order, normalise and write OUT. With several orders: 1 the first (store fp32 partial sums
-    in NUMBUF, laid out like OUT, and DENBUF), 3 a middle one (add to them), 2 the last (add, normalise, write OUT)."""
+    in NUMBUF, laid out like OUT, and DENBUF), 3 a middle one (add to them), 2 the last (add, normalise, write OUT).
+    STORE_DEN: also write the normaliser (mean over orders, fp32, (B, H, L)) to DEN (the backward reads it).
+    GATE_DOT (the backward's gate gradients): with W (B, H, L, dv) rows w_i, store w_i·(the strictly lower part of
+    y_i) and w_i·(the strictly upper part) to GD (n_dv, 2, B, H, L) at the tokens' positions in the order.
+    SCAL (the backward's normaliser term, a rank-one addition to the scores, per token c (B, H, L) in CS):
+    1 scores x_i·y_j + c_i, 2 scores x_i·y_j + c_j; Z then holds the chunks' carried Σ_j w_j (c_j) z_j."""
     bh = tl.program_id(0)
     c = tl.program_id(1)
     pid_dv = tl.program_id(2)
@@ -188,24 +218,59 @@ def _chunk_output(
         s = tl.dot(q.to(v.dtype), tl.trans(k.to(v.dtype)))
     else:
         s = tl.dot(q, tl.trans(k), input_precision=PREC)
+    if SCAL != 0:
+        cs = tl.load(CS + b * scb + h * sch + tok * scl, mask=ok, other=0.0)
+        if SCAL == 1:
+            s = s + cs[:, None]
+        else:
+            s = s + cs[None, :]
+    lower = offs_c[:, None] >= offs_c[None, :]
     if HAS_GATES:
         la = tl.load(LA + o * sao + b * sab + h * sah + pos * sal, mask=ok, other=0.0).to(tl.float32)
-        incl = tl.cumsum(la, 0)
-        g = tl.sum(la, 0)
-        excl = incl - la
-        lower = offs_c[:, None] >= offs_c[None, :]
-        a = s * tl.exp(tl.where(lower, excl[:, None] - excl[None, :], incl[None, :] - incl[:, None]))
-        e_fwd = tl.exp(excl)  # q_i's weight on the forward state, e^{rF_i}, and on the backward one, e^{g − rB_i}
-        e_bwd = tl.exp(g - incl)
+        f, u, g = local_sums(la, TRANS)
+        a = s * tl.exp(tl.where(lower, f[:, None] - f[None, :], u[None, :] - u[:, None]))
+        e_fwd = tl.exp(f)  # q_i's weight on the forward state, e^{rF_i}, and on the backward one, e^{g − rB_i}
+        e_bwd = tl.exp(g - u)
     else:
         a = s
         e_fwd = tl.full((BLOCK_C,), 1.0, tl.float32)
         e_bwd = e_fwd
     if NORMALIZE:
-        zb = ((pid * N + c) * 2) * BLOCK_DK
+        zb = ((pid * N + c) * 2) * ZW
         d = (tl.sum(a, 1) + e_fwd * tl.sum(q * tl.load(Z + zb + offs_dk)[None, :], 1)
-             + e_bwd * tl.sum(q * tl.load(Z + zb + BLOCK_DK + offs_dk)[None, :], 1))
-    if LOWP:  # operands in v's dtype as soon as they are formed: fewer live fp32 tiles
+             + e_bwd * tl.sum(q * tl.load(Z + zb + ZW + offs_dk)[None, :], 1))
+    if SCAL != 0:  # the rank-one term's share of the carried states: (c_i) e^{rF_i} Σ w_j (c_j) z_j, both directions
+        zb = ((pid * N + c) * 2) * ZW
+        r_fwd = e_fwd
+        r_bwd = e_bwd
+        if SCAL == 1:
+            r_fwd = r_fwd * cs
+            r_bwd = r_bwd * cs
+        t_fwd = r_fwd[:, None] * tl.load(Z + zb + offs_dv)[None, :]
+        t_bwd = r_bwd[:, None] * tl.load(Z + zb + ZW + offs_dv)[None, :]
+    if GATE_DOT:  # the lower and upper parts apart, each dotted with w_i (this program's value columns)
+        zero = tl.zeros((BLOCK_C, BLOCK_DV), dtype=tl.float32)
+        if SCAL != 0:
+            y_fwd = _mm(q * e_fwd[:, None], s_fwd, t_fwd, LOWP, PREC)
+            y_bwd = _mm(q * e_bwd[:, None], s_bwd, t_bwd, LOWP, PREC)
+        else:
+            y_fwd = _mm(q * e_fwd[:, None], s_fwd, zero, LOWP, PREC)
+            y_bwd = _mm(q * e_bwd[:, None], s_bwd, zero, LOWP, PREC)
+        w = tl.load(W + b * swb + h * swh + tok[:, None] * swl + offs_dv[None, :] * swd,
+                    mask=ok[:, None] & dv_ok[None, :], other=0.0)
+        wv = _mm(w, tl.trans(v), tl.zeros((BLOCK_C, BLOCK_C), dtype=tl.float32), LOWP, PREC) * a
+        strict = offs_c[:, None] > offs_c[None, :]
+        lo = tl.sum(tl.where(strict, wv, 0.0), 1) + tl.sum(w.to(tl.float32) * y_fwd, 1)
+        up = tl.sum(tl.where(lower, 0.0, wv), 1) + tl.sum(w.to(tl.float32) * y_bwd, 1)
+        gd = GD + ((pid_dv * 2 * (BH // H) + b) * H + h) * L + pos
+        tl.store(gd, lo, mask=ok)
+        tl.store(gd + BH * L, up, mask=ok)
+        y = _mm(a, v, y_fwd + y_bwd, LOWP, PREC)
+    elif SCAL != 0:
+        y = _mm(a, v, t_fwd + t_bwd, LOWP, PREC)
+        y = _mm(q * e_fwd[:, None], s_fwd, y, LOWP, PREC)
+        y = _mm(q * e_bwd[:, None], s_bwd, y, LOWP, PREC)
+    elif LOWP:  # operands in v's dtype as soon as they are formed: fewer live fp32 tiles
         y = tl.dot(a.to(v.dtype), v)
         y = tl.dot((q * e_fwd[:, None]).to(v.dtype), s_fwd, y)
         y = tl.dot((q * e_bwd[:, None]).to(v.dtype), s_bwd, y)
@@ -234,6 +299,9 @@ def _chunk_output(
         else:
             if NORMALIZE:  # mean over orders of num and den, then num / (den + eps)
                 y = y / (d * inv_orders + eps)[:, None] * inv_orders
+                if STORE_DEN:
+                    if pid_dv == 0:
+                        tl.store(DEN + (b * H + h) * L + tok, d * inv_orders, mask=ok)
             else:
                 y = y * inv_orders
             tl.store(OUT + out_ptr, y.to(OUT.dtype.element_ty), mask=out_ok)
@@ -247,7 +315,8 @@ def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
                     num_warps: Optional[int] = None, block_dv: Optional[int] = None,
                     scan_rows: int = SCAN_ROWS) -> torch.Tensor:
     """LION attention in the chunk form, forward only (the ``lion_attention`` contract, without dropout; gates
-    ``g`` / ``g_gamma`` and orders ``perms`` as ``lion.masks.gate_arguments`` gives them).
+    ``g`` / ``g_gamma`` and orders ``perms`` as ``lion.masks.gate_arguments`` gives them). The differentiable op is
+    ``lion.ops.triton.chunk_grad.chunk_attention_trainable``.
 
     q, k (raw: ``feature_map`` is applied here), v: (B, H, L, d) tensors of any strides; returns y as a
     (B, H, L, dv) view of (B, L, H, dv) memory in v's dtype. ``chunk_size``: None picks one for the length
@@ -259,49 +328,81 @@ def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
         if val is not None and not (isinstance(val, int) and val >= low and val & (val - 1) == 0):
             raise ValueError(f"{name} must be a power of two ≥ {low}, got {val!r}")
     gates, perm_ids, keep, feature = prepare_scan(q, k, v, g, g_gamma, perms, key_padding_mask, feature_map)
-    B, H, L, DK = q.shape
-    DV = v.shape[-1]
-    n_orders = 1 if perms is None else len(perms)
+    return chunk_sums(q, k, v, gates, perm_ids, keep, feature=feature, scale=scale, normalize=normalize, eps=eps,
+                      chunk_size=chunk_size, num_warps=num_warps, block_dv=block_dv, scan_rows=scan_rows)[0]
+
+
+def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 1.0, normalize: bool = False,
+               eps: float = 1e-6, trans: bool = False, accumulate: bool = False, store_den: bool = False,
+               w: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None, c_on_keys: bool = False,
+               chunk_size: Optional[int] = None, num_warps: Optional[int] = None, block_dv: Optional[int] = None,
+               scan_rows: int = SCAN_ROWS):
+    """The bidirectional chunk operator, O_i = mean over orders of Σ_j M_ij (φx_i·φy_j) z_j (x scaled, y's padded
+    rows dropped), and with ``normalize`` O_i / (Σ_j M_ij φx_i·φy_j + eps): three launches (module docstring).
+
+    gates: (orders, B, H, L) fp32 log gates in each order's indexing (padding already applied) or None; perms:
+    (orders, L) int32 or None; keep: (B, L) uint8 or None. ``trans``: the transposed mask Mᵀ (docs/lion.md §1 by
+    i ↔ j). Returns (O, den, gd):
+    O (B, H, L, dz) a view of (B, L, H, dz) memory, in z's dtype; with ``accumulate`` fp32 and summed (not averaged)
+    over the orders, never normalised (the backward's operators). den: the normaliser (B, H, L) fp32 when
+    ``store_den`` (with ``normalize``), else None. gd: with ``w`` (B, H, L, dz), (orders, 2, B, H, L) fp32: w_i·(the
+    strictly lower part of O_i) and w_i·(the strictly upper part), each order's at the positions in that order.
+    c: (B, H, L) fp32, a rank-one term of the scores, x_i·y_j + c_i (or + c_j with ``c_on_keys``); unnormalised only."""
+    B, H, L, DK = x.shape
+    DV = z.shape[-1]
+    n_orders = 1 if perms is None else perms.shape[0]
     chunk = min(MAX_KERNEL_CHUNK, chunk_size or DEFAULT_KERNEL_CHUNK)
     block_c = max(16, triton.next_power_of_2(chunk))
     block_dk = max(16, triton.next_power_of_2(DK))
     block_dv = block_dv or min(64, max(16, triton.next_power_of_2(DV)))
     n_dv = triton.cdiv(DV, block_dv)
     n = triton.cdiv(L, chunk)
-    lowp = v.dtype != torch.float32 and not INTERPRET  # the triton 3.3 interpreter multiplies bf16 wrongly
-    state_dtype = v.dtype if lowp else torch.float32
-    dev = q.device
+    lowp = z.dtype != torch.float32 and not INTERPRET  # the triton 3.3 interpreter multiplies bf16 wrongly
+    state_dtype = z.dtype if lowp else torch.float32
+    dev = x.device
     states = torch.empty(n_orders * B * H, n, 2, block_dk, n_dv * block_dv, device=dev, dtype=state_dtype)
-    zs = torch.empty(n_orders * B * H, n, 2, block_dk, device=dev, dtype=torch.float32) if normalize else states
+    scal = 0 if c is None else (2 if c_on_keys else 1)
+    zw = max(block_dk, n_dv * block_dv) if scal else block_dk  # the vector states: Σ k (normalize) or Σ (c) z
+    zs = torch.empty(n_orders * B * H, n, 2, zw, device=dev, dtype=torch.float32) if normalize or scal else states
     gs = torch.empty(n_orders * B * H, n, device=dev, dtype=torch.float32) if gates is not None else zs
-    out = torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
+    out = torch.empty(B, L, H, DV, device=dev, dtype=torch.float32 if accumulate else z.dtype)
+    den = torch.empty(B, H, L, device=dev, dtype=torch.float32) if store_den and normalize else None
+    gd = torch.empty(n_orders, n_dv, 2, B, H, L, device=dev, dtype=torch.float32) if w is not None else None
     dummy = out
-    flags = dict(HAS_GATES=gates is not None, HAS_PERM=perm_ids is not None, HAS_KEEP=keep is not None,
-                 FEATURE=feature, LOWP=lowp, PREC="ieee",
-                 BLOCK_C=block_c, BLOCK_DK=block_dk, BLOCK_DV=block_dv, DVP=n_dv * block_dv)
+    flags = dict(HAS_GATES=gates is not None, HAS_PERM=perms is not None, HAS_KEEP=keep is not None,
+                 FEATURE=feature, LOWP=lowp, PREC="ieee", TRANS=trans, SCAL=scal,
+                 BLOCK_C=block_c, BLOCK_DK=block_dk, BLOCK_DV=block_dv, DVP=n_dv * block_dv, ZW=zw)
     warps = num_warps or (4 if block_c <= 64 else 8)  # measured: C = 64 with 4 warps, C = 128 with 8
     # C = 64 with 4 warps: capping registers at 128 a thread (from 146) fits a fourth program per multiprocessor,
     # 8–9 % faster at 3137 and 12545 tokens on an H200 (benchmarks/kernel_sweep.py chunk); C = 128 lost with it
-    maxnreg = 128 if block_c == 64 and warps == 4 and lowp else None
-    la, perm, kp = stand_ins(dummy, gates, perm_ids, keep)
+    maxnreg = 128 if block_c == 64 and warps == 4 and lowp and w is None else None
+    la, perm, kp = stand_ins(dummy, gates, perms, keep)
     la_strides = strides_or_zero(gates, 4)
     keep_stride = keep.stride(0) if keep is not None else 0
+    cs, w_ = stand_ins(dummy, c, w)
+    c_strides = strides_or_zero(c, 3)
     launch(_chunk_states, (n_orders * B * H, n, n_dv), (
-        k, v, la, perm, kp, states, zs, gs, *k.stride(), *v.stride(), *la_strides, keep_stride,
+        y, z, la, perm, kp, states, zs, gs, cs, *y.stride(), *z.stride(), *la_strides, keep_stride, *c_strides,
         B * H, H, L, DK, DV, n, chunk), dict(WITH_DEN=normalize, num_warps=warps, maxnreg=maxnreg, **flags))
     rows = min(scan_rows, block_dk)
     launch(_scan_states, (n_orders * B * H, 2, block_dk // rows), (states, zs, gs, n), dict(
-        HAS_GATES=gates is not None, WITH_DEN=normalize, BLOCK_DK=block_dk, DVP=n_dv * block_dv, ROWS=rows,
-        num_warps=4))
+        HAS_GATES=gates is not None, WITH_DEN=normalize or scal != 0, BLOCK_DK=block_dk, DVP=n_dv * block_dv,
+        ROWS=rows, ZW=zw, ZROWS=zw // (block_dk // rows), num_warps=4))
     numbuf = denbuf = dummy
-    if n_orders > 1:
+    if n_orders > 1 and not accumulate:
         numbuf = torch.empty(B, L, H, DV, device=dev, dtype=torch.float32)
         denbuf = torch.empty(n_dv, B, L, H, device=dev, dtype=torch.float32) if normalize else dummy
     for o in range(n_orders):
-        pass_ = 0 if n_orders == 1 else (1 if o == 0 else (2 if o == n_orders - 1 else 3))
+        if accumulate:
+            pass_ = 1 if o == 0 else 3
+        else:
+            pass_ = 0 if n_orders == 1 else (1 if o == 0 else (2 if o == n_orders - 1 else 3))
         launch(_chunk_output, (B * H, n, n_dv), (
-            q, k, v, la, perm, kp, states, zs, out, numbuf, denbuf,
-            *q.stride(), *k.stride(), *v.stride(), *la_strides, keep_stride, *out.stride(),
+            x, y, z, la, perm, kp, states, zs, out, out if accumulate else numbuf, denbuf,
+            den if den is not None else dummy, w_, gd[o] if gd is not None else dummy, cs,
+            *x.stride(), *y.stride(), *z.stride(), *la_strides, keep_stride, *out.stride(), *strides_or_zero(w, 4),
+            *c_strides,
             o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders),
-            dict(NORMALIZE=normalize, PASS=pass_, num_warps=warps, maxnreg=maxnreg, **flags))
-    return out.permute(0, 2, 1, 3)
+            dict(NORMALIZE=normalize, PASS=pass_, STORE_DEN=den is not None, GATE_DOT=w is not None,
+                 num_warps=warps, maxnreg=maxnreg, **flags))
+    return out.permute(0, 2, 1, 3), den, None if gd is None else gd.sum(1)

@@ -43,6 +43,7 @@ from lion.curves import inverse_permutation
 from lion.masks import gates_one_at_padding
 from lion.ops.triton.common.args import (
     check_device,
+    compute_dtype,
     grad_buffer,
     grad_views,
     last_dim_unit,
@@ -665,14 +666,6 @@ attention = FusedOp(_attention_fwd, _attention_bwd, 8, _input_grads, custom_ops=
 
 
 # ------------------------------------------------------------------------------------------------ entry point
-def _compute_dtype(q, k, v) -> torch.dtype:
-    """Under autocast the autocast dtype (as autocast's matmuls would use); else the promoted input dtype."""
-    dev = q.device.type
-    if torch.is_autocast_enabled(dev):
-        return torch.get_autocast_dtype(dev)
-    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
-
-
 _RANKS: dict = {}  # id(perms) → (perms, versions, ranks and permutations): the orders repeat every layer
 
 
@@ -735,7 +728,7 @@ def fused_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
     False the L×L kernel; None picks KᵀV when L ≥ head dim."""
     check_device(q, "backend='triton' (the fused attention form)")
     feature = feature_code(feature_map)
-    dt = _compute_dtype(q, k, v)
+    dt = compute_dtype(q, k, v)
     q, k, v = q.to(dt), k.to(dt), v.to(dt)
     L, D = q.shape[-2], q.shape[-1]
     P, C, R = _gate_inputs(g, g_gamma, perms, key_padding_mask)

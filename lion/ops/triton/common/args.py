@@ -19,6 +19,15 @@ def check_device(x: torch.Tensor, what: str) -> None:
                          f"tensors on {x.device}. Use backend='torch' or 'auto' on CPU.")
 
 
+def compute_dtype(q, k, v) -> torch.dtype:
+    """The dtype a fused op computes in: under autocast the autocast dtype (as autocast's matmuls would use); else
+    the promoted input dtype."""
+    dev = q.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+
+
 def one_gate_kind(g, g_gamma):
     """The gates given: per-token ``g`` or per-head ``g_gamma``, not both (None: Lit)."""
     if g is not None and g_gamma is not None:

@@ -1,0 +1,143 @@
+"""The attention op alone for training (forward + backward): LION's chunk form and attention form (fused kernels)
+against SDPA flash attention, at the ViT lengths of 224 / 448 / 896 / 1792 px (197, 785, 3137, 12545 tokens).
+
+B·L tokens per call are fixed (--tokens), so the GPU stays full at every length; bf16 q, k, v (B, H, L, d), raw
+(the ops apply φ), timed side by side (``interleaved_median_ms``). Per cell: ms, TFLOP/s-equivalent (the softmax
+attention's work, 3.5 · 4·B·H·L²·d flops for fwd + bwd, over the time) and the peak memory beyond the inputs.
+
+    python benchmarks/chunk_train.py [--tokens 131072] [--heads 6] [--dim 64] [--lengths 197 785 3137 12545]
+        [--crossover lion/form_crossover.json]
+
+--crossover writes, per mask kind, the shortest measured length from which on the chunk form was at least as fast
+as the attention form at every measured length (what form='auto' reads, lion.form_choice), with this command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.timing import interleaved_median_ms, peak_activation_gib
+
+LENGTHS = [197, 785, 3137, 12545]
+
+
+def ops(L: int, B: int, H: int, D: int, forms) -> tuple[dict, tuple]:
+    """name → a fwd + bwd call, and the leaves they differentiate."""
+    import lion
+    from lion.curves import curve_permutation
+
+    q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    a = torch.randn(H, device="cuda", requires_grad=True)
+    z = torch.randn(B, L, H, device="cuda", requires_grad=True)
+    dy = torch.randn_like(v)
+    side = int(round((L - 1) ** 0.5))
+    perms = [curve_permutation(L, c, 1, "cuda") for c in ("s", "sr")] if side * side == L - 1 else None
+
+    def lion_op(mask, order, form):
+        def fn():
+            fm = "elu_plus_one" if mask == "Lit" else "normalized_silu"
+            if mask == "Lit":
+                gate = None
+            elif mask == "D":
+                gate = lion.decay_log_gates(a)
+            else:
+                gate = lion.selective_log_gates(z)
+            orders = None
+            if order == "♮":
+                gs = [gate if mask != "S" else lion.selective_log_gates(z, perm=p) for p in perms]
+                orders, gate = list(zip(perms, gs)), None
+            y = lion.lion_attention(q, k, v, gate, feature_map=fm, scale=D ** -0.5, form=form, orders=orders,
+                                    backend="triton")
+            return torch.autograd.grad(y, (q, k, v), dy)
+        return fn
+
+    fns = {"SDPA flash": lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), dy)}
+    for mask in ("Lit", "D", "S"):
+        for order in ("", "♮"):
+            if order and (perms is None or mask == "Lit"):
+                continue
+            for form in forms:
+                fns[f"{mask}{order} {form}"] = lion_op(mask, order, form)
+    return fns, (q, k, v)
+
+
+def run(tokens: int, H: int, D: int, lengths, forms, reps: int) -> list[tuple]:
+    rows = []
+    for L in lengths:
+        B = max(1, tokens // L)
+        fns, _ = ops(L, B, H, D, forms)
+        for name, fn in fns.items():  # the first call compiles: report it, so a run cut short still tells how far
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            print(f"L={L:6d} {name:16s} first call (compiles) {time.perf_counter() - t0:6.1f} s", flush=True)
+        ms = interleaved_median_ms(fns, warmup=2, reps=reps)
+        flops = 3.5 * 4 * B * H * L * L * D
+        for name, t in ms.items():
+            mem = peak_activation_gib(fns[name])
+            rows.append((L, B, name, t, flops / t / 1e9, mem))
+            print(f"L={L:6d} B={B:4d} {name:16s} {t:9.3f} ms {flops / t / 1e9:8.1f} TFLOP/s-eq {mem:7.2f} GiB",
+                  flush=True)
+        del fns
+        torch.cuda.empty_cache()
+    return rows
+
+
+def table(rows, gpu: str) -> str:
+    sdpa = {L: t for L, _, n, t, _, _ in rows if n == "SDPA flash"}
+    out = [f"{gpu}, bf16, fwd + bwd of the op", "",
+           "| L | B | op | ms | ÷ SDPA | TFLOP/s-eq | peak GiB |", "|---|---|---|---|---|---|---|"]
+    for L, B, name, t, tf, mem in rows:
+        out.append(f"| {L} | {B} | {name} | {t:.3f} | {t / sdpa[L]:.2f} | {tf:.0f} | {mem:.2f} |"
+                   if L in sdpa else f"| {L} | {B} | {name} | {t:.3f} | – | {tf:.0f} | {mem:.2f} |")
+    return "\n".join(out)
+
+
+def crossover(rows) -> dict:
+    """{mask kind: the shortest length from which the chunk form took ≤ the attention form's time at every measured
+    length}; a kind whose chunk form never caught up is left out."""
+    ms = {(L, name): t for L, _, name, t, _, _ in rows}
+    out = {}
+    for kind, short in (("Lit", "Lit"), ("Decay", "D"), ("Selective", "S")):
+        lengths = sorted(L for L, *_ in rows if (L, f"{short} chunk") in ms and (L, f"{short} attention") in ms)
+        lengths = sorted(set(lengths))
+        wins = [ms[L, f"{short} chunk"] <= ms[L, f"{short} attention"] for L in lengths]
+        for i, L in enumerate(lengths):
+            if all(wins[i:]):
+                out[kind] = L
+                break
+    return out
+
+
+def main():
+    logging.basicConfig(level=logging.WARNING)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokens", type=int, default=131072)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--lengths", type=int, nargs="+", default=LENGTHS)
+    ap.add_argument("--forms", nargs="+", default=["chunk", "attention"], choices=["chunk", "attention"])
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--crossover", default="", help="write the crossover lengths to this JSON (form='auto' reads "
+                    "lion/form_crossover.json)")
+    args = ap.parse_args()
+    rows = run(args.tokens, args.heads, args.dim, args.lengths, args.forms, args.reps)
+    gpu = torch.cuda.get_device_name()
+    print(table(rows, gpu))
+    if args.crossover:
+        data = {"command": "python " + " ".join(sys.argv), "gpu": gpu,
+                "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "lengths": sorted(set(args.lengths)),
+                "chunk_from_length": crossover(rows)}
+        with open(args.crossover, "w") as f:
+            json.dump(data, f, indent=1)
+        print(f"wrote {args.crossover}: {data['chunk_from_length']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""form='auto': the chunk form from the sequence length at which it trains faster than the attention form, the
+attention form below it. The crossover lengths are data (``form_crossover.json``), measured on the GPU with the
+command stored beside them; a mask kind missing there keeps the attention form."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+
+CROSSOVER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "form_crossover.json")
+
+
+@functools.lru_cache(maxsize=None)
+def crossover_lengths() -> dict:
+    """{mask kind: the shortest length that runs the chunk form} from ``form_crossover.json``."""
+    with open(CROSSOVER_FILE) as f:
+        return {kind: int(n) for kind, n in json.load(f)["chunk_from_length"].items()}
+
+
+def mask_kind(log_a, orders) -> str:
+    """'Lit' (no gates), 'Decay' (per-head gates, (H,) or (orders, H)) or 'Selective' (per-token gates)."""
+    las = [log_a] if orders is None else [la for _, la in orders]
+    if all(la is None for la in las):
+        return "Lit"
+    return "Decay" if all(la is None or la.dim() <= 2 for la in las) else "Selective"
+
+
+def auto_form(length: int, log_a, orders) -> str:
+    limit = crossover_lengths().get(mask_kind(log_a, orders))
+    return "chunk" if limit is not None and length >= limit else "attention"
