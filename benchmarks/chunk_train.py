@@ -72,7 +72,12 @@ def run(tokens: int, H: int, D: int, lengths, forms, reps: int) -> list[tuple]:
     for L in lengths:
         B = max(1, tokens // L)
         fns, _ = ops(L, B, H, D, forms)
-        ms = interleaved_median_ms(fns, warmup=3, reps=reps)
+        for name, fn in fns.items():  # the first call compiles: report it, so a run cut short still tells how far
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            print(f"L={L:6d} {name:16s} first call (compiles) {time.perf_counter() - t0:6.1f} s", flush=True)
+        ms = interleaved_median_ms(fns, warmup=2, reps=reps)
         flops = 3.5 * 4 * B * H * L * L * D
         for name, t in ms.items():
             mem = peak_activation_gib(fns[name])

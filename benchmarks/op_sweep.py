@@ -1,4 +1,5 @@
-"""Attention op time (forward + backward) against sequence length: SDPA and the three LION masks (fused path).
+"""Attention op time (forward + backward) against sequence length: SDPA and the three LION masks (fused attention
+form; LION-D and LION-S also in the fused chunk form).
 
 Tokens per batch are fixed (B·L = --tokens), so a linear-time op stays flat and a quadratic one grows with L.
 Writes a JSON of the timings and a log-log PNG (the README's plot).
@@ -17,7 +18,7 @@ import torch.nn.functional as F
 
 LENGTHS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
 STYLE = {"SDPA": ("k", "o"), "LION-Lit": ("tab:blue", "s"), "LION-D": ("tab:orange", "^"),
-         "LION-S": ("tab:green", "v")}
+         "LION-S": ("tab:green", "v"), "LION-D chunk": ("tab:red", "^"), "LION-S chunk": ("tab:olive", "v")}
 
 
 def _time_length(L: int, B: int, H: int, D: int) -> dict:
@@ -25,6 +26,7 @@ def _time_length(L: int, B: int, H: int, D: int) -> dict:
     import triton.testing
 
     import lion
+    from lion.ops.triton.chunk_grad import chunk_attention_trainable
     from lion.ops.triton.naive import fused_attention
     q, k, v = (torch.randn(B, H, L, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     grad = torch.randn_like(q)
@@ -35,7 +37,12 @@ def _time_length(L: int, B: int, H: int, D: int) -> dict:
            "LION-Lit": lambda: fused_attention(q, k, v, None, feature_map="elu_plus_one", **kw),
            "LION-D": lambda: fused_attention(q, k, v, g_gamma=lion.decay_log_gates(a), feature_map="normalized_silu",
                                              **kw),
-           "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw)}
+           "LION-S": lambda: fused_attention(q, k, v, F.logsigmoid(z), feature_map="normalized_silu", **kw),
+           # the chunk form (lion.ops.triton.chunk_grad): linear in L
+           "LION-D chunk": lambda: chunk_attention_trainable(q, k, v, g_gamma=lion.decay_log_gates(a),
+                                                             feature_map="normalized_silu", **kw),
+           "LION-S chunk": lambda: chunk_attention_trainable(q, k, v, F.logsigmoid(z), feature_map="normalized_silu",
+                                                             **kw)}
     out = {}
     for name, fn in fns.items():
         try:

@@ -1,7 +1,8 @@
-"""Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels, the LION-S gate
-kernels and the Vim baseline's selective-scan kernels) for sm_90 without a GPU and reports registers and spills
-(Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler refuses, and shows which tile
-configs spill (the config lists in lion/ops/triton/naive.py are chosen by measured time; some spill a little).
+"""Compiles every variant of the fused attention kernels (and the chunk and RNN forms' kernels, the chunk form's
+training kernels, the LION-S gate kernels and the Vim baseline's selective-scan kernels) for sm_90 without a GPU and
+reports registers and spills (Triton's bundled ptxas -v). Catches what the CPU interpreter accepts but the compiler
+refuses, and shows which tile configs spill (the config lists in lion/ops/triton/naive.py are chosen by measured
+time; some spill a little).
 
     python benchmarks/triton_compile_check.py [--regs]
 """
@@ -17,6 +18,7 @@ from triton.compiler import ASTSource
 
 from image_classification.ops import selective_scan as S
 from lion.ops.triton import chunk as CH
+from lion.ops.triton import chunk_grad as CG
 from lion.ops.triton import gates as G
 from lion.ops.triton import lit as LIT
 from lion.ops.triton import naive as A
@@ -29,6 +31,9 @@ POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", LAM=F32, KEEP="*i1", S
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep", "log_eps")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
                           DENBUF=F32, NUM=F32, DEN=F32)
+CHUNK_TRAIN_POINTERS = dict(INFERENCE_POINTERS, CS=F32, W=BF, GD=F32)
+CHUNK_TOKEN_POINTERS = dict(Q=BF, K=BF, KEEP="*i1", DY=BF, Y=BF, DEN=F32, XF=BF, KF=BF, DO=BF, CS=F32, GX=BF, GK=BF,
+                            DQ=BF, DK=BF)
 GATE_POINTERS = dict(Z=BF, PERM="*i64", OUT=F32, DOUT=F32, DZ=BF)
 SCAN_POINTERS = dict(X=BF, DT=F32, A=F32, B=BF, C=BF, Y=F32, H0=F32, DY=F32, SCR=F32, DX=F32, DDT=F32, DA=F32, DB=F32,
                      DC=F32)
@@ -90,11 +95,43 @@ def inference_variants():
     """The chunk and RNN forms' kernels (forward only) with gates, ♮ permutations and padding, bf16 inputs."""
     flags = dict(HAS_GATES=True, HAS_KEEP=True, FEATURE=2, BLOCK_DK=64)
     for perm in (False, True):
-        chunk = dict(flags, HAS_PERM=perm, LOWP=True, PREC="ieee", BLOCK_C=64, BLOCK_DV=64, DVP=64)
+        chunk = dict(flags, HAS_PERM=perm, LOWP=True, PREC="ieee", BLOCK_C=64, BLOCK_DV=64, DVP=64, TRANS=False, SCAL=0,
+                     ZW=64)
         yield "chunk_states", CH._chunk_states, dict(chunk, WITH_DEN=True), 4
-        yield "chunk_output", CH._chunk_output, dict(chunk, NORMALIZE=True, PASS=0), 4
+        yield "chunk_output", CH._chunk_output, dict(chunk, NORMALIZE=True, PASS=0, STORE_DEN=False, GATE_DOT=False), 4
         yield "rnn", RN._rnn_kernel, dict(flags, HAS_PERM=perm, NORMALIZE=True, BLOCK_T=RN.BLOCK_T,
                                           BLOCK_DV=RN.BLOCK_DV), RN.NUM_WARPS
+
+
+def chunk_train_variants():
+    """The chunk form's training kernels (lion.ops.triton.chunk_grad), bf16, per-token gates, padding, natural and
+    ♮ orders: the forward storing the normaliser; the backward's three operators (dq: mask M with the score term on
+    queries and the gates' dot products; dk: Mᵀ with the term on keys and the dot products; dv: Mᵀ), the scan with
+    vector states."""
+    base = dict(HAS_GATES=True, HAS_KEEP=False, FEATURE=0, LOWP=True, PREC="ieee", BLOCK_C=64, BLOCK_DK=64,
+                BLOCK_DV=64, DVP=64, ZW=64)
+    for perm in (False, True):
+        fwd = dict(base, HAS_PERM=perm, HAS_KEEP=True, FEATURE=2, TRANS=False, SCAL=0)
+        yield "chunk_states fwd", CH._chunk_states, dict(fwd, WITH_DEN=True), 4
+        yield "chunk_output fwd", CH._chunk_output, dict(fwd, NORMALIZE=True, PASS=2 if perm else 0, STORE_DEN=True,
+                                                         GATE_DOT=False), 4
+        for trans, scal, gate_dot in ((False, 1, True), (True, 2, True), (True, 0, False)):  # dq, dk, dv
+            op = dict(base, HAS_PERM=perm, TRANS=trans, SCAL=scal)
+            yield "chunk_states bwd", CH._chunk_states, dict(op, WITH_DEN=False), 4
+            for pass_ in ((1, 3) if perm else (0,)):
+                yield "chunk_output bwd", CH._chunk_output, dict(op, NORMALIZE=False, PASS=pass_, STORE_DEN=False,
+                                                                 GATE_DOT=gate_dot), 4
+    for with_den in (True, False):
+        yield "scan_states", CH._scan_states, dict(HAS_GATES=True, WITH_DEN=with_den, BLOCK_DK=64, DVP=64, ROWS=16,
+                                                   ZW=64, ZROWS=16), 4
+
+
+def chunk_token_variants():
+    """The chunk form's per-token training kernels: φ, dy / D and the score term; φ's derivative."""
+    for normalize in (True, False):
+        yield "chunk_prep", CG._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, NORMALIZE=normalize, BLOCK=32, BLOCK_D=64,
+                                                  BLOCK_DV=64), 4
+    yield "chunk_phi_grad", CG._phi_grad_kernel, dict(FEATURE=2, HAS_KEEP=True, BLOCK=32, BLOCK_D=64), 4
 
 
 def gate_variants():
@@ -117,7 +154,9 @@ def main():
     args = ap.parse_args()
     n, failed = 0, []
     runs = [(v, None) for v in variants()] + [(v, INFERENCE_POINTERS) for v in inference_variants()] \
-        + [(v, GATE_POINTERS) for v in gate_variants()] + [(v, SCAN_POINTERS) for v in scan_variants()]
+        + [(v, CHUNK_TRAIN_POINTERS) for v in chunk_train_variants()] \
+        + [(v, CHUNK_TOKEN_POINTERS) for v in chunk_token_variants()] + [(v, GATE_POINTERS) for v in gate_variants()] \
+        + [(v, SCAN_POINTERS) for v in scan_variants()]
     for (name, kernel, consts, warps), pointers in runs:
         flags = {k: v for k, v in consts.items() if k not in ("PREC", "BLOCK_D", "BLOCK_DV")}
         try:

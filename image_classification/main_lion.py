@@ -50,9 +50,9 @@ from image_classification.datasets import DATA_SETS, DataError, build_dataset, c
 from image_classification.engine import LossScaler, NonFiniteLossError, evaluate, train_one_epoch
 from image_classification.image_files import BAD_IMAGE_POLICIES, UnreadableImage, one_line
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
-from image_classification.models_lion import FORMATS, ORDERS, resample_pos_embed
+from image_classification.models_lion import FAMILY, FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
-from lion import MASK_TYPES
+from lion import variants
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks replay CUDA graphs
@@ -60,16 +60,20 @@ CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks re
 _logger = logging.getLogger("main_lion")
 
 
-class ArgumentError(SystemExit):
-    """Bad command-line input, raised before any training; the message names the flag and the allowed values.
-    A ``SystemExit``: Python prints the one line (no traceback) and exits with status 1."""
+class Stop(SystemExit):
+    """A one-line stop of the script: Python prints the message (no traceback) and exits with status 1."""
 
     def __init__(self, message):
         super().__init__(f"main_lion.py: error: {message}")
 
 
-class TrainingStopped(ArgumentError):
-    """Training stopped on purpose: a non-finite loss (the message names the epoch and step) or a lost process."""
+class ArgumentError(Stop):
+    """Bad command-line input, raised before any training; the message names the flag and the allowed values."""
+
+
+class TrainingStopped(Stop):
+    """Training stopped on purpose: a non-finite loss (the message names the epoch and step) or a lost process;
+    not an argument error."""
 
 
 def get_args_parser():
@@ -102,7 +106,7 @@ def get_args_parser():
                         "a GPU, benchmarks/RESULTS.md)")
 
     # LION (docs/lion.md §1)
-    p.add_argument("--mask_type", default="Decay", choices=MASK_TYPES)
+    p.add_argument("--mask_type", default="Decay", choices=variants.names(FAMILY))
     p.add_argument("--order", default="Normal", choices=ORDERS, help="'S': the ♮ variant (two snake orders)")
     p.add_argument("--format", default="Attention", choices=FORMATS, help="attention form used for training/eval")
     p.add_argument("--chunk_size", default=None, type=int,
@@ -149,7 +153,6 @@ def get_args_parser():
     p.add_argument("--reprob", type=float, default=0.25, help="random erase probability")
     p.add_argument("--remode", type=str, default="pixel")
     p.add_argument("--recount", type=int, default=1)
-    p.add_argument("--resplit", action="store_true")
     p.add_argument("--mixup", type=float, default=0.8)
     p.add_argument("--cutmix", type=float, default=1.0)
     p.add_argument("--cutmix-minmax", type=float, nargs="+", default=None)
@@ -371,8 +374,11 @@ _HEADS = ("head.weight", "head.bias", "head_dist.weight", "head_dist.bias")
 
 
 def _is_lion_gate(key):
-    """``blocks.3.attn.a_i`` (LION-D), ``blocks.3.attn.a2_i.weight`` (LION-S, ♮ order) ..."""
-    return re.search(r"\.attn\.a2?_i(\.|$)", key) is not None
+    """A gate parameter of any mask type (lion.variants): ``blocks.3.attn.a_i`` (LION-D), ``blocks.3.attn.a2_i.weight``
+    (LION-S, ♮ order) ..."""
+    names = {name for v in variants.registered() for g in v.gates for name in g.params[FAMILY]}
+    match = re.search(r"\.attn\.([^.]+)(\.|$)", key)
+    return match is not None and match.group(1) in names
 
 
 def load_finetune_weights(model, path, checkpoint):

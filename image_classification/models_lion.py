@@ -27,20 +27,13 @@ from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
 from timm.models.vision_transformer import global_pool_nlc
 
-from lion import (
-    BACKENDS,
-    MASK_TYPES,
-    canonical_form,
-    curve_permutation,
-    decay_log_gates,
-    lion_attention,
-    selective_log_gates,
-    unpack_qkv,
-)
+from lion import BACKENDS, canonical_form, curve_permutation, lion_attention, unpack_qkv, variants
 from lion.checks import KEEP, check_chunk_size
+from lion.forms import PUBLISHED_FORMS, published_form
 
+FAMILY = "vision"  # the names and parameters of lion.variants this family publishes
 ORDERS = ("Normal", "S")
-FORMATS = ("Attention", "RNN", "Chunk", "Auto")  # Auto: the faster of Attention and Chunk for the length
+FORMATS = PUBLISHED_FORMS[FAMILY]
 # 'avg_all' (the published pooling): mean over all tokens, cls included; 'avg': mean over the patch tokens only;
 # 'token': the cls token; '': no pooling (all tokens go to the head).
 GLOBAL_POOLS = ("avg_all", "avg", "token", "max", "avgmax", "")
@@ -93,10 +86,11 @@ class LionAttention(nn.Module):
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0,
                  mask_type="Decay", order="Normal", format="Attention", chunk_size=None, backend=None):
         super().__init__()
-        _check_choice("mask_type", mask_type, MASK_TYPES)
+        _check_choice("mask_type", mask_type, variants.names(FAMILY))
         _check_choice("order", order, ORDERS)
         _check_choice("backend", backend, (None, *BACKENDS))
         _check_heads(dim, num_heads)
+        self.variant = variants.variant(FAMILY, mask_type)
         self.backend = backend  # None: lion's process default ('auto': fused kernels on CUDA, torch on CPU)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -107,13 +101,8 @@ class LionAttention(nn.Module):
         self.attn_drop = attn_drop
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        gate = {"Decay": lambda: nn.Parameter(torch.randn(num_heads)),
-                "Selective": lambda: nn.Linear(dim, num_heads)}.get(mask_type)
-        if gate is not None:
-            self.a_i = gate()
-            if order == "S":
-                self.a2_i = gate()
-        self.feature_map = "elu_plus_one" if mask_type == "Lit" else "normalized_silu"  # applied by lion_attention
+        self.variant.make_gates(self, FAMILY, dim, num_heads, orders=2 if order == "S" else 1)
+        self.feature_map = self.variant.feature_maps[FAMILY]  # applied by lion_attention
 
     def set_format(self, format, chunk_size=KEEP):
         """chunk_size: an int, None (automatic: the fused kernels pick one), or KEEP (the current one)."""
@@ -128,24 +117,15 @@ class LionAttention(nn.Module):
             "orders and the fused kernels in Python at run time, which TorchScript cannot type. Use the eager "
             "model, or FX for feature extraction (timm features_only=True, create_feature_extractor).")
 
-    def _log_gates(self, gate, x, perm=None):
-        B, N, _ = x.shape
-        if self.mask_type == "Decay":
-            return decay_log_gates(gate)  # (H,): the same gate for every token
-        if self.mask_type == "Selective":
-            # gates of z[:, perm], gathered inside; the cls (first) gate := 1
-            return selective_log_gates(gate(x), perm=perm, backend=self.backend)
-        return None
-
     def forward(self, x):
         B, N, C = x.shape
         q, k, v = unpack_qkv(self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim))
         orders, log_a = None, None
-        if self.order == "S" and self.mask_type != "Lit":  # with M = 1 every order gives the same result
+        if self.order == "S" and self.variant.gates:  # with M = 1 every order gives the same result
             perms = [curve_permutation(N, c, 1, x.device) for c in ("s", "sr")]
-            orders = [(p, self._log_gates(g, x, p)) for p, g in zip(perms, (self.a_i, self.a2_i))]
-        elif self.mask_type != "Lit":
-            log_a = self._log_gates(self.a_i, x)
+            orders = [(p, self.variant.log_gates(self, FAMILY, x, i, p, self.backend)) for i, p in enumerate(perms)]
+        elif self.variant.gates:
+            log_a = self.variant.log_gates(self, FAMILY, x, backend=self.backend)
         y = lion_attention(q, k, v, log_a, feature_map=self.feature_map, scale=self.scale, normalize=True, eps=1e-6,
                            orders=orders,
                            form=canonical_form(self.format), chunk_size=self.chunk_size,
@@ -210,7 +190,7 @@ class LionVisionTransformer(nn.Module):
                  chunk_size=None, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
                  dynamic_img_size: bool = True):
         super().__init__()
-        _check_choice("mask_type", mask_type, MASK_TYPES)
+        _check_choice("mask_type", mask_type, variants.names(FAMILY))
         _check_choice("order", order, ORDERS)
         _check_choice("format", format, FORMATS)
         check_chunk_size(chunk_size)
@@ -281,6 +261,11 @@ class LionVisionTransformer(nn.Module):
         for blk in self.blocks:
             blk.attn.set_format(format, chunk_size)
 
+    def set_form(self, form, chunk_size=KEEP):
+        """``set_format`` under the MLM models' name, taking any spelling of a form (lion.forms: 'chunk', 'parallel',
+        'RNN', ...)."""
+        self.set_format(published_form(form, FAMILY), chunk_size)
+
     @torch.jit.ignore
     def get_classifier(self):
         return self.head
@@ -296,7 +281,7 @@ class LionVisionTransformer(nn.Module):
         self.head.train(self.training)
 
     def _tokens(self, patches):
-        square = self.order == "S" and self.mask_type != "Lit"  # with Lit every order gives the same result
+        square = self.order == "S" and bool(variants.variant(FAMILY, self.mask_type).gates)  # Lit: any order
         return self.pos_drop(lion_tokens(patches, self.cls_token, self.pos_embed, self.patch_embed.grid_size, square))
 
     def forward_intermediates(

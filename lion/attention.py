@@ -21,6 +21,7 @@ from lion.checks import check_attention_inputs, check_chunk_size
 from lion.curves import inverse_permutation
 from lion.feature_maps import FEATURE_MAPS
 from lion.form_choice import auto_form
+from lion.forms import canonical_form
 from lion.masks import gate_arguments, gates_one_at_padding, per_token_gates, upcast
 from lion.ops import chunk_sums, naive_sums, recurrent_sums
 
@@ -38,9 +39,6 @@ except Exception as err:  # a broken triton install must not break the torch for
     logger.warning("fused kernels failed to load (%s); using the torch forms", err)
     fused_attention = chunk_attention = chunk_attention_trainable = recurrent_attention = None
 
-FORMS = ("attention", "rnn", "chunk")
-
-
 def fused_forms() -> tuple[str, ...]:
     """The forms whose fused Triton kernels are importable here (none without triton)."""
     kernels = {"attention": fused_attention, "chunk": chunk_attention, "rnn": recurrent_attention}
@@ -49,18 +47,6 @@ def fused_forms() -> tuple[str, ...]:
 
 def _use_fused(q: torch.Tensor, backend: Optional[str], available: bool, form: str) -> bool:
     return use_fused(q, backend, available, f"form {form!r}")
-
-
-_ALIASES = {"attention": "attention", "parallel": "attention", "rnn": "rnn", "recurrent": "rnn", "chunk": "chunk",
-            "auto": "auto"}
-
-
-def canonical_form(form: str) -> str:
-    key = str(form).lower()
-    if key not in _ALIASES:
-        raise ValueError(f"form must be one of 'attention', 'rnn', 'chunk', 'auto' (case-insensitive; aliases "
-                         f"'parallel', 'recurrent'), got {form!r}")
-    return _ALIASES[key]
 
 
 def _needs_grad(*tensors) -> bool:
@@ -138,8 +124,9 @@ def lion_attention(
         kernel = chunk_attention if form == "chunk" else recurrent_attention
         if not _needs_grad(q, k, v, log_a, *[la for _, la in orders or ()]) and \
                 _use_fused(q, backend, kernel is not None, form):
+            chunk = dict(chunk_size=chunk_size) if form == "chunk" else {}  # the RNN form has no chunks
             return kernel(q, k, v, **gate_arguments(log_a, orders, B, L), feature_map=feature_map, scale=scale,
-                          normalize=normalize, eps=eps, key_padding_mask=key_padding_mask, chunk_size=chunk_size)
+                          normalize=normalize, eps=eps, key_padding_mask=key_padding_mask, **chunk)
     if feature_map is not None:
         phi = FEATURE_MAPS[feature_map]
         q, k = phi(q), phi(k)

@@ -22,9 +22,6 @@ from lion.backend import use_fused
 
 logger = logging.getLogger(__name__)
 
-MASK_TYPES = ("Lit", "Decay", "Selective")
-
-
 def upcast(t: torch.Tensor) -> torch.Tensor:
     """At least fp32 (fp64 stays fp64): mask math never runs in half precision."""
     return t.to(torch.promote_types(t.dtype, torch.float32))

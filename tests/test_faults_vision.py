@@ -590,3 +590,13 @@ def test_lion_s_and_d_stay_finite_in_bf16_with_extreme_gates(form, mask, gate, p
         assert torch.isfinite(t).all(), f"{name} not finite"
     reference = attention(*(t.detach().double() for t in (q, k, v, pre)), form="attention")
     assert (y.double() - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_a_stopped_run_is_no_argument_error_and_unread_flags_are_gone():
+    """A non-finite loss or a lost process stops the run (one line, status 1) without being reported as bad input;
+    flags the script never read are not offered."""
+    from image_classification.main_lion import ArgumentError, TrainingStopped
+    assert issubclass(TrainingStopped, SystemExit) and not issubclass(TrainingStopped, ArgumentError)
+    assert str(TrainingStopped("loss is nan").code) == "main_lion.py: error: loss is nan"
+    with pytest.raises(SystemExit):
+        get_args_parser().parse_args(["--resplit"])

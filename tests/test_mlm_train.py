@@ -162,3 +162,15 @@ def test_optimizer_and_scheduler_names_build_the_composer_objects():
                       ("constant_with_warmup", ConstantWithWarmupScheduler)]:
         sched = build_scheduler(OmegaConf.create({"name": name, "t_warmup": "0.06dur", "alpha_f": 0.02}))
         assert isinstance(sched, cls)
+
+
+@pytest.mark.parametrize("arch,length", [(a, n) for a in ("lion-d", "lion-s") for n in ("2k", "8k")])
+def test_long_context_pretrain_yamls(arch, length):
+    """The 2k / 8k yamls: the base recipe's tokens per step and in all, attention dropout 0, form auto."""
+    cfg = load_config(os.path.join(REPO, "yamls", "pretrain", f"{arch}-base-{length}.yaml"), ["data_local=/data/c4"])
+    validate(cfg)
+    config = build_config(cfg.model.pretrained_model_name, dict(cfg.model.model_config))
+    assert config.arch_type == arch and config.form == "auto" and config.attention_probs_dropout_prob == 0.0
+    L = {"2k": 2048, "8k": 8192}[length]
+    assert cfg.max_seq_len == L and cfg.global_train_batch_size * L == 4096 * 128
+    assert int(cfg.max_duration.removesuffix("sp")) * L == 286720000 * 128

@@ -14,13 +14,20 @@ pytest.importorskip("triton")
 
 from lion import decay_log_gates, lion_attention, selective_log_gates  # noqa: E402
 from lion.masks import gate_arguments  # noqa: E402
-from lion.ops.triton.chunk import auto_chunk_size, chunk_attention  # noqa: E402
+from lion.ops.triton.chunk import DEFAULT_KERNEL_CHUNK, MAX_KERNEL_CHUNK, chunk_attention  # noqa: E402
 from lion.ops.triton.recurrent import recurrent_attention  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = "cpu"
-FNS = {"chunk": chunk_attention, "rnn": recurrent_attention}
+FORMS = ("chunk", "rnn")
 FEATURE = {"lit": "elu_plus_one", "decay": "normalized_silu", "selective": "normalized_silu"}
+
+
+def fused(form, *args, chunk_size=None, **kw):
+    """The fused kernel of ``form`` (the RNN form has no chunk size)."""
+    if form == "chunk":
+        return chunk_attention(*args, chunk_size=chunk_size, **kw)
+    return recurrent_attention(*args, **kw)
 
 
 def _gates(mask, B, H, L, g):
@@ -62,30 +69,30 @@ def _rel(x, ref):
 SHAPES = [(1, 17, 16), (3, 21, 5), (2, 29, None), (1, 33, 32)]
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("mask", ["lit", "decay", "selective"])
 @pytest.mark.parametrize("B,L,chunk", SHAPES)
 def test_matches_attention_form(form, mask, B, L, chunk):
     q, k, v, log_a = _inputs(B, 2, L, 8, mask, seed=L + B)
     kw = dict(feature_map=FEATURE[mask], scale=0.7, eps=1e-6)
-    y = FNS[form](q, k, v, log_a, chunk_size=chunk, **kw)
+    y = fused(form, q, k, v, log_a, chunk_size=chunk, **kw)
     assert y.shape == v.shape and y.dtype == v.dtype
     assert y.transpose(1, 2).is_contiguous()  # (B, L, H, dv) memory: the caller's reshape to (B, L, H·dv) is free
     assert _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-5
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 def test_unnormalised_padded_uneven_value_dim(form):
     """MLM use: no feature map, no normaliser, padded keys; dv ≠ dk with two value blocks (dv = 70)."""
     q, k, v, log_a = _inputs(2, 2, 20, 8, "selective", seed=1, dv=70)
     keep = torch.ones(2, 20, dtype=torch.bool)
     keep[1, 13:] = False
     kw = dict(scale=1.0, normalize=False, key_padding_mask=keep.to(DEVICE))
-    y = FNS[form](q, k, v, log_a, chunk_size=16, **kw)
+    y = fused(form, q, k, v, log_a, chunk_size=16, **kw)
     assert _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-5
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("n_orders", [2, 3])
 def test_orders_in_one_pass(form, n_orders):
     """♮: each order reads the tokens through its permutation with its own gates; sums averaged, then normalised."""
@@ -95,11 +102,11 @@ def test_orders_in_one_pass(form, n_orders):
     perms = [torch.arange(L)] + [torch.randperm(L, generator=g) for _ in range(n_orders - 1)]
     orders = [(p.to(DEVICE), _gates("selective", B, H, L, g).to(DEVICE)) for p in perms]
     kw = dict(feature_map="normalized_silu", scale=0.5)
-    y = FNS[form](q, k, v, **gate_arguments(None, orders, B, L), chunk_size=8, **kw)
+    y = fused(form, q, k, v, **gate_arguments(None, orders, B, L), chunk_size=8, **kw)
     assert _rel(y, _reference(q, k, v, orders=orders, **kw)) < 1e-5
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 def test_orders_with_padding(form):
     """♮ orders and padded keys together: each order drops the padded keys and gives them gate 1 in its own order."""
     B, H, L = 2, 2, 18
@@ -110,11 +117,11 @@ def test_orders_with_padding(form):
     keep = torch.ones(B, L, dtype=torch.bool)
     keep[0, 11:] = False
     kw = dict(feature_map="normalized_silu", scale=0.5, key_padding_mask=keep.to(DEVICE))
-    y = FNS[form](q, k, v, **gate_arguments(None, orders, B, L), chunk_size=4, **kw)
+    y = fused(form, q, k, v, **gate_arguments(None, orders, B, L), chunk_size=4, **kw)
     assert _rel(y, _reference(q, k, v, orders=orders, **kw)) < 1e-5
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("mask", ["lit", "decay"])
 def test_chunk_longer_than_sequence_and_partial_value_block(form, mask):
     """L < chunk (one partial chunk) with dv = 24 (a value block only partly used); then several chunks."""
@@ -122,31 +129,31 @@ def test_chunk_longer_than_sequence_and_partial_value_block(form, mask):
     for B, L, chunk, seed in ((2, 5, 16, 13), (1, 23, 6, 14)):
         q, k, v, log_a = _inputs(B, 3, L, 8, mask, seed=seed, dv=24)
         ref = _reference(q, k, v, log_a, **kw)
-        assert _rel(FNS[form](q, k, v, log_a, chunk_size=chunk, **kw), ref) < 1e-5
+        assert _rel(fused(form, q, k, v, log_a, chunk_size=chunk, **kw), ref) < 1e-5
         if form == "chunk":  # value blocks of 16 (the second half used), scan programs of 8 state rows
             assert _rel(chunk_attention(q, k, v, log_a, chunk_size=chunk, block_dv=16, scan_rows=8, **kw), ref) < 1e-5
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 def test_strong_gates_stay_finite(form):
     """log a down to −60 per token: every exponent is ≤ 0, so nothing overflows (docs/lion.md §1)."""
     q, k, v, _ = _inputs(1, 2, 40, 8, "lit", seed=5)
     log_a = selective_log_gates(60.0 * torch.randn(1, 40, 2, generator=torch.Generator().manual_seed(5))).to(DEVICE)
     kw = dict(feature_map="normalized_silu", scale=1.0)
-    y = FNS[form](q, k, v, log_a, chunk_size=16, **kw)
+    y = fused(form, q, k, v, log_a, chunk_size=16, **kw)
     assert torch.isfinite(y).all() and _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-5
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_half_inputs(form, dtype):
     q, k, v, log_a = _inputs(2, 2, 33, 16, "selective", seed=3, dtype=dtype)
     kw = dict(feature_map="normalized_silu", scale=0.25)
-    y = FNS[form](q, k, v, log_a, **kw)
+    y = fused(form, q, k, v, log_a, **kw)
     assert y.dtype == dtype and _rel(y, _reference(q, k, v, log_a, **kw)) < 1e-2
 
 
-@pytest.mark.parametrize("form", list(FNS))
+@pytest.mark.parametrize("form", FORMS)
 def test_lion_attention_dispatch_and_grad_fallback(form):
     """backend='triton' runs the fused operator; when autograd needs gradients the torch form runs instead."""
     q, k, v, log_a = _inputs(1, 2, 12, 8, "decay", seed=9)
@@ -169,6 +176,5 @@ def test_launch_settings_are_checked():
         chunk_attention(q, k, v, scan_rows=0)
 
 
-def test_auto_chunk_size_is_a_valid_size():
-    for length in (1, 197, 3137, 12545, 10**6):
-        assert 1 <= auto_chunk_size(length, 64, 64) <= 128
+def test_default_kernel_chunk_is_a_valid_size():
+    assert 1 <= DEFAULT_KERNEL_CHUNK <= MAX_KERNEL_CHUNK

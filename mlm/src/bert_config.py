@@ -3,25 +3,37 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
+from lion import variants
 from lion.checks import check_chunk_size
+from lion.forms import PUBLISHED_FORMS, published_form
 
-ARCH_TYPES = ("attention", "lion-lit", "lion-d", "lion-s", "hydra")  # hydra: the baseline in mlm/src/hydra.py
-# the published spellings (lion's own names are accepted as aliases); auto: the faster of parallel and chunk
-FORMS = ("parallel", "rnn", "chunk", "auto")
-FORM_ALIASES = {"attention": "parallel", "recurrent": "rnn"}
+FAMILY = "mlm"  # the names and parameters of lion.variants this family publishes
+FORMS = PUBLISHED_FORMS[FAMILY]  # the published spellings; lion's own names are accepted as aliases
 POSITION_EMBEDDING_TYPES = ("absolute", "none")
-# the paper's choice when position_embedding_type is not given: lion-d and lion-s encode position in their mask
-DEFAULT_POSITION_EMBEDDING_TYPE = {"attention": "absolute", "lion-lit": "absolute", "lion-d": "none", "lion-s": "none",
-                                  "hydra": "none"}  # Hydra, as in its M2-BERT fork: no position embeddings
 # PyTorch's LayerNorm default: the published lion-lit ``attention.self.layer_norm`` does not use layer_norm_eps
 ATTENTION_LAYER_NORM_EPS = 1e-5
-# arch names in published configs and older yamls (docs/lion.md §3.4)
-LEGACY_ARCH_TYPES = {
-    "linear_attention": "lion-lit", "lit": "lion-lit", "lion_lit": "lion-lit",
-    "nova": "lion-d", "decay": "lion-d", "lion_d": "lion-d",
-    "nova-inputdep": "lion-s", "nova_inputdep": "lion-s", "selective": "lion-s", "lion_s": "lion-s",
-    "softmax": "attention", "bert": "attention", "hf_bert": "attention",
-}
+# older names of the softmax baseline in published configs and older yamls (docs/lion.md §3.4; LION's: lion.variants)
+_LEGACY_ATTENTION = ("softmax", "bert", "hf_bert")
+
+
+def arch_types() -> tuple[str, ...]:
+    """'attention' (softmax BERT), every LION mask type's MLM name (lion.variants), 'hydra' (mlm/src/hydra.py)."""
+    return ("attention", *variants.names(FAMILY), "hydra")
+
+
+def legacy_arch_types() -> dict[str, str]:
+    """Arch names in published configs and older yamls (docs/lion.md §3.4) → ours."""
+    return {**variants.legacy_names(FAMILY), **dict.fromkeys(_LEGACY_ATTENTION, "attention")}
+
+
+def default_position_embedding_type(arch_type: str) -> str:
+    """The paper's choice when position_embedding_type is not given: gated LION masks (lion-d, lion-s) encode position
+    in their mask ('none'); softmax and lion-lit learn absolute positions; Hydra, as its M2-BERT fork: 'none'."""
+    if arch_type == "hydra":
+        return "none"
+    if arch_type in variants.names(FAMILY):
+        return "none" if variants.variant(FAMILY, arch_type).gates else "absolute"
+    return "absolute"
 
 
 def check_choice(field: str, value, allowed) -> None:
@@ -65,16 +77,16 @@ class LionBertConfig(PretrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
-        self.form = FORM_ALIASES.get(str(self.form).lower(), str(self.form).lower())
-        if self.arch_type in LEGACY_ARCH_TYPES:
-            raise ValueError(f"arch_type must be one of {list(ARCH_TYPES)}, got the legacy name {self.arch_type!r} "
-                             f"(= {LEGACY_ARCH_TYPES[self.arch_type]!r}); published checkpoints load with "
+        self.form = published_form(self.form, FAMILY)
+        legacy = legacy_arch_types()
+        if self.arch_type in legacy:
+            raise ValueError(f"arch_type must be one of {list(arch_types())}, got the legacy name {self.arch_type!r} "
+                             f"(= {legacy[self.arch_type]!r}); published checkpoints load with "
                              "LionBertForMaskedLM.from_published(...) or `python -m mlm.src.checkpoint_loading`")
-        check_choice("arch_type", self.arch_type, ARCH_TYPES)
-        check_choice("form", self.form, FORMS)
+        check_choice("arch_type", self.arch_type, arch_types())
         check_chunk_size(self.chunk_size)
         if self.position_embedding_type is None:
-            self.position_embedding_type = DEFAULT_POSITION_EMBEDDING_TYPE.get(self.arch_type, "absolute")
+            self.position_embedding_type = default_position_embedding_type(self.arch_type)
         check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by "

@@ -17,11 +17,12 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
-from lion import decay_log_gates, lion_attention, selective_log_gates_eps
+from lion import lion_attention, variants
 from lion.checks import KEEP, check_chunk_size
+from lion.forms import published_form
 from lion.masks import gates_one_at_padding, per_token_gates
 from lion.ops.naive import naive_scores
-from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FORM_ALIASES, FORMS, LionBertConfig, check_choice
+from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FAMILY, LionBertConfig
 from mlm.src.hydra import HydraLayer, HydraMixer
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
@@ -64,10 +65,10 @@ class LionBertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        if config.arch_type == "lion-d":
-            self.ai = nn.Parameter(torch.randn(self.num_heads))
-        elif config.arch_type == "lion-s":
-            self.Wa_i = nn.Linear(config.hidden_size, self.num_heads)
+        lion_masks = variants.names(FAMILY)
+        self.variant = variants.variant(FAMILY, config.arch_type) if config.arch_type in lion_masks else None
+        if self.variant is not None:
+            self.variant.make_gates(self, FAMILY, config.hidden_size, self.num_heads)
         if config.layer_norm_after:
             self.layer_norm = nn.LayerNorm(config.hidden_size, eps=ATTENTION_LAYER_NORM_EPS)
 
@@ -77,12 +78,8 @@ class LionBertSelfAttention(nn.Module):
 
     def _log_gates(self, hidden_states: torch.Tensor):
         """Log gates: (H,) for LION-D (one λ per head, the form lion_attention takes most cheaply), (B, H, L) for
-        LION-S, None for Lit."""
-        if self.config.arch_type == "lion-d":
-            return decay_log_gates(self.ai)
-        if self.config.arch_type == "lion-s":
-            return selective_log_gates_eps(self.Wa_i(hidden_states))
-        return None
+        LION-S, None for Lit (lion.variants)."""
+        return None if self.variant is None else self.variant.log_gates(self, FAMILY, hidden_states)
 
     def _attention_matrix(self, q, k, hidden_states, attention_mask) -> torch.Tensor:
         """The (B, H, L, L) matrix that multiplies V: softmax probabilities, or LION's masked scores (padded keys 0)."""
@@ -233,8 +230,9 @@ class LionBertPreTrainedModel(PreTrainedModel):
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        if isinstance(module, LionBertSelfAttention) and hasattr(module, "ai"):
-            init.normal_(module.ai, mean=0.0, std=1.0)  # published init: randn (docs/lion.md §2)
+        if isinstance(module, LionBertSelfAttention):
+            for name in module.variant.per_head_params(FAMILY) if module.variant is not None else ():
+                init.normal_(getattr(module, name), mean=0.0, std=1.0)  # published init: randn (docs/lion.md §2)
         elif isinstance(module, LionBertLMPredictionHead):
             init.zeros_(module.bias)
         elif isinstance(module, HydraMixer):
@@ -242,9 +240,7 @@ class LionBertPreTrainedModel(PreTrainedModel):
 
     def set_form(self, form: str, chunk_size=KEEP) -> None:
         """Switch how LION attention is evaluated ('parallel' | 'rnn' | 'chunk'); weights are unchanged."""
-        form = FORM_ALIASES.get(str(form).lower(), str(form).lower())
-        check_choice("form", form, FORMS)
-        self.config.form = form
+        self.config.form = published_form(form, FAMILY)
         if chunk_size is not KEEP:  # None: automatic
             self.config.chunk_size = check_chunk_size(chunk_size)
 

@@ -32,7 +32,7 @@ from typing import Any, Mapping, Optional, Union
 import numpy as np
 import torch
 
-from mlm.src.bert_config import FORM_ALIASES, LEGACY_ARCH_TYPES
+from mlm.src.bert_config import legacy_arch_types
 from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def published_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Lion
         config = read_json_config(config)
     fields = dict(config)
     arch = next((fields.pop(k) for k in ARCH_FIELDS if k in fields), "attention")
-    arch = LEGACY_ARCH_TYPES.get(str(arch).lower(), str(arch).lower())
+    arch = legacy_arch_types().get(str(arch).lower(), str(arch).lower())
     if arch != config.get("arch_type", arch):
         log.info("config: arch_type %r -> %r", config["arch_type"], arch)
     # transformers' BertConfig default is 'absolute'; our own configs default to the paper's per-arch choice
@@ -115,8 +115,6 @@ def published_config(config: Union[str, os.PathLike, Mapping[str, Any]]) -> Lion
     dropped = sorted(set(fields) - set(kept) - _DROPPED)
     if dropped:
         log.info("config: ignoring fields without meaning here: %s", dropped)
-    if "form" in kept:
-        kept["form"] = FORM_ALIASES.get(str(kept["form"]).lower(), str(kept["form"]).lower())
     return LionBertConfig(**kept, arch_type=arch, position_embedding_type=positions)
 
 

@@ -16,7 +16,7 @@ from composer.core import Time
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from mlm.src.bert_config import ARCH_TYPES, FORMS, LionBertConfig
+from mlm.src.bert_config import FORMS, LionBertConfig, arch_types
 
 OPTIMIZERS = ("decoupled_adamw", "adamw")
 SCHEDULERS = ("linear_decay_with_warmup", "cosine_with_warmup", "constant_with_warmup")
@@ -353,7 +353,7 @@ def validate(cfg: DictConfig, source: Optional[Source] = None) -> None:
         if get(cfg, section) is None:
             raise source.error(section, "is required")
     arch = get(cfg, "model.model_config.arch_type")
-    check_field(arch, Field((str,), ARCH_TYPES, required=True), "model.model_config.arch_type", source)
+    check_field(arch, Field((str,), arch_types(), required=True), "model.model_config.arch_type", source)
     check_field(get(cfg, "model.model_config.form"), Field((str,), FORMS), "model.model_config.form", source)
     if get(cfg, "autoresume", False):
         for field in ("save_folder", "run_name"):
@@ -371,7 +371,7 @@ def validate_finetune(cfg: DictConfig, source: Optional[Source] = None) -> None:
     check_node(cfg, FINETUNE, "", source)
     if get(cfg, "model") is None:
         raise source.error("model", "is required")
-    check_field(get(cfg, "model.model_config.arch_type"), Field((str,), ARCH_TYPES, required=True),
+    check_field(get(cfg, "model.model_config.arch_type"), Field((str,), arch_types(), required=True),
                 "model.model_config.arch_type", source)
     if not get(cfg, "tasks"):
         raise source.error("tasks", "needs at least one task")

@@ -1,4 +1,7 @@
-"""Chunk form on the GPU, inference only: the fused twin of ``lion.ops.chunk`` (docs/lion.md §1, chunk form).
+"""Chunk form on the GPU: the fused twin of ``lion.ops.chunk`` (docs/lion.md §1, chunk form). ``chunk_attention``
+is the forward for inference; ``chunk_sums``, the same three launches for any operator Σ_j M_ij (x_i·y_j) z_j, also
+serves the training op and its backward (``lion.ops.triton.chunk_grad``: the transposed mask, a per-token term of
+the scores, the normaliser and the gates' dot products as options).
 
 ``chunk_attention`` takes raw q, k (the feature map is applied on load), v, the log gates, and returns the whole
 LION attention output y (normalised in the epilogue), written as (B, L, H, dv) memory and returned as a
@@ -31,6 +34,9 @@ from lion.ops.triton.common.features import load_features
 from lion.ops.triton.common.launching import INTERPRET, launch
 
 MAX_KERNEL_CHUNK = 128  # larger chunk sizes run as chunks of 128 (the result does not depend on the chunk size)
+# chunk_size=None: the fastest chunk on an H200 at every length measured, 197 to 12545 tokens with ViT-S heads (d = 64;
+# 32, and 128 with 4 or 8 warps, were slower: benchmarks/RESULTS.md); a default, not a function of the shape
+DEFAULT_KERNEL_CHUNK = 64
 SCAN_ROWS = 16  # rows of the d×dv states per scan program
 
 
@@ -302,12 +308,6 @@ def _chunk_output(
 
 
 # ------------------------------------------------------------------------------------------- python entry
-def auto_chunk_size(length: int, head_dim: int, value_dim: int) -> int:
-    """Chunk size of the fused kernel when the caller passes None: measured on an H200 (benchmarks/RESULTS.md),
-    ViT-S heads (d = 64), 197 to 12545 tokens."""
-    return 64
-
-
 def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,
                     perms: Optional[Sequence[torch.Tensor]] = None, feature_map: Optional[str] = None,
                     scale: float = 1.0, normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
@@ -320,7 +320,7 @@ def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
 
     q, k (raw: ``feature_map`` is applied here), v: (B, H, L, d) tensors of any strides; returns y as a
     (B, H, L, dv) view of (B, L, H, dv) memory in v's dtype. ``chunk_size``: None picks one for the length
-    (``auto_chunk_size``); an int is used as given (sizes above 128 run as 128; the result is the same).
+    (``DEFAULT_KERNEL_CHUNK``); an int is used as given (sizes above 128 run as 128; the result is the same).
     Launch settings (the result does not depend on them): ``num_warps``, ``block_dv`` (value columns per program,
     default min(64, dv rounded up to a power of two)), ``scan_rows`` (state rows per scan program)."""
     check_chunk_size(chunk_size, allow_none=True)
@@ -351,7 +351,7 @@ def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 
     B, H, L, DK = x.shape
     DV = z.shape[-1]
     n_orders = 1 if perms is None else perms.shape[0]
-    chunk = min(MAX_KERNEL_CHUNK, chunk_size or auto_chunk_size(L, DK, DV))
+    chunk = min(MAX_KERNEL_CHUNK, chunk_size or DEFAULT_KERNEL_CHUNK)
     block_c = max(16, triton.next_power_of_2(chunk))
     block_dk = max(16, triton.next_power_of_2(DK))
     block_dv = block_dv or min(64, max(16, triton.next_power_of_2(DV)))

@@ -35,7 +35,7 @@ import triton.language as tl
 
 from lion.checks import check_chunk_size
 from lion.ops.triton.chunk import chunk_sums
-from lion.ops.triton.common.args import compute_dtype, grad_buffer, grad_views, prepare_scan
+from lion.ops.triton.common.args import compute_dtype, grad_buffer, grad_views, prepare_scan, token_major
 from lion.ops.triton.common.features import phi, phi_bwd
 from lion.ops.triton.common.launching import INTERPRET, block_size, launch
 from lion.ops.triton.common.op import FusedOp
@@ -108,14 +108,15 @@ def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
 
 
 def _chunk_fwd(q, k, v, gates, perms, keep, feature, scale, eps, normalize, chunk_size):
-    """(y, den): y (B, H, L, dv) a view of (B, L, H, dv) memory, den (B, H, L) fp32 (None unnormalised)."""
+    """(y, den): y (B, H, L, dv) a view of (B, L, H, dv) memory, den (B, H, L) fp32 (empty unnormalised)."""
     y, den, _ = chunk_sums(q, k, v, gates, perms, keep, feature=feature, scale=scale, normalize=normalize, eps=eps,
                            store_den=True, chunk_size=chunk_size)
-    return y, den
+    return y, den if den is not None else q.new_empty((0,), dtype=torch.float32)
 
 
 def _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, normalize, chunk_size):
-    """(dq, dk, dv, dgates): dq, dk, dv views of one ``grad_buffer``; dgates (orders, B, H, L) fp32 or None."""
+    """(dqkv, dgates): dq, dk, dv in one ``grad_buffer`` (read them with ``grad_views``); dgates (orders, B, H, L)
+    fp32 (empty without gates)."""
     n_orders = 1 if perms is None else perms.shape[0]
     B, H, L, D = q.shape
     DV = v.shape[-1]
@@ -132,7 +133,7 @@ def _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, nor
         *_bhl(y), *_bhl(dy), H, L, D, DV, scale, eps, 1.0 / n_orders), dict(
         FEATURE=feature, HAS_KEEP=keep is not None, NORMALIZE=normalize, BLOCK=_ROWS, BLOCK_D=block_size(D),
         BLOCK_DV=block_size(DV), num_warps=1 if INTERPRET else 4))
-    kw = dict(chunk_size=chunk_size, accumulate=True)
+    kw = dict(chunk_size=chunk_size, accumulate=n_orders > 1)  # one order: the outputs in the compute dtype
     dx, _, gq = chunk_sums(dO, v, k_, gates, perms, None, w=None if gates is None else x_, c=c, **kw)
     dk, _, gk = chunk_sums(v, dO, x_, gates, perms, None, trans=True, w=None if gates is None else k_, c=c,
                            c_on_keys=True, **kw)
@@ -149,12 +150,49 @@ def _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, nor
         H, L, D, scale), dict(FEATURE=feature, HAS_KEEP=keep is not None, BLOCK=_ROWS, BLOCK_D=block_size(D),
                               num_warps=1 if INTERPRET else 4))
     dv_out.copy_(dv)
-    return dq, dk_raw, dv_out, dgates
+    return dqkv, dgates if dgates is not None else q.new_empty((0,), dtype=torch.float32)
 
 
-# (q, k, v, gates, perms, keep, feature, scale, eps, normalize, chunk_size) → y; eager only (no custom op yet:
-# under torch.compile the autograd.Function is traced as it is)
-chunk_op = FusedOp(_chunk_fwd, _chunk_bwd, 6, lambda tensors, grads: (*grads, None, None))
+@torch.library.custom_op("lion::chunk_fwd", mutates_args=())
+def chunk_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: Optional[torch.Tensor],
+              perms: Optional[torch.Tensor], keep: Optional[torch.Tensor], feature: int, scale: float, eps: float,
+              normalize: bool, chunk_size: Optional[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """y and den of ``_chunk_fwd``; gates (orders, B, H, L) fp32, perms (orders, L) int32, keep (B, L) uint8."""
+    return _chunk_fwd(q, k, v, gates, perms, keep, feature, scale, eps, normalize, chunk_size)
+
+
+@chunk_fwd.register_fake
+def _(q, k, v, gates, perms, keep, feature, scale, eps, normalize, chunk_size):
+    B, H, L, _ = q.shape
+    return (token_major(B, H, L, v.shape[-1], q, v.dtype),
+            q.new_empty((B, H, L) if normalize else (0,), dtype=torch.float32))
+
+
+@torch.library.custom_op("lion::chunk_bwd", mutates_args=())
+def chunk_bwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, gates: Optional[torch.Tensor],
+              perms: Optional[torch.Tensor], keep: Optional[torch.Tensor], y: torch.Tensor, den: torch.Tensor,
+              dy: torch.Tensor, feature: int, scale: float, eps: float, normalize: bool, chunk_size: Optional[int]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dqkv, dgates) of ``_chunk_bwd``."""
+    return _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, normalize, chunk_size)
+
+
+@chunk_bwd.register_fake
+def _(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, normalize, chunk_size):
+    B, H, L, D = q.shape
+    return (grad_buffer(B, H, L, D, v.shape[-1], q, v.dtype),
+            q.new_empty(gates.shape if gates is not None else (0,), dtype=torch.float32))
+
+
+def _input_grads(tensors, result):
+    """Gradients of (q, k, v, gates, perms, keep) from the backward's (dqkv, dgates)."""
+    q, _, v, gates = tensors[:4]
+    dqkv, dgates = result
+    return (*grad_views(dqkv, q.shape[-1], v.shape[-1]), dgates if gates is not None else None, None, None)
+
+
+# (q, k, v, gates, perms, keep, feature, scale, eps, normalize, chunk_size) → y
+chunk_op = FusedOp(_chunk_fwd, _chunk_bwd, 6, _input_grads, custom_ops=(chunk_fwd, chunk_bwd))
 
 
 def chunk_attention_trainable(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,

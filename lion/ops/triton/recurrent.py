@@ -136,12 +136,11 @@ def _normalize(NUM, DEN, OUT, n_rows, DV, eps, inv_orders, NORMALIZE: tl.constex
 def recurrent_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional[torch.Tensor] = None, *,
                         perms: Optional[Sequence[torch.Tensor]] = None, feature_map: Optional[str] = None,
                         scale: float = 1.0, normalize: bool = True, eps: float = 1e-6, key_padding_mask=None,
-                        chunk_size=None, block_t: int = BLOCK_T, block_dv: int = BLOCK_DV,
-                        num_warps: int = NUM_WARPS) -> torch.Tensor:
+                        block_t: int = BLOCK_T, block_dv: int = BLOCK_DV, num_warps: int = NUM_WARPS) -> torch.Tensor:
     """LION attention in the RNN form, forward only (the ``lion_attention`` contract, without dropout; gates
     ``g`` / ``g_gamma`` and orders ``perms`` as ``lion.masks.gate_arguments`` gives them).
     q, k raw (``feature_map`` applied here), v: (B, H, L, d) of any strides; returns y as a (B, H, L, dv) view of
-    (B, L, H, dv) memory in v's dtype. ``chunk_size`` is ignored (one token per step)."""
+    (B, L, H, dv) memory in v's dtype (one token per step: no chunk size)."""
     gates, perm_ids, keep, feature = prepare_scan(q, k, v, g, g_gamma, perms, key_padding_mask, feature_map)
     B, H, L, DK = q.shape
     DV = v.shape[-1]

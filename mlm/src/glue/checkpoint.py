@@ -13,7 +13,9 @@ from urllib.parse import urlparse
 import torch
 from composer.utils import get_file
 
+from lion import variants
 from mlm.src import composer_checkpoint
+from mlm.src.bert_config import FAMILY
 from mlm.src.checkpoint_loading import rename_published_keys
 from mlm.src.config_validation import ConfigError
 
@@ -52,15 +54,18 @@ def model_weights(state: dict, path: str = "checkpoint", field: str = FIELD) -> 
 
 
 def infer_arch_type(weights: dict) -> str:
-    """docs/lion.md §2: lion-d has ``attention.self.ai``, lion-s ``attention.self.Wa_i``, lion-lit a LayerNorm after
-    attention (``attention.self.layer_norm``); softmax BERT has none of them."""
-    keys = " ".join(weights)
-    if ".attention.self.ai" in keys:
-        return "lion-d"
-    if ".attention.self.Wa_i." in keys:
-        return "lion-s"
-    if ".attention.self.layer_norm." in keys:
-        return "lion-lit"
+    """From the parameter names (docs/lion.md §2): Hydra's layers have a ``mixer``; a gated LION mask type has its
+    gates' parameters (lion.variants: ``attention.self.ai`` lion-d, ``attention.self.Wa_i`` lion-s); lion-lit a
+    LayerNorm after attention (``attention.self.layer_norm``); softmax BERT none of them."""
+    if any(".mixer." in k for k in weights):
+        return "hydra"
+    gated = variants.from_parameter_names(
+        FAMILY, lambda name: any(k.endswith(f".attention.self.{name}") or f".attention.self.{name}." in k
+                                 for k in weights))
+    if gated is not None:
+        return gated.names[FAMILY]
+    if any(".attention.self.layer_norm." in k for k in weights):
+        return variants.LIT.names[FAMILY]
     return "attention"
 
 
