@@ -90,7 +90,6 @@ class LionAttention(nn.Module):
         _check_choice("order", order, ORDERS)
         _check_choice("backend", backend, (None, *BACKENDS))
         _check_heads(dim, num_heads)
-        self.variant = variants.variant(FAMILY, mask_type)
         self.backend = backend  # None: lion's process default ('auto': fused kernels on CUDA, torch on CPU)
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -103,6 +102,11 @@ class LionAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
         self.variant.make_gates(self, FAMILY, dim, num_heads, orders=2 if order == "S" else 1)
         self.feature_map = self.variant.feature_maps[FAMILY]  # applied by lion_attention
+
+    @property
+    def variant(self) -> variants.Variant:
+        """The mask type's registry entry (looked up, not stored: a pickled module holds no registry objects)."""
+        return variants.variant(FAMILY, self.mask_type)
 
     def set_format(self, format, chunk_size=KEEP):
         """chunk_size: an int, None (automatic: the fused kernels pick one), or KEEP (the current one)."""
@@ -121,11 +125,12 @@ class LionAttention(nn.Module):
         B, N, C = x.shape
         q, k, v = unpack_qkv(self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim))
         orders, log_a = None, None
-        if self.order == "S" and self.variant.gates:  # with M = 1 every order gives the same result
+        variant = self.variant
+        if self.order == "S" and variant.gates:  # with M = 1 every order gives the same result
             perms = [curve_permutation(N, c, 1, x.device) for c in ("s", "sr")]
-            orders = [(p, self.variant.log_gates(self, FAMILY, x, i, p, self.backend)) for i, p in enumerate(perms)]
-        elif self.variant.gates:
-            log_a = self.variant.log_gates(self, FAMILY, x, backend=self.backend)
+            orders = [(p, variant.log_gates(self, FAMILY, x, i, p, self.backend)) for i, p in enumerate(perms)]
+        elif variant.gates:
+            log_a = variant.log_gates(self, FAMILY, x, backend=self.backend)
         y = lion_attention(q, k, v, log_a, feature_map=self.feature_map, scale=self.scale, normalize=True, eps=1e-6,
                            orders=orders,
                            form=canonical_form(self.format), chunk_size=self.chunk_size,

@@ -65,12 +65,16 @@ class LionBertSelfAttention(nn.Module):
         self.query = nn.Linear(config.hidden_size, config.hidden_size)
         self.key = nn.Linear(config.hidden_size, config.hidden_size)
         self.value = nn.Linear(config.hidden_size, config.hidden_size)
-        lion_masks = variants.names(FAMILY)
-        self.variant = variants.variant(FAMILY, config.arch_type) if config.arch_type in lion_masks else None
         if self.variant is not None:
             self.variant.make_gates(self, FAMILY, config.hidden_size, self.num_heads)
         if config.layer_norm_after:
             self.layer_norm = nn.LayerNorm(config.hidden_size, eps=ATTENTION_LAYER_NORM_EPS)
+
+    @property
+    def variant(self):
+        """The LION mask type's registry entry (lion.variants; None for softmax), looked up, not stored."""
+        arch = self.config.arch_type
+        return variants.variant(FAMILY, arch) if arch in variants.names(FAMILY) else None
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, n, _ = x.shape
@@ -79,7 +83,8 @@ class LionBertSelfAttention(nn.Module):
     def _log_gates(self, hidden_states: torch.Tensor):
         """Log gates: (H,) for LION-D (one λ per head, the form lion_attention takes most cheaply), (B, H, L) for
         LION-S, None for Lit (lion.variants)."""
-        return None if self.variant is None else self.variant.log_gates(self, FAMILY, hidden_states)
+        variant = self.variant
+        return None if variant is None else variant.log_gates(self, FAMILY, hidden_states)
 
     def _attention_matrix(self, q, k, hidden_states, attention_mask) -> torch.Tensor:
         """The (B, H, L, L) matrix that multiplies V: softmax probabilities, or LION's masked scores (padded keys 0)."""
