@@ -144,7 +144,7 @@ def test_dispatch(monkeypatch):
 def test_vision_model_fused_equals_torch(order):
     """A tiny LION-S ViT with backend='triton' (fused gates, ♮ orders gathered in the kernel) against the same
     weights with backend='torch': logits and every gradient."""
-    from image_classification.models_lion import LionVisionTransformer
+    from image_classification.models_lion import FAMILY, LionVisionTransformer
 
     torch.manual_seed(0)
     kw = dict(img_size=16, patch_size=4, embed_dim=16, num_heads=2, depth=1, num_classes=3, mask_type="Selective",
@@ -162,7 +162,7 @@ def test_vision_model_fused_equals_torch(order):
     for perm in ([None] if order == "Normal" else [a_perm(17), a_perm(17, seed=1)]):
         z = attn.a_i(tokens)
         expected = selective_log_gates(z if perm is None else z[:, perm], backend="torch")  # the model's gates
-        assert rel_err(attn._log_gates(attn.a_i, tokens, perm), expected) < 1e-6
+        assert rel_err(attn.variant.log_gates(attn, FAMILY, tokens, 0, perm, attn.backend), expected) < 1e-6
     y, y_ref = fused(x), ref(x)
     assert rel_err(y, y_ref) < 1e-5
     grads = torch.autograd.grad(y.square().sum(), list(fused.parameters()))
