@@ -18,10 +18,13 @@ import json
 import logging
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+from benchmarks.results_md import replace_block, run_header
 from benchmarks.timing import interleaved_median_ms, peak_activation_gib
 
 LENGTHS = [197, 785, 3137, 12545]
@@ -126,10 +129,18 @@ def main():
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--crossover", default="", help="write the crossover lengths to this JSON (form='auto' reads "
                     "lion/form_crossover.json)")
+    ap.add_argument("--results", default="benchmarks/RESULTS.md",
+                    help="markdown file whose chunk_train:op block this run replaces ('' = none)")
     args = ap.parse_args()
     rows = run(args.tokens, args.heads, args.dim, args.lengths, args.forms, args.reps)
     gpu = torch.cuda.get_device_name()
-    print(table(rows, gpu))
+    import triton
+    head = run_header("python benchmarks/chunk_train.py " + " ".join(sys.argv[1:]), gpu, torch.__version__,
+                      triton.__version__)
+    block = f"**Op alone, fwd + bwd** · {head}\n\n{table(rows, gpu)}"
+    print(block)
+    if args.results:
+        replace_block(args.results, "chunk_train:op", block)
     if args.crossover:
         data = {"command": "python " + " ".join(sys.argv), "gpu": gpu,
                 "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "lengths": sorted(set(args.lengths)),

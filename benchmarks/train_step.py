@@ -45,7 +45,8 @@ import image_classification.models_lion  # noqa: F401  (registers lion_* in timm
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baseline in timm)
 import lion
 from benchmarks.results_md import replace_block, run_header
-from benchmarks.timing import interleaved_median_ms, kernel_time_by_category, median_ms
+from benchmarks.timing import interleaved_median_ms, kernel_time_by_category, median_ms, peak_activation_gib
+from lion.forms import published_form
 
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
@@ -98,11 +99,12 @@ def bench_model(build, batch, loss_fn, args) -> float:
         torch.cuda.empty_cache()
 
 
-def time_models(models: dict, batch, loss_fn, args, ms: dict) -> None:
+def time_models(models: dict, batch, loss_fn, args, ms: dict, mem: dict | None = None) -> None:
     """Time the training step of each of ``models`` ({key: (label, constructor)}, the first the baseline), store
     its median ms in ``ms[key]`` and print a line per model with its ratio to the baseline. Interleaved: all models
     are built, then timed round by round with interleaved_median_ms, then freed; with --sequential one at a time
-    (bench_model). A model that fails to build or to run is reported (traceback) and left out."""
+    (bench_model). A model that fails to build or to run is reported (traceback) and left out. ``mem``: also the
+    peak memory of one step beyond the resident weights, gradients and optimizer state (GiB), per model."""
     base = next(iter(models))
 
     def report(key):
@@ -112,9 +114,10 @@ def time_models(models: dict, batch, loss_fn, args, ms: dict) -> None:
         elif key == base or base not in ms:
             print(f"  {label}: {ms[key]:.2f} ms", flush=True)
         else:
-            print(f"  {label}: {ms[key]:.2f} ms ({ms[key] / ms[base]:.2f}x)", flush=True)
+            print(f"  {label}: {ms[key]:.2f} ms ({ms[key] / ms[base]:.2f}x)"
+                  + (f", peak {mem[key]:.2f} GiB" if mem and key in mem else ""), flush=True)
 
-    if args.sequential:
+    if args.sequential and mem is None:
         for key, (_, build) in models.items():
             try:
                 ms[key] = bench_model(build, batch, loss_fn, args)
@@ -132,6 +135,9 @@ def time_models(models: dict, batch, loss_fn, args, ms: dict) -> None:
           flush=True)
     try:
         ms.update(interleaved_median_ms(steps, warmup=args.warmup, reps=args.steps))
+        if mem is not None:
+            for key in ms.keys() & steps.keys():
+                mem[key] = peak_activation_gib(steps[key])
     finally:
         del steps
         gc.collect()
@@ -285,6 +291,126 @@ def mlm_rows(args, out: dict) -> dict | None:
     return out
 
 
+# The chunk-training targets (step time ÷ the softmax model's, same run), by length: ViT-S at 896 / 1792 px, BERT-base
+# MLM at 2k / 8k tokens.
+LENGTH_TARGETS = {"vit": {896: {"Lit": 0.45, "D": 0.50, "S": 0.60, "D♮": 0.60, "S♮": 0.70},
+                          1792: {"Lit": 0.22, "D": 0.25, "S": 0.30, "D♮": 0.30, "S♮": 0.35}},
+                  "mlm": {2048: {"Lit": 0.70, "D": 0.75, "S": 0.85}, 8192: {"Lit": 0.35, "D": 0.40, "S": 0.45}}}
+MASK_KINDS = {"Lit": "Lit", "D": "Decay", "S": "Selective", "D♮": "Decay", "S♮": "Selective"}
+
+
+def length_batch(batch: int, length: int, base_length: int) -> int:
+    """The batch of a length row: as many tokens per step as ``batch`` rows of ``base_length`` (at least one row)."""
+    return max(1, batch * base_length // length)
+
+
+def form_that_runs(form: str, kind: str, length: int) -> str:
+    """The form a LION model given ``form`` ('' = its default, 'auto') trains in at ``length`` tokens."""
+    from lion.form_choice import form_for
+    form = lion.canonical_form(form or "auto")
+    return form_for(kind, length) if form == "auto" else form
+
+
+def vit_length_rows(args, out: dict) -> dict:
+    """ViT rows at --resolutions: DeiT (timm, SDPA) and the LION variants built by timm.create_model at that img_size
+    with --form (default: the model's default), the same tokens per step at every size; time and peak memory."""
+    size = args.sizes[0]
+    vit = f"ViT-{size[0].upper()}"
+    for px in args.resolutions:
+        L = (px // 16) ** 2 + 1
+        B = length_batch(args.batch, L, 197)
+        batch = (torch.randn(B, 3, px, px, device="cuda"), torch.randint(0, 1000, (B,), device="cuda"))
+        form = {"format": published_form(args.form, "vision")} if args.form else {}
+        models = {"DeiT": (f"{vit} {px} px DeiT (SDPA)",
+                           functools.partial(timm.create_model, f"deit_{size}_patch16_224", img_size=px))}
+        for name in args.variants:
+            mask_type, order = VARIANTS[name]
+            models[name] = (f"{vit} {px} px LION-{name}", functools.partial(
+                timm.create_model, f"lion_{size}_patch16_224", img_size=px, mask_type=mask_type, order=order, **form))
+        row = out.setdefault(px, {"tokens": L, "batch": B, "ms": {}, "mem": {}})
+        row["form"] = {n: form_that_runs(args.form, MASK_KINDS[n], L) for n in args.variants}
+        print(f"{vit} {px} px: {L} tokens, batch {B}, LION forms {row['form']}", flush=True)
+        time_models(models, batch, lambda m, b: F.cross_entropy(m(b[0]).float(), b[1]), args, row["ms"], row["mem"])
+        del batch
+        torch._dynamo.reset()
+    return out
+
+
+def mlm_length_rows(args, out: dict) -> dict:
+    """BERT-base MLM rows at --mlm-lengths: HF BertForMaskedLM (SDPA flash: unpadded rows, no attention mask) and
+    the LION BERTs (form --form or the config's default), attention dropout 0 for all, as the long-context yamls;
+    the same tokens per step at every length; time and peak memory."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
+    for L in args.mlm_lengths:
+        B = length_batch(args.mlm_batch, L, 128)
+        g = torch.Generator(device="cuda").manual_seed(0)
+        ids = torch.randint(1, 30522, (B, L), device="cuda", generator=g)
+        labels = torch.where(torch.rand(B, L, device="cuda", generator=g) < 0.3, ids, torch.full_like(ids, -100))
+        mask = torch.ones(B, L, dtype=torch.bool, device="cuda")
+
+        def loss_fn(model, b):
+            extra = {} if isinstance(model, BertForMaskedLM) else {"attention_mask": b[2]}
+            return model(input_ids=b[0], labels=b[1], **extra).loss
+
+        def hf_bert(L=L):
+            cfg = BertConfig(max_position_embeddings=L, attention_probs_dropout_prob=0.0)
+            cfg._attn_implementation = "sdpa"
+            return BertForMaskedLM(cfg)
+
+        def lion_bert(arch, L=L):
+            form = {"form": published_form(args.form, "mlm")} if args.form else {}
+            return LionBertForMaskedLM(LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"),
+                                                      attention_probs_dropout_prob=0.0, max_position_embeddings=L,
+                                                      **form))
+        models = {"BERT": (f"BERT-base {L} tokens, HF BertForMaskedLM (SDPA)", hf_bert)}
+        for name, arch in MLM_ARCHS.items():
+            models[name] = (f"BERT-base {L} tokens, {arch}", functools.partial(lion_bert, arch))
+        row = out.setdefault(L, {"tokens": L, "batch": B, "ms": {}, "mem": {}})
+        row["form"] = {n: form_that_runs(args.form, MASK_KINDS[n], L) for n in MLM_ARCHS}
+        print(f"BERT-base MLM {L} tokens: batch {B}, LION forms {row['form']}", flush=True)
+        time_models(models, (ids, labels, mask), loss_fn, args, row["ms"], row["mem"])
+        torch._dynamo.reset()
+    return out
+
+
+def length_table(rows: dict, base: str, unit: str, targets: dict) -> str:
+    """Step time ÷ the softmax model's (with its verdict where a target is set) and peak memory ÷ the softmax
+    model's, per length; last line: each model's peak memory per token from the shortest length to the longest
+    (linear memory: about constant)."""
+    if not rows:
+        return ""
+    names = [n for n in next(iter(rows.values()))["ms"] if n != base]
+    lines = [f"| {unit} (tokens, batch) | {base} ms · GiB | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for key, r in rows.items():
+        ms, mem = r["ms"], r["mem"]
+        if base not in ms:
+            continue
+        cells = []
+        for n in names:
+            if n not in ms:
+                cells.append("–")
+                continue
+            t = targets.get(key, {}).get(n)
+            ratio = verdict(ms[n] / ms[base], t) if t else f"{ms[n] / ms[base]:.2f}"
+            cells.append(f"{ratio} · mem {mem[n] / mem[base]:.2f}× · {r['form'][n]}")
+        lines.append(f"| {key} ({r['tokens']}, {r['batch']}) | {ms[base]:.1f} · {mem[base]:.2f} | "
+                     + " | ".join(cells) + " |")
+    for key, t in targets.items():
+        if key in rows:
+            lines.append(f"| target at {key} | | " + " | ".join(f"≤ {t[n]:.2f}" if n in t else "" for n in names)
+                         + " |")
+    first, last = next(iter(rows.values())), list(rows.values())[-1]
+    per_token = [f"{n} {2**20 * first['mem'][n] / (first['tokens'] * first['batch']):.0f} → "
+                 f"{2**20 * last['mem'][n] / (last['tokens'] * last['batch']):.0f}"
+                 for n in [base] + names if n in first["mem"] and n in last["mem"]]
+    lines += ["", "Peak memory per token of the step (KiB), shortest → longest length (linear memory: about "
+              "constant): " + ", ".join(per_token)]
+    return "\n".join(lines)
+
+
 def matmul_tflops() -> float:
     a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
     ms = time_steps(lambda: a @ b, 3, 20)
@@ -417,6 +543,36 @@ def op_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def length_main(args, results: dict) -> None:
+    """The length rows (--resolutions, --mlm-lengths): their tables, each replacing its RESULTS.md block."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    results["vit_lengths"], results["mlm_lengths"] = {}, {}
+    try:
+        vit_length_rows(args, results["vit_lengths"])
+        mlm_length_rows(args, results["mlm_lengths"])
+    except KeyboardInterrupt:
+        print("interrupted: reporting what was measured", flush=True)
+    command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
+    head = run_header(command, results["gpu"], results["torch"], results.get("triton", "?"))
+    setup = (f"bf16 autocast, fp32 weights, fused AdamW, eager, median of {args.steps} steps after {args.warmup} "
+             "warm-up, models timed interleaved; peak memory: one step beyond the resident weights, gradients and "
+             "optimizer state; each LION cell: time ÷ softmax (verdict), memory ÷ softmax, the form that ran")
+    size = f"ViT-{args.sizes[0][0].upper()}"
+    tables = {"train_step:vit-lengths": (f"{size} by image size", length_table(
+                  results["vit_lengths"], "DeiT", "px", LENGTH_TARGETS["vit"] if size == "ViT-S" else {})),
+              "train_step:mlm-lengths": ("BERT-base MLM by sequence length", length_table(
+                  results["mlm_lengths"], "BERT", "tokens", LENGTH_TARGETS["mlm"]))}
+    for name, (title, body) in tables.items():
+        if body:
+            block = f"**{title}** · {head}\n\n{setup}\n\n{body}"
+            print(block + "\n", flush=True)
+            if args.results:
+                replace_block(args.results, name, block)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -445,6 +601,14 @@ def main():
     ap.add_argument("--no-vit", action="store_true")
     ap.add_argument("--mlm-dropout", type=float, nargs="+", default=[0.1, 0.0],
                     help="attention dropout of the MLM rows (baseline and LION alike)")
+    ap.add_argument("--resolutions", type=int, nargs="+", default=[], metavar="PX",
+                    help="length rows instead: ViT (first of --sizes) at these image sizes, e.g. 224 448 896 1792, "
+                         "the tokens of --batch 224-px images per step, with peak memory")
+    ap.add_argument("--mlm-lengths", type=int, nargs="+", default=[], metavar="L",
+                    help="length rows instead: BERT-base MLM at these sequence lengths, e.g. 512 2048 8192, against "
+                         "HF BertForMaskedLM (SDPA), the tokens of --mlm-batch 128-token rows per step")
+    ap.add_argument("--form", default="", help="the LION models' form in the length rows (default: the models' "
+                    "default, 'auto')")
     ap.add_argument("--op-lengths", type=int, nargs="+", default=[197, 128])
     ap.add_argument("--no-op", action="store_true", help="skip the op-level timing")
     ap.add_argument("--profile", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
@@ -482,6 +646,8 @@ def main():
             print(op_table(results), flush=True)
     except Exception:
         traceback.print_exc()
+    if args.resolutions or args.mlm_lengths:
+        return length_main(args, results)
     results["vit"] = {}
     signal.signal(signal.SIGTERM, _interrupt)  # `timeout` still gets the table of what was measured
     try:

@@ -25,6 +25,11 @@ def mask_kind(log_a, orders) -> str:
     return "Decay" if all(la is None or la.dim() <= 2 for la in las) else "Selective"
 
 
-def auto_form(length: int, log_a, orders) -> str:
-    limit = crossover_lengths().get(mask_kind(log_a, orders))
+def form_for(kind: str, length: int) -> str:
+    """The form 'auto' runs for mask kind ``kind`` ('Lit', 'Decay', 'Selective') at ``length`` tokens."""
+    limit = crossover_lengths().get(kind)
     return "chunk" if limit is not None and length >= limit else "attention"
+
+
+def auto_form(length: int, log_a, orders) -> str:
+    return form_for(mask_kind(log_a, orders), length)
