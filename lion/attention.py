@@ -90,7 +90,7 @@ def lion_attention(
     so padded positions never influence real ones, whatever their content or place.
     chunk_size: None lets the fused chunk kernel pick one for the length (the torch chunk form then uses 32).
     Returns y of shape (B, H, L, dv) in v's dtype. Dropout (attention form only) acts on A, not the normaliser;
-    the chunk form has no attention matrix and refuses ``dropout_p`` > 0 in training.
+    the chunk and RNN forms have no attention matrix and refuse ``dropout_p`` > 0 in training.
     backend: None (the process default, see ``set_backend``), 'auto', 'torch' or 'triton'. The attention form's
     fused kernels (lion.ops.triton.naive) apply φ, the mask, padding, dropout and the normalisation in-kernel
     and return y as a view of a (B, L, H, dv) buffer. The chunk form's kernels (lion.ops.triton.chunk, forward;
@@ -100,8 +100,8 @@ def lion_attention(
     form = canonical_form(form)
     if form == "auto":  # the faster form for the length (lion.form_choice); attention dropout needs the attention form
         form = "attention" if training and dropout_p > 0.0 else auto_form(q.shape[-2], log_a, orders)
-    if form == "chunk" and training and dropout_p > 0.0:
-        raise ValueError(f"form='chunk' has no attention matrix to drop out (dropout_p={dropout_p}): "
+    if form in ("chunk", "rnn") and training and dropout_p > 0.0:
+        raise ValueError(f"form={form!r} has no attention matrix to drop out (dropout_p={dropout_p}): "
                          "pass dropout_p=0, or form='attention' for attention dropout")
     check_chunk_size(chunk_size)
     check_attention_inputs(q, k, v, log_a, key_padding_mask, orders)

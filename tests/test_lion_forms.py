@@ -178,3 +178,6 @@ def test_auto_form_follows_the_measured_crossover(monkeypatch):
     assert used.pop() == "attention"
     with pytest.raises(ValueError, match="form='chunk' has no attention matrix to drop out"):
         lion_attention(q, q, q, form="chunk", backend="torch", dropout_p=0.1, training=True)
+    with pytest.raises(ValueError, match="form='rnn' has no attention matrix to drop out"):
+        lion_attention(q, q, q, form="rnn", backend="torch", dropout_p=0.1, training=True)
+    lion_attention(q, q, q, form="rnn", backend="torch", dropout_p=0.1, training=False)  # dropout acts in training only
