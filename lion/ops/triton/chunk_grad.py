@@ -39,7 +39,7 @@ from lion.ops.triton.common.args import compute_dtype, grad_buffer, grad_views, 
 from lion.ops.triton.common.features import phi, phi_bwd
 from lion.ops.triton.common.launching import INTERPRET, block_size, launch
 from lion.ops.triton.common.op import FusedOp
-from lion.ops.triton.common.rows import key_keep, load_rows
+from lion.ops.triton.common.rows import key_keep, load_rows, token_block
 
 _ROWS = 16 if INTERPRET else 32  # tokens per program of the two per-token kernels
 
@@ -50,15 +50,9 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, XF, KF, DO, CS, sqb, sqh, sql, skb, skh
                  NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Per token, once: x̂ = scale·φ(q), k̂ = φ(k)·keep, dO = dy / (n·D) and c = −(dy·y) / (n·D) (n orders, D the
     normaliser + eps; unnormalised dO = dy / n). XF, KF, DO: contiguous (B, H, L, ·) in the compute dtype."""
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rows = offs < L
-    offs_d = tl.arange(0, BLOCK_D)
+    bh, b, h, offs, rows, offs_d, ok = token_block(H, L, D, BLOCK, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     tile = (bh * L + offs)[:, None] * D + offs_d[None, :]
-    ok = rows[:, None] & (offs_d < D)[None, :]
     q = load_rows(Q + b * sqb + h * sqh, offs, rows, sql, offs_d, D)
     tl.store(XF + tile, (phi(q, rows, offs_d, D, FEATURE) * scale).to(XF.dtype.element_ty), mask=ok)
     k = load_rows(K + b * skb + h * skh, offs, rows, skl, offs_d, D)
@@ -81,13 +75,7 @@ def _phi_grad_kernel(Q, K, KEEP, GX, GK, DQ, DK, sqb, sqh, sql, skb, skh, skl, s
                      sob, soh, sol, spb, sph, spl, H, L, D, scale, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """dq = scale·φ'(q)ᵀ dx̂, dk = keep·φ'(k)ᵀ dk̂ per token (φ recomputed from the raw q, k)."""
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rows = offs < L
-    offs_d = tl.arange(0, BLOCK_D)
-    ok = rows[:, None] & (offs_d < D)[None, :]
+    _, b, h, offs, rows, offs_d, ok = token_block(H, L, D, BLOCK, BLOCK_D)
     q = load_rows(Q + b * sqb + h * sqh, offs, rows, sql, offs_d, D)
     g = load_rows(GX + b * sgb + h * sgh, offs, rows, sgl, offs_d, D) * scale
     dq = phi_bwd(q, g, rows, offs_d, D, FEATURE)

@@ -5,6 +5,17 @@ import triton.language as tl
 
 
 @triton.jit
+def token_block(H, L, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
+    """A per-token kernel's program: BLOCK tokens of one (batch, head) row. Returns bh, b, h, the token offsets,
+    which are in range, the feature offsets and the (token, feature) in-range tile."""
+    bh = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    rows = offs < L
+    offs_d = tl.arange(0, BLOCK_D)
+    return bh, bh // H, bh % H, offs, rows, offs_d, rows[:, None] & (offs_d < D)[None, :]
+
+
+@triton.jit
 def load_rows(ptr, offs, in_rows, stride, offs_d, D):
     return tl.load(ptr + offs[:, None] * stride + offs_d[None, :], mask=in_rows[:, None] & (offs_d[None, :] < D),
                    other=0.0).to(tl.float32)
