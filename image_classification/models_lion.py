@@ -1,10 +1,11 @@
 """LION vision transformers (docs/lion.md §1): DeiT/ViT with the attention replaced by LION.
 
-Parameter names match the published implementation, so its state dicts load with ``strict=True``.
-``timm.create_model('lion_small_patch16_224', mask_type='Selective', order='S', depth=6)`` works, and so do timm's
-backbone tools: ``features_only=True``, ``forward_intermediates``, gradient checkpointing, layer-wise lr decay
-(``group_matcher``), ``pretrained=True`` with a local file, FX feature extraction. ``torch.jit.script`` is refused
-with a RuntimeError (see ``LionAttention.__prepare_scriptable__``).
+The model is timm's ``VisionTransformer`` built with LION blocks (``block_fn``), so timm's backbone tools come from
+timm itself: ``features_only=True``, ``forward_intermediates``, pruning, gradient checkpointing, layer-wise lr decay
+(``group_matcher``), ``pretrained=True`` with a local file, FX feature extraction. Parameter names match the published
+implementation, so its state dicts load with ``strict=True``; its pooling ('avg_all'), init and dropout are kept.
+``timm.create_model('lion_small_patch16_224', mask_type='Selective', order='S', depth=6)`` works.
+``torch.jit.script`` is refused with a RuntimeError (see ``LionAttention.__prepare_scriptable__``).
 """
 from __future__ import annotations
 
@@ -23,9 +24,8 @@ from timm.layers import (
     trunc_normal_,
 )
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
-from timm.models._manipulate import checkpoint, checkpoint_seq
-from timm.models.vision_transformer import global_pool_nlc
+from timm.models._manipulate import checkpoint_seq
+from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 
 from lion import BACKENDS, canonical_form, curve_permutation, lion_attention, unpack_qkv, variants
 from lion.checks import KEEP, check_chunk_size
@@ -139,14 +139,18 @@ class LionAttention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, qk_scale=None, drop=0.0, attn_drop=0.0,
-                 drop_path=0.0, norm_layer=nn.LayerNorm, act_layer=nn.GELU, **lion_kwargs):
+    """A pre-norm ViT block with LION attention, under the published names (norm1, attn, norm2, mlp). timm's
+    ``VisionTransformer`` builds it through ``block_fn``; its other block options (qk_norm, layer scale, mlp_layer,
+    attn_layer, ...) stay at timm's defaults, which LION does not expose."""
+
+    def __init__(self, dim, num_heads, mlp_ratio=4.0, qkv_bias=False, proj_drop=0.0, attn_drop=0.0, drop_path=0.0,
+                 norm_layer=nn.LayerNorm, act_layer=nn.GELU, qk_scale=None, lion_kwargs=None, **_timm_defaults):
         super().__init__()
         self.norm1 = norm_layer(dim)
-        self.attn = LionAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, **lion_kwargs)
+        self.attn = LionAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop, **(lion_kwargs or {}))
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
 
     def forward(self, x):
         x = x + self.drop_path(self.attn(self.norm1(x)))
@@ -180,8 +184,10 @@ def lion_tokens(patches: torch.Tensor, cls_token: torch.Tensor, pos_embed: torch
     return x
 
 
-class LionVisionTransformer(nn.Module):
-    """ViT/DeiT with LION attention; a cls token is always prepended (index 0).
+class LionVisionTransformer(VisionTransformer):
+    """ViT/DeiT with LION attention: timm's ``VisionTransformer`` (its backbone API: ``forward_intermediates``,
+    ``prune_intermediate_layers``, ``reset_classifier``, grad checkpointing, ``group_matcher``) with LION blocks,
+    the published pooling, init and dropout, a cls token always prepended (index 0), and inputs checked.
 
     global_pool: 'avg_all' (default, the published pooling: mean over all tokens, cls included), 'token' (the cls
     token; same as ``cls_tok=True``), 'avg' (mean over the patch tokens), 'max', 'avgmax' or '' (no pooling).
@@ -194,40 +200,34 @@ class LionVisionTransformer(nn.Module):
                  drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Attention",
                  chunk_size=None, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
                  dynamic_img_size: bool = True):
-        super().__init__()
         _check_choice("mask_type", mask_type, variants.names(FAMILY))
         _check_choice("order", order, ORDERS)
         _check_choice("format", format, FORMATS)
         check_chunk_size(chunk_size)
         _check_heads(embed_dim, num_heads)
-        norm_layer = norm_layer or partial(nn.LayerNorm, eps=1e-6)
-        self.num_classes = num_classes
-        self.global_pool = _resolve_global_pool(global_pool, cls_tok)
-        self.num_features = self.head_hidden_size = self.embed_dim = embed_dim
-        self.num_prefix_tokens = 1
-        self.has_class_token = True
-        self.dynamic_img_size = dynamic_img_size
-        self.grad_checkpointing = False
+        global_pool = _resolve_global_pool(global_pool, cls_tok)
+        lion_kwargs = dict(mask_type=mask_type, order=order, format=format, chunk_size=chunk_size, backend=backend)
+        # The published (DeiT) drop_rate drops after the position embedding and in every block, not before the head.
+        # weight_init='skip': the published init below; fc_norm=False: the final norm before the pooling.
+        super().__init__(
+            img_size, patch_size, in_chans, num_classes, global_pool="", embed_dim=embed_dim, depth=depth,
+            num_heads=num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, pos_embed="learn" if pos_emb else "none",
+            fc_norm=False, dynamic_img_size=dynamic_img_size, pos_drop_rate=drop_rate, proj_drop_rate=drop_rate,
+            attn_drop_rate=attn_drop_rate, drop_path_rate=drop_path_rate, weight_init="skip",
+            embed_layer=partial(PatchEmbed, output_fmt="NHWC"),  # (B, H, W, C) patches for lion_tokens
+            norm_layer=norm_layer or partial(nn.LayerNorm, eps=1e-6),
+            block_fn=partial(Block, qk_scale=qk_scale, lion_kwargs=lion_kwargs))
+        self.global_pool = global_pool
         self.mask_type, self.order, self.pos_emb = mask_type, order, pos_emb
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, output_fmt="NHWC",
-                                      strict_img_size=not dynamic_img_size)
         _check_patches(self.patch_embed.img_size, self.patch_embed.patch_size)
         if order == "S":
             _check_square_grid(self.patch_embed.grid_size, f"img_size={img_size}, patch_size={patch_size}")
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, embed_dim)) if pos_emb else None
-        self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth, device="cpu").tolist()  # numbers, also under a meta device
-        self.blocks = nn.Sequential(*[
-            Block(embed_dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop_rate, attn_drop_rate, dpr[i],
-                  norm_layer, mask_type=mask_type, order=order, format=format, chunk_size=chunk_size,
-                  backend=backend)
-            for i in range(depth)])
-        reduction = self.patch_embed.feat_ratio()
-        self.feature_info = [dict(module=f"blocks.{i}", num_chs=embed_dim, reduction=reduction) for i in range(depth)]
-        self.norm = norm_layer(embed_dim)
-        self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        if pos_emb:
+        self.init_weights()
+
+    def init_weights(self, mode="", needs_reset=True):
+        """The published init: truncated normal (std 0.02) for the position embedding, cls token and every Linear
+        (zero bias); LayerNorms at one and zero."""
+        if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
         self.apply(self._init_weights)
@@ -246,21 +246,6 @@ class LionVisionTransformer(nn.Module):
     def cls_tok(self) -> bool:
         return self.global_pool == "token"
 
-    @torch.jit.ignore
-    def no_weight_decay(self):
-        return {"pos_embed", "cls_token"}
-
-    @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False):
-        """Groups for timm's layer-wise lr decay (ViT layout): the stem, one per block (the final norm joins the
-        last)."""
-        return dict(stem=r"^cls_token|pos_embed|patch_embed",
-                    blocks=[(r"^blocks\.(\d+)", None), (r"^norm", (99999,))])
-
-    @torch.jit.ignore
-    def set_grad_checkpointing(self, enable: bool = True):
-        self.grad_checkpointing = enable
-
     def set_format(self, format, chunk_size=KEEP):
         """Switch every block to 'Attention', 'RNN' or 'Chunk' (parameters untouched; all forms are exact)."""
         for blk in self.blocks:
@@ -271,73 +256,28 @@ class LionVisionTransformer(nn.Module):
         'RNN', ...)."""
         self.set_format(published_form(form, FAMILY), chunk_size)
 
-    @torch.jit.ignore
-    def get_classifier(self):
-        return self.head
-
     def reset_classifier(self, num_classes: int, global_pool: str | None = None):
-        self.num_classes = num_classes
         if global_pool is not None:
             _check_choice("global_pool", global_pool, GLOBAL_POOLS)
             self.global_pool = global_pool
-        ref = self.cls_token
-        self.head = (nn.Linear(self.embed_dim, num_classes, device=ref.device, dtype=ref.dtype) if num_classes > 0
-                     else nn.Identity())
-        self.head.train(self.training)
+        super().reset_classifier(num_classes)
 
-    def _tokens(self, patches):
+    def _pos_embed(self, patches):
         square = self.order == "S" and bool(variants.variant(FAMILY, self.mask_type).gates)  # Lit: any order
         return self.pos_drop(lion_tokens(patches, self.cls_token, self.pos_embed, self.patch_embed.grid_size, square))
 
-    def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: int | list[int] | None = None,
-            return_prefix_tokens: bool = False,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-    ):
-        """timm's backbone interface. indices: last n blocks (int), the given blocks (list), all (None).
-        Intermediates are the patch tokens as (B, C, H, W) maps ('NCHW') or (B, H·W, C) ('NLC'); the cls token is
-        returned alongside with ``return_prefix_tokens``. Returns (final normed tokens, intermediates) unless
-        ``intermediates_only``."""
+    def forward_intermediates(self, x, *args, output_fmt: str = "NCHW", **kwargs):
+        """timm's, on checked images. Intermediates are the patch tokens as (B, C, H, W) maps ('NCHW') or
+        (B, H·W, C) ('NLC'); the cls token comes alongside with ``return_prefix_tokens``."""
         _check_choice("output_fmt", output_fmt, ("NCHW", "NLC"))
         check_images(x, self.patch_embed, self.dynamic_img_size)
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        patches = self.patch_embed(x)
-        B, H, W, _ = patches.shape
-        x = self._tokens(patches)
-        intermediates = []
-        for i, blk in enumerate(self.blocks[:max_index + 1] if stop_early else self.blocks):
-            x = checkpoint(blk, x) if self.grad_checkpointing else blk(x)
-            if i in take_indices:
-                intermediates.append(self.norm(x) if norm else x)
-        prefix_tokens = [y[:, :self.num_prefix_tokens] for y in intermediates]
-        intermediates = [y[:, self.num_prefix_tokens:] for y in intermediates]
-        if output_fmt == "NCHW":
-            intermediates = [y.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for y in intermediates]
-        if return_prefix_tokens:
-            intermediates = list(zip(intermediates, prefix_tokens))
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+        return super().forward_intermediates(x, *args, output_fmt=output_fmt, **kwargs)
 
-    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True):
-        """Drop the blocks after the last wanted intermediate (and the norm / head); returns the kept indices."""
-        take_indices, max_index = feature_take_indices(len(self.blocks), indices)
-        self.blocks = self.blocks[:max_index + 1]
-        if prune_norm:
-            self.norm = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0, "")
-        return take_indices
-
+    # forward_features and forward without timm's attn_mask / is_causal: LION has no attention mask, and a plain
+    # forward(x) traces with FX without concrete arguments.
     def forward_features(self, x):
         check_images(x, self.patch_embed, self.dynamic_img_size)
-        x = self._tokens(self.patch_embed(x))
+        x = self._pos_embed(self.patch_embed(x))
         x = checkpoint_seq(self.blocks, x) if self.grad_checkpointing else self.blocks(x)
         return self.norm(x)
 
@@ -345,11 +285,7 @@ class LionVisionTransformer(nn.Module):
         pool_type = self.global_pool if pool_type is None else pool_type
         if pool_type == "avg_all":
             return global_pool_nlc(x, "avg", self.num_prefix_tokens, reduce_include_prefix=True)
-        return global_pool_nlc(x, pool_type, self.num_prefix_tokens)
-
-    def forward_head(self, x, pre_logits: bool = False):
-        x = self.pool(x)
-        return x if pre_logits else self.head(x)
+        return super().pool(x, pool_type)
 
     def forward(self, x):
         return self.forward_head(self.forward_features(x))
