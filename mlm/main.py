@@ -115,6 +115,7 @@ def check_save_folder(cfg: DictConfig, source: Source) -> None:
 
 def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
     """Check the checkpoint the run will restore before Composer touches it; returns the load_path to use.
+    ``cfg``: the validated config (``validate``), as for the other steps of ``build_trainer``.
 
     With autoresume, a missing ``latest-rank0.pt`` link next to finished checkpoints (a crash between Composer's
     removal of the old link and the new one) falls back to the newest checkpoint file."""
