@@ -4,7 +4,8 @@
     python mlm/main.py yamls/pretrain/demo.yaml            # single process
 
 The yaml is an omegaconf config; ``key=value`` arguments after it override fields (omegaconf dotlist syntax).
-Every field is checked before any work (mlm/src/config_validation.py): a bad one ends the run with one line.
+Every field is checked before any work against its schema (mlm/src/train_config.py, mlm/src/config_validation.py):
+a bad one ends the run with one line; fields the yaml leaves out take the schema's defaults.
 """
 from __future__ import annotations
 
@@ -44,7 +45,6 @@ from mlm.src.create_bert import build_config, create_bert_mlm, load_tokenizer
 from mlm.src.text_data import build_mlm_dataloader
 
 log = logging.getLogger("mlm.main")
-DEFAULT_DIST_TIMEOUT = 300.0
 
 
 def device_batch_size(global_batch: int, name: str, source: Source) -> int:
@@ -56,7 +56,7 @@ def device_batch_size(global_batch: int, name: str, source: Source) -> int:
 
 def prepare_demo_data(cfg: DictConfig, tokenizer, source: Source) -> None:
     """With a ``data_prep`` section, convert local text files into ``data_local`` once (local rank 0)."""
-    prep = cfg.get("data_prep")
+    prep = cfg.data_prep
     data_local = cfg.train_loader.dataset.data_local
     if prep is None or is_complete(data_local):
         return
@@ -66,7 +66,7 @@ def prepare_demo_data(cfg: DictConfig, tokenizer, source: Source) -> None:
             raise source.error("data_prep.local_files", f"matched no file: {list(prep.local_files)}")
         log.info("converting %d local files into %s", len(files), data_local)
         try:
-            convert(local_documents(files, prep.get("val_fraction", 0.05)), data_local, tokenizer, cfg.max_seq_len,
+            convert(local_documents(files, prep.val_fraction), data_local, tokenizer, cfg.max_seq_len,
                     metadata={"source": files})
         except ValueError as err:
             raise source.error("data_prep.local_files", str(err)) from None
@@ -81,8 +81,8 @@ def build_model(cfg: DictConfig, source: Source):
         model = create_bert_mlm(pretrained_model_name=cfg.model.pretrained_model_name,
                                 model_config=model_config,
                                 tokenizer_name=cfg.tokenizer_name,
-                                pretrained_checkpoint=cfg.model.get("pretrained_checkpoint"),
-                                gradient_checkpointing=cfg.model.get("gradient_checkpointing", False))
+                                pretrained_checkpoint=cfg.model.pretrained_checkpoint,
+                                gradient_checkpointing=cfg.model.gradient_checkpointing)
     except ConfigError:
         raise
     except (ValueError, TypeError) as err:
@@ -96,11 +96,11 @@ def check_save_folder(cfg: DictConfig, source: Source) -> None:
     """Before any work: save_folder is a directory (or not there yet), and a run that would start from batch 0
     never overwrites the checkpoints an earlier run left there unless asked (save_overwrite)."""
     check_folders(cfg, ("save_folder", "train_loader.dataset.data_local", "eval_loader.dataset.data_local"), source)
-    folder = cfg.get("save_folder")
-    if not folder or cfg.get("autoresume", False) or cfg.get("save_overwrite", False):
+    folder = cfg.save_folder
+    if not folder or cfg.autoresume or cfg.save_overwrite:
         return
     start, start_name = 0, "batch 0"
-    if cfg.get("load_path"):  # Composer refuses (inside fit) checkpoints later than the one it starts from
+    if cfg.load_path:  # Composer refuses (inside fit) checkpoints later than the one it starts from
         start = checkpoint_batch(os.path.realpath(cfg.load_path))  # latest-rank0.pt: the file it links to
         if start is None:
             return
@@ -115,14 +115,15 @@ def check_save_folder(cfg: DictConfig, source: Source) -> None:
 
 def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
     """Check the checkpoint the run will restore before Composer touches it; returns the load_path to use.
+    ``cfg``: the validated config (``validate``), as for the other steps of ``build_trainer``.
 
     With autoresume, a missing ``latest-rank0.pt`` link next to finished checkpoints (a crash between Composer's
     removal of the old link and the new one) falls back to the newest checkpoint file."""
-    allow_unsafe = bool(cfg.get("allow_unsafe_checkpoints", False))
-    load_path = cfg.get("load_path")
-    if cfg.get("save_folder") and dist.get_local_rank() == 0:
+    allow_unsafe = cfg.allow_unsafe_checkpoints
+    load_path = cfg.load_path
+    if cfg.save_folder and dist.get_local_rank() == 0:
         remove_partial_checkpoints(cfg.save_folder)
-    if cfg.get("autoresume", False):
+    if cfg.autoresume:
         latest = os.path.join(cfg.save_folder, "latest-rank{rank}.pt".format(rank=dist.get_global_rank()))
         if os.path.exists(latest):
             check_resumable(model, latest, source.where("save_folder") + ": autoresume", allow_unsafe)
@@ -139,10 +140,10 @@ def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
 def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
                   extra_callbacks: Sequence[Callback] = ()) -> Trainer:
     source = source or Source()
-    validate(cfg, source)
+    cfg = validate(cfg, source)  # a PretrainConfig: every field set (the schema's defaults) and checked
     on_gpu = torch.cuda.is_available()
     device = "gpu" if on_gpu else "cpu"
-    dist_timeout = float(cfg.get("dist_timeout", DEFAULT_DIST_TIMEOUT))
+    dist_timeout = cfg.dist_timeout
     if dist.get_world_size() > 1 and not dist.is_initialized():
         try:
             dist.initialize_dist(device, dist_timeout)
@@ -150,7 +151,7 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
             raise source.error("dist_timeout", f"({dist_timeout:g} s) passed before all {dist.get_world_size()} "
                                                f"ranks joined: {str(err).splitlines()[0][:160]}") from None
     check_save_folder(cfg, source)
-    reproducibility.seed_all(cfg.get("seed", 17))
+    reproducibility.seed_all(cfg.seed)
     train_batch = device_batch_size(cfg.global_train_batch_size, "global_train_batch_size", source)
     model = build_model(cfg, source)
     n_params = sum(p.numel() for p in model.parameters())
@@ -159,8 +160,8 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
     train_loader = build_mlm_dataloader(cfg.train_loader, model.tokenizer, train_batch, cfg.max_seq_len,
                                         field=source.where("train_loader") + ": train_loader")
     eval_loader = None
-    if cfg.get("eval_loader") is not None:
-        eval_batch = cfg.get("device_eval_batch_size", train_batch)
+    if cfg.eval_loader is not None:
+        eval_batch = cfg.device_eval_batch_size or train_batch
         eval_loader = build_mlm_dataloader(cfg.eval_loader, model.tokenizer, eval_batch, cfg.max_seq_len,
                                            field=source.where("eval_loader") + ": eval_loader")
     load_path = resume_path(cfg, model, source)
@@ -168,37 +169,36 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
     extra = extra_trainer_kwargs(cfg, on_gpu)
     use_atomic_checkpoint_writes()
     trainer = Trainer(
-        run_name=cfg.get("run_name"),
-        seed=cfg.get("seed", 17),
+        run_name=cfg.run_name,
+        seed=cfg.seed,
         model=model,
         train_dataloader=train_loader,
         eval_dataloader=eval_loader,
-        train_subset_num_batches=cfg.get("train_subset_num_batches", -1),
-        eval_subset_num_batches=cfg.get("eval_subset_num_batches", -1),
-        optimizers=build_optimizer(optimizer.name, model.parameters(), optimizer.lr,
-                                   optimizer.get("weight_decay", 0.0), optimizer.get("betas", (0.9, 0.98)),
-                                   optimizer.get("eps", 1e-6)),
+        train_subset_num_batches=cfg.train_subset_num_batches,
+        eval_subset_num_batches=cfg.eval_subset_num_batches,
+        optimizers=build_optimizer(optimizer.name, model.parameters(), optimizer.lr, optimizer.weight_decay,
+                                   optimizer.betas, optimizer.eps),
         schedulers=build_scheduler(cfg.scheduler),
         max_duration=cfg.max_duration,
-        eval_interval=cfg.get("eval_interval", 1),
-        progress_bar=cfg.get("progress_bar", False),
-        log_to_console=cfg.get("log_to_console", True),
-        console_log_interval=cfg.get("console_log_interval", "1ba"),
+        eval_interval=cfg.eval_interval,
+        progress_bar=cfg.progress_bar,
+        log_to_console=cfg.log_to_console,
+        console_log_interval=cfg.console_log_interval,
         precision=extra["precision"],
         callbacks=list(extra_callbacks) + extra["callbacks"],
         loggers=extra["loggers"],
         compile_config=extra["compile_config"],
         device=device,
         dist_timeout=dist_timeout,
-        device_train_microbatch_size=cfg.get("device_train_microbatch_size", "auto" if on_gpu else train_batch),
-        save_folder=cfg.get("save_folder"),
-        save_interval=cfg.get("save_interval", "1000ba"),
-        save_num_checkpoints_to_keep=cfg.get("save_num_checkpoints_to_keep", -1),
-        save_overwrite=cfg.get("save_overwrite", False),
+        device_train_microbatch_size=cfg.device_train_microbatch_size or ("auto" if on_gpu else train_batch),
+        save_folder=cfg.save_folder,
+        save_interval=cfg.save_interval,
+        save_num_checkpoints_to_keep=cfg.save_num_checkpoints_to_keep,
+        save_overwrite=cfg.save_overwrite,
         load_path=load_path,
-        load_weights_only=cfg.get("load_weights_only", False),
-        autoresume=cfg.get("autoresume", False),
-        python_log_level=cfg.get("python_log_level", None),
+        load_weights_only=cfg.load_weights_only,
+        autoresume=cfg.autoresume,
+        python_log_level=cfg.python_log_level,
     )
     saver = trainer._checkpoint_saver  # Composer's CheckpointSaver (None without save_folder)
     if saver is not None and dist.get_global_rank() == 0:

@@ -27,7 +27,7 @@ from mlm.main import build_trainer, cli, resume_path
 from mlm.src.builders import NonFiniteLossGuard
 from mlm.src.checkpoint_loading import main as convert_checkpoint
 from mlm.src.composer_checkpoint import read_checkpoint
-from mlm.src.config_validation import ConfigError, Source, load_config
+from mlm.src.config_validation import ConfigError, Source, load_config, validate
 from mlm.src.convert_dataset import MARKER, read_text_lines
 from mlm.src.create_bert import OFFLINE_TOKENIZER_DIR
 from mlm.src.text_data import load_split
@@ -619,7 +619,7 @@ def test_autoresume_without_latest_link_takes_the_newest_checkpoint(tmp_path, co
     cfg, source = load_config(DEMO, run_args(corpus, folder, "autoresume=true")[1:])
     trainer = build_trainer(cfg, source)
     assert int(trainer.state.timestamp.batch) == STEPS
-    assert resume_path(cfg, trainer.state.model, source) == str(folder / f"ep0-ba{STEPS}-rank0.pt")
+    assert resume_path(validate(cfg, source), trainer.state.model, source) == str(folder / f"ep0-ba{STEPS}-rank0.pt")
     trainer.close()
 
 

@@ -45,8 +45,7 @@ def test_one_yaml_per_architecture_and_size():
 
 @pytest.mark.parametrize("path", PRODUCTION)
 def test_production_yamls_have_the_published_settings(path):
-    cfg = OmegaConf.load(path)
-    validate(cfg)
+    cfg = validate(OmegaConf.load(path))  # the FinetuneConfig job_configs takes
     arch, size = os.path.basename(path)[:-5].rsplit("-", 1)
     pretrain = OmegaConf.load(f"yamls/pretrain/{arch}-{size}.yaml").model
     assert cfg.model.model_config.arch_type == pretrain.model_config.arch_type == (
@@ -65,8 +64,8 @@ def test_production_yamls_have_the_published_settings(path):
 
 
 def test_demo_yaml_matches_the_pretraining_demo():
-    cfg, pretrain = OmegaConf.load("yamls/finetune-glue/demo.yaml"), OmegaConf.load("yamls/pretrain/demo.yaml")
-    validate(cfg)
+    cfg = validate(OmegaConf.load("yamls/finetune-glue/demo.yaml"))
+    pretrain = OmegaConf.load("yamls/pretrain/demo.yaml")
     sizes = ("arch_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "max_position_embeddings")
     assert {k: cfg.model.model_config[k] for k in sizes} == {k: pretrain.model.model_config[k] for k in sizes}

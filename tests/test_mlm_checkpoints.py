@@ -20,7 +20,8 @@ from omegaconf import OmegaConf
 
 from mlm.src.bert_config import LionBertConfig
 from mlm.src.bert_layers import LionBertForMaskedLM, LionBertForSequenceClassification
-from mlm.src.checkpoint_loading import load_checkpoint, load_published, main, safe_torch_load
+from mlm.src.checkpoint_files import safe_torch_load
+from mlm.src.checkpoint_loading import load_checkpoint, load_published, main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZES = dict(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48,
@@ -161,7 +162,7 @@ CASES = [(arch, pos) for arch in ("attention", "lion-lit", "lion-d", "lion-s")
 @pytest.mark.parametrize("arch,positions", CASES)
 def test_published_checkpoint_loads_strictly_and_matches_in_every_form(arch, positions, caplog):
     config, sd = published_config(arch, positions), published_state_dict(arch)
-    with caplog.at_level(logging.INFO, logger="mlm.src.checkpoint_loading"):
+    with caplog.at_level(logging.INFO, logger="mlm.src"):
         model = load_published(config, sd).eval()
     assert model.config.arch_type == arch
     assert model.config.uses_position_embeddings == (positions == "absolute")
@@ -269,7 +270,7 @@ def test_composer_checkpoints_load_with_weights_only_and_code_is_refused(tmp_pat
 def test_converter_writes_a_save_pretrained_dir_atomically_and_logs_what_it_mapped(tmp_path, caplog):
     config, sd = write_published_dir(tmp_path / "pub", "lion-lit", "absolute")
     out = tmp_path / "converted"
-    with caplog.at_level(logging.INFO, logger="mlm.src.checkpoint_loading"):
+    with caplog.at_level(logging.INFO, logger="mlm.src"):
         main([str(tmp_path / "pub"), str(out)])
     assert "'linear_attention' -> 'lion-lit'" in caplog.text and "bert.embeddings.position_ids" in caplog.text
     assert sorted(os.listdir(tmp_path)) == ["converted", "pub"]  # no temporary directory left behind

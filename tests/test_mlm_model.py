@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification, LionBertModel
-from mlm.src.checkpoint_loading import load_published, published_config
+from mlm.src.checkpoint_files import published_config
+from mlm.src.checkpoint_loading import load_published
 
 ARCHS = ["attention", "lion-lit", "lion-d", "lion-s"]
 LION_ARCHS = ARCHS[1:]

@@ -23,6 +23,7 @@ from lion.forms import published_form
 from lion.masks import gates_one_at_padding, per_token_gates
 from lion.ops.naive import naive_scores
 from mlm.src.bert_config import ATTENTION_LAYER_NORM_EPS, FAMILY, LionBertConfig
+from mlm.src.checkpoint_files import build_published, read_checkpoint
 from mlm.src.hydra import HydraLayer, HydraMixer
 
 __all__ = ["LionBertConfig", "LionBertModel", "LionBertForMaskedLM", "LionBertForSequenceClassification",
@@ -261,10 +262,9 @@ class LionBertPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_published(cls, name_or_path: str, **hub_kwargs):
         """A checkpoint as the LION authors published it (local dir or hub id: config.json + weights), legacy names
-        mapped, unused buffers dropped, then loaded strictly. See ``mlm.src.checkpoint_loading``."""
-        from mlm.src.checkpoint_loading import load_checkpoint
-
-        return load_checkpoint(name_or_path, model_class=cls, **hub_kwargs)
+        mapped, unused buffers dropped, then loaded strictly. See ``mlm.src.checkpoint_files``."""
+        config, weights = read_checkpoint(name_or_path, **hub_kwargs)
+        return build_published(config, weights, cls)
 
     def _flag(self, value, name: str) -> bool:
         return bool(value if value is not None else getattr(self.config, name, False))

@@ -1,7 +1,7 @@
 """The Composer objects of both MLM entry points (mlm/main.py pretraining, mlm/glue.py finetuning): optimizer,
 scheduler, callbacks, loggers, precision, the non-finite-loss guard and atomic checkpoint files.
 
-Names and their keyword arguments are checked before any work by mlm/src/config_validation.py.
+Names and their keyword arguments are checked before any work (mlm/src/train_config.py's registries).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from composer.optim import (
 )
 from composer.utils import checkpoint as composer_checkpoint
 
-from mlm.src.config_validation import ConfigError, callback_registry, logger_registry
+from mlm.src.config_validation import ConfigError
+from mlm.src.train_config import NONFINITE_ACTIONS, callback_registry, logger_registry
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ class NonFiniteLossGuard(Callback):
     with ``action='skip'`` drops that batch's gradients so the optimizer leaves the weights unchanged."""
 
     def __init__(self, action: str = "stop"):
-        if action not in ("stop", "skip"):
-            raise ConfigError(f"nonfinite_loss must be one of ['stop', 'skip'], got {action!r}")
+        if action not in NONFINITE_ACTIONS:
+            raise ConfigError(f"nonfinite_loss must be one of {list(NONFINITE_ACTIONS)}, got {action!r}")
         self.action, self.bad_batch, self.skipped = action, False, []
 
     def batch_start(self, state: State, logger: Logger) -> None:

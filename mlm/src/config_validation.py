@@ -1,202 +1,37 @@
-"""One validator for the MLM yamls (pretraining and GLUE finetuning) and their ``key=value`` overrides.
+"""Loading and checking the MLM yamls (pretraining and GLUE finetuning) and their ``key=value`` overrides.
 
-Every problem is one ``ConfigError`` whose message is one line naming where the value came from (the yaml file or
-the command-line override), the field, and what is allowed; unknown fields get the closest valid name suggested.
+The yaml (with its overrides) is merged into its OmegaConf structured schema (mlm/src/train_config.py), which checks
+types and unknown keys; then each field's value check, the registries' keys (model_config, callbacks, loggers,
+compile_config, tasks) and the checks across fields. Every problem is one ``ConfigError`` whose message is one line
+naming where the value came from (the yaml file or the command-line override), the field, and what is allowed;
+unknown fields get the closest valid name suggested.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import inspect
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional
+import re
+import typing
+from typing import Any, Optional
 
 import yaml
-from composer.core import Time
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import DictConfig, ListConfig, OmegaConf, ValueNode
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from mlm.src.bert_config import FORMS, LionBertConfig, arch_types
-
-OPTIMIZERS = ("decoupled_adamw", "adamw")
-SCHEDULERS = ("linear_decay_with_warmup", "cosine_with_warmup", "constant_with_warmup")
-MODELS = ("lion_bert",)
-PRECISIONS = ("fp32", "amp_fp16", "amp_bf16")  # Composer's precisions (amp_fp8 needs Transformer Engine)
-NONFINITE_ACTIONS = ("stop", "skip")
-SPLITS = ("train", "val")
-NUMBER = (int, float)
-_MISSING_VALUE = object()
+from mlm.src.glue.tasks import get_task
+from mlm.src.train_config import (
+    MODEL_CONFIG_CHECKS,
+    NAMED_KEYS,
+    FinetuneConfig,
+    PretrainConfig,
+    required,
+)
 
 
 class ConfigError(ValueError):
     """A user error in a yaml, an override or an input file; its message is the one line shown to the user."""
-
-
-@dataclass(frozen=True)
-class Field:
-    """A leaf: allowed types (``None`` is always allowed unless required), choices, and a value test."""
-
-    kind: tuple = ()
-    choices: Optional[tuple] = None
-    required: bool = False
-    test: Optional[Callable[[Any], bool]] = None
-    wants: str = ""  # what ``test`` asks, for the message
-
-
-@dataclass(frozen=True)
-class Named:
-    """A mapping ``{name: {kwarg: value}}`` whose names come from ``registry()`` (name -> class) and whose kwargs
-    must be parameters of that class's constructor (``callbacks``, ``loggers``)."""
-
-    registry: Callable[[], Mapping[str, Callable]]
-
-
-@dataclass(frozen=True)
-class Entries:
-    """A mapping whose keys come from ``allowed`` (a callable giving the names) and whose values follow ``schema``."""
-
-    allowed: Callable[[], Any]
-    schema: Any
-
-
-class AnyKeys:
-    """Keys chosen by the user (e.g. ``model.model_config``: checked by the model's own config class)."""
-
-    def __init__(self, allowed: Callable[[], set]):
-        self.allowed = allowed
-
-
-def positive(value) -> bool:
-    return value > 0
-
-
-def non_negative(value) -> bool:
-    return value >= 0
-
-
-def open_unit(value) -> bool:
-    return 0 < value < 1
-
-
-def is_time(value) -> bool:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value >= 0
-    try:
-        Time.from_timestring(str(value))
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
-def auto_or_positive(value) -> bool:
-    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
-
-
-TIME = Field((str, int), test=is_time, wants="a Composer time such as '300ba', '1ep', '0.06dur', '1000sp'")
-
-
-def model_config_fields() -> set:
-    """The fields a ``model_config`` may set: LionBertConfig's own, the Hydra mixer's and the HF task fields."""
-    from mlm.src.hydra import HYDRA_DEFAULTS
-
-    own = {k for cls in LionBertConfig.__mro__ if cls.__module__.startswith("mlm.")
-           for k in getattr(cls, "__annotations__", {})}
-    return own | set(HYDRA_DEFAULTS) | {"num_labels", "id2label", "label2id", "problem_type"}
-
-
-def compile_kwargs() -> set:
-    import torch
-
-    return set(inspect.signature(torch.compile).parameters) - {"model"}
-
-
-def callback_registry() -> dict:
-    from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
-
-    return {"speed_monitor": SpeedMonitor, "lr_monitor": LRMonitor, "memory_monitor": MemoryMonitor,
-            "optimizer_monitor": OptimizerMonitor, "runtime_estimator": RuntimeEstimator}
-
-
-def logger_registry() -> dict:
-    from composer.loggers import FileLogger, WandBLogger
-
-    return {"wandb": WandBLogger, "file": FileLogger}
-
-
-MODEL_CONFIG = AnyKeys(model_config_fields)
-SCHEDULER = {"name": Field((str,), SCHEDULERS, required=True), "t_warmup": TIME, "alpha_f": Field(NUMBER)}
-COMMON = {  # fields both entry points share, built by mlm/src/builders.py
-    "precision": Field((str,), PRECISIONS),
-    "callbacks": Named(callback_registry),
-    "loggers": Named(logger_registry),
-    "compile_config": AnyKeys(compile_kwargs),
-    "nonfinite_loss": Field((str,), NONFINITE_ACTIONS),
-    "allow_unsafe_checkpoints": Field((bool,)),
-}
-LOADER = {
-    "dataset": {"data_local": Field((str,), required=True), "split": Field((str,), SPLITS, required=True),
-                "mlm_probability": Field(NUMBER, required=True, test=open_unit, wants="in (0, 1)"),
-                "shuffle": Field((bool,)), "shuffle_seed": Field((int,))},
-    "drop_last": Field((bool,)), "num_workers": Field((int,), test=non_negative, wants=">= 0"),
-    "pin_memory": Field((bool,)), "prefetch_factor": Field((int,), test=positive, wants="> 0"),
-    "persistent_workers": Field((bool,)), "timeout": Field(NUMBER, test=non_negative, wants=">= 0"),
-}
-PRETRAIN = {
-    "run_name": Field((str,)), "seed": Field((int,)),
-    "max_seq_len": Field((int,), required=True, test=positive, wants="> 0"),
-    "tokenizer_name": Field((str,), required=True),
-    "data_local": Field((str,)),
-    "data_prep": {"local_files": Field((ListConfig,), required=True),
-                  "val_fraction": Field(NUMBER, test=open_unit, wants="in (0, 1)")},
-    "model": {"name": Field((str,), MODELS, required=True), "pretrained_model_name": Field((str,), required=True),
-              "pretrained_checkpoint": Field((str,)), "gradient_checkpointing": Field((bool,)),
-              "model_config": MODEL_CONFIG},
-    "train_loader": LOADER,
-    "eval_loader": LOADER,
-    "optimizer": {"name": Field((str,), OPTIMIZERS, required=True),
-                  "lr": Field(NUMBER, required=True, test=positive, wants="> 0"),
-                  "betas": Field((ListConfig,)), "eps": Field(NUMBER, test=positive, wants="> 0"),
-                  "weight_decay": Field(NUMBER, test=non_negative, wants=">= 0")},
-    "scheduler": {**SCHEDULER, "t_warmup": Field((str, int), required=True, test=is_time, wants=TIME.wants)},
-    "global_train_batch_size": Field((int,), required=True, test=positive, wants="> 0"),
-    "device_train_microbatch_size": Field((int, str), test=auto_or_positive, wants="'auto' or an int >= 1"),
-    "device_eval_batch_size": Field((int,), test=positive, wants="> 0"),
-    "max_duration": Field((str, int), required=True, test=is_time, wants=TIME.wants),
-    "eval_interval": TIME, "eval_subset_num_batches": Field((int,)), "train_subset_num_batches": Field((int,)),
-    "progress_bar": Field((bool,)), "log_to_console": Field((bool,)), "console_log_interval": TIME,
-    "save_folder": Field((str,)), "save_interval": TIME, "save_num_checkpoints_to_keep": Field((int,)),
-    "save_overwrite": Field((bool,)), "load_path": Field((str,)), "load_weights_only": Field((bool,)),
-    "autoresume": Field((bool,)), "python_log_level": Field((str,)),
-    "dist_timeout": Field(NUMBER, test=positive, wants="> 0 seconds"),
-    **COMMON,
-}
-TRAINER_KWARGS = {
-    "lr": Field(NUMBER, test=positive, wants="> 0"), "wd": Field(NUMBER, test=non_negative, wants=">= 0"),
-    "max_duration": TIME, "max_sequence_length": Field((int,), test=positive, wants="> 0"),
-    "optim_name": Field((str,)), "save_num_checkpoints_to_keep": Field((int,)),
-    "batch_size": Field((int,), test=positive, wants="> 0"), "eval_interval": TIME,
-}
-
-
-def _task_names():
-    from mlm.src.glue.tasks import TASKS
-
-    return TASKS
-
-
-FINETUNE = {
-    "parallel": Field((bool,)), "base_run_name": Field((str,), required=True), "default_seed": Field((int,)),
-    "tokenizer_name": Field((str,)), "max_seq_len": Field((int,), test=positive, wants="> 0"),
-    "model": {"name": Field((str,), MODELS), "pretrained_model_name": Field((str,)), "tokenizer_name": Field((str,)),
-              "model_config": MODEL_CONFIG},
-    "starting_checkpoint_load_path": Field((str,)), "local_pretrain_checkpoint_folder": Field((str,)),
-    "save_finetune_checkpoint_prefix": Field((str,)), "save_finetune_checkpoint_folder": Field((str,), required=True),
-    "results_folder": Field((str,)), "overwrite": Field((bool,)),
-    "data": {"data_dir": Field((str,)), "cache_dir": Field((str,))},
-    "scheduler": SCHEDULER,
-    "tasks": Entries(_task_names, {"seeds": Field((ListConfig,)), "trainer_kwargs": TRAINER_KWARGS}),
-    **COMMON,
-}
 
 
 class Source:
@@ -265,75 +100,181 @@ def _describe(allowed) -> str:
     return ", ".join(sorted(str(a) for a in allowed)) or "none"
 
 
-def _value(node: DictConfig, key: str, path: str, source: Source):
+def _join(path: str, key) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def unknown(path: str, key, allowed, source: Source) -> ConfigError:
+    return source.error(_join(path, key), f"is unknown; {_suggest(key, allowed)}allowed: {_describe(allowed)}")
+
+
+def _type_name(ref_type) -> str:
+    """``int``, ``float``, ``int/str``, ``list``, ``mapping`` for an annotation (Optional left out)."""
+    args = [a for a in typing.get_args(ref_type) if a is not type(None)]
+    if typing.get_origin(ref_type) is typing.Union:
+        return "/".join(_type_name(a) for a in args)
+    origin = typing.get_origin(ref_type) or ref_type
+    if origin in (list, tuple, ListConfig):
+        return "list"
+    if origin in (dict, DictConfig) or dataclasses.is_dataclass(origin):
+        return "mapping"
+    return getattr(origin, "__name__", str(origin))
+
+
+def _field_of(schema: type, path: str) -> tuple[Optional[type], str, Any]:
+    """(the dataclass holding the field at ``path``, the field's name, its annotation); (None, name, None) where
+    the path leaves the schema (inside a ``Dict[str, Any]``, or a key of a ``Dict[str, X]``)."""
+    parts, node, in_dict = path.split("."), schema, False
+    for part in parts[:-1]:
+        if in_dict:  # a key of a Dict[str, X]: node stays X
+            in_dict = False
+            continue
+        if not dataclasses.is_dataclass(node):
+            return None, parts[-1], None
+        hint = typing.get_type_hints(node).get(part)
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        node = args[0] if typing.get_origin(hint) is typing.Union and len(args) == 1 else hint  # Optional[X]: X
+        if typing.get_origin(node) is dict:
+            node, in_dict = typing.get_args(node)[1], True
+    if in_dict or not dataclasses.is_dataclass(node):
+        return None, parts[-1], None
+    return node, parts[-1], typing.get_type_hints(node).get(parts[-1])
+
+
+def _translate(err: OmegaConfBaseException, schema: type, source: Source) -> ConfigError:
+    """OmegaConf's exception (merging into the schema, or reading a value) as the one-line ConfigError."""
+    path = str(getattr(err, "full_key", "") or "")
+    field = re.sub(r"\[\d+\]$", "", path)  # a list item: the list's field
+    parent, key, hint = _field_of(schema, field)
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and parent is not None and hint is None:
+        return unknown(field.rpartition(".")[0], key, [f.name for f in dataclasses.fields(parent)], source)
+    if isinstance(err, ValidationError) and hint is not None:
+        value = getattr(err, "value", None)
+        value = value._value() if isinstance(value, ValueNode) else value
+        if value is None:
+            return source.error(field, "is required" if required(parent, key) else "may not be null")
+        shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        at = f" at {path[len(field):]}" if path != field else ""
+        return source.error(field, f"must be of type {_type_name(hint)}, got {shown!r}{at}")
+    if path:
+        return source.error(field, f"could not be resolved: {_first_line(err)}")
+    return ConfigError(f"{source.yaml_path}: {_first_line(err)}")
+
+
+def _missing_in_yaml(node: Any, path: str = "") -> Optional[str]:
+    """The first field left ``???`` in the yaml (a merge into the schema would keep the schema's default)."""
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            if OmegaConf.is_missing(node, key):
+                return _join(path, key)
+            found = _missing_in_yaml(node._get_node(key), _join(path, key))
+            if found:
+                return found
+    return None
+
+
+def _value(node: DictConfig, key, path: str, source: Source, schema: type):
     if OmegaConf.is_missing(node, key):
-        return _MISSING_VALUE
+        raise source.error(path, "is required")
     try:
         return node[key]
     except OmegaConfBaseException as err:
-        raise source.error(path, f"could not be resolved: {_first_line(err)}") from None
+        raise _translate(err, schema, source) from None
 
 
-def check_keys(node: DictConfig, allowed, path: str, source: Source) -> None:
-    for key in node.keys():
-        if key not in allowed:
-            full = f"{path}.{key}" if path else str(key)
-            raise source.error(full, f"is unknown; {_suggest(key, allowed)}allowed: {_describe(allowed)}")
+def _problem(check, value) -> Optional[str]:
+    problem = check.problem(value)
+    if problem and check.choices is not None:
+        choices = check.choices() if callable(check.choices) else check.choices
+        problem = f"{problem}; {_suggest(value, choices)}".rstrip("; ")
+    return problem
 
 
-def check_field(value, spec: Field, path: str, source: Source) -> None:
-    if value is None:
-        if spec.required:
-            raise source.error(path, "is required")
-        return
-    kinds = spec.kind
-    if kinds and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
-        names = "/".join({ListConfig: "list", DictConfig: "mapping"}.get(k, k.__name__) for k in kinds)
-        raise source.error(path, f"must be of type {names}, got {value!r}")
-    if spec.choices is not None and value not in spec.choices:
-        raise source.error(path, f"must be one of {list(spec.choices)}, got {value!r}; "
-                                 f"{_suggest(value, spec.choices)}".rstrip("; "))
-    if spec.test is not None and not spec.test(value):
-        raise source.error(path, f"must be {spec.wants}, got {value!r}")
+def check_named(node: DictConfig, path: str, source: Source, schema: type) -> None:
+    """A mapping whose keys come from a registry (NAMED_KEYS); a class's entries are its keyword arguments, a
+    dataclass entry (a GLUE task's settings) is checked field by field."""
+    registry = NAMED_KEYS[path]()
+    for name in node.keys():
+        if name not in registry:
+            raise unknown(path, name, registry, source)
+        entry = _value(node, name, _join(path, name), source, schema)
+        kind = registry[name] if isinstance(registry, dict) else None
+        if isinstance(kind, type) and entry is not None:  # a Composer callback or logger: its keyword arguments
+            params = set(inspect.signature(kind).parameters) - {"self", "args", "kwargs"}
+            for kwarg in entry.keys():
+                if kwarg not in params:
+                    raise unknown(_join(path, name), kwarg, params, source)
+        elif isinstance(entry, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(entry)):
+            check_values(entry, _join(path, name), source, schema)
 
 
-def check_node(node: Any, schema: Any, path: str, source: Source) -> None:
-    """Walks ``node`` against ``schema`` (nested dicts of Field / Named / Entries / AnyKeys)."""
-    if isinstance(schema, Field):
-        check_field(node, schema, path, source)
-        return
-    if node is None:
-        return
-    if not isinstance(node, DictConfig):
-        raise source.error(path, f"must be a mapping, got {node!r}")
-    if isinstance(schema, AnyKeys):
-        check_keys(node, schema.allowed(), path, source)
-        return
-    if isinstance(schema, Named):
-        registry = schema.registry()
-        check_keys(node, registry, path, source)
-        for name in node.keys():
-            kwargs = _value(node, name, f"{path}.{name}", source)
-            if kwargs is None:
-                continue
-            if not isinstance(kwargs, DictConfig):
-                raise source.error(f"{path}.{name}", f"must be a mapping of keyword arguments, got {kwargs!r}")
-            params = set(inspect.signature(registry[name]).parameters) - {"self", "args", "kwargs"}
-            check_keys(kwargs, params, f"{path}.{name}", source)
-        return
-    if isinstance(schema, Entries):
-        check_keys(node, schema.allowed(), path, source)
-        for name in node.keys():
-            check_node(_value(node, name, f"{path}.{name}", source), schema.schema, f"{path}.{name}", source)
-        return
-    check_keys(node, schema, path, source)
-    for key, sub in schema.items():
-        full = f"{path}.{key}" if path else key
-        value = _value(node, key, full, source) if key in node else None
-        if value is _MISSING_VALUE:
-            raise source.error(full, "is required (it is ??? in the yaml): set it, e.g. on the command line "
-                                     f"{full}=...")
-        check_node(value, sub, full, source)
+def check_values(node: DictConfig, path: str, source: Source, schema: type) -> None:
+    """After the merge: no field left ??? (required), each field's ``check``, the registries' keys, recursively."""
+    for spec in dataclasses.fields(OmegaConf.get_type(node)):
+        full = _join(path, spec.name)
+        value = _value(node, spec.name, full, source, schema)
+        if value is None:
+            continue
+        check = spec.metadata.get("check")
+        problem = check and _problem(check, value)
+        if problem:
+            raise source.error(full, problem)
+        if isinstance(value, DictConfig) and full in NAMED_KEYS:
+            check_named(value, full, source, schema)
+        elif isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            check_values(value, full, source, schema)
+
+
+def typed_config(schema: type, cfg: DictConfig, source: Source) -> DictConfig:
+    """``cfg`` merged into ``schema`` (defaults filled in, types converted) with every field's value checked."""
+    try:
+        typed = OmegaConf.merge(OmegaConf.structured(schema), cfg)
+    except OmegaConfBaseException as err:
+        raise _translate(err, schema, source) from None
+    left = _missing_in_yaml(cfg)
+    if left:
+        raise source.error(left, f"is required (it is ??? in the yaml): set it, e.g. on the command line {left}=...")
+    check_values(typed, "", source, schema)
+    model_config = typed.model.model_config
+    if model_config.get("arch_type") is None:
+        raise source.error("model.model_config.arch_type", "is required")
+    for key, check in MODEL_CONFIG_CHECKS.items():
+        problem = model_config.get(key) is not None and _problem(check, model_config[key])
+        if problem:
+            raise source.error(f"model.model_config.{key}", problem)
+    return typed
+
+
+def validate(cfg: DictConfig, source: Optional[Source] = None) -> DictConfig:
+    """A pretraining config (mlm/main.py) as a checked ``PretrainConfig``; ConfigError for the first unknown,
+    missing or bad field."""
+    source = source or Source()
+    typed = typed_config(PretrainConfig, cfg, source)
+    if typed.autoresume:
+        for field in ("save_folder", "run_name"):
+            if typed[field] is None:
+                raise source.error(field, "is required when autoresume is true")
+    return typed
+
+
+def validate_finetune(cfg: DictConfig, source: Optional[Source] = None) -> DictConfig:
+    """A GLUE finetuning config (mlm/glue.py) as a checked ``FinetuneConfig``; ConfigError for the first unknown,
+    missing or bad field."""
+    source = source or Source()
+    typed = typed_config(FinetuneConfig, cfg, source)
+    if not typed.tasks:
+        raise source.error("tasks", "needs at least one task")
+    for name, task_cfg in typed.tasks.items():
+        if task_cfg.seeds is not None and not task_cfg.seeds:
+            raise source.error(f"tasks.{name}.seeds", "must be a non-empty list of integers, got []")
+    for name in typed.tasks:
+        origin = get_task(name).init_from
+        if origin in typed.tasks:
+            keep = typed.tasks[origin].trainer_kwargs.save_num_checkpoints_to_keep
+            if keep is not None and keep < 1:
+                raise source.error(f"tasks.{origin}.trainer_kwargs.save_num_checkpoints_to_keep",
+                                   f"must be >= 1: {name} starts from the {origin} checkpoint")
+    return typed
 
 
 def get(cfg: DictConfig, path: str, default: Any = None) -> Any:
@@ -343,56 +284,6 @@ def get(cfg: DictConfig, path: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
-
-
-def validate(cfg: DictConfig, source: Optional[Source] = None) -> None:
-    """Raise ConfigError for the first unknown, missing or bad field of a pretraining config."""
-    source = source or Source()
-    check_node(cfg, PRETRAIN, "", source)
-    for section in ("model", "model.model_config", "train_loader", "optimizer", "scheduler"):
-        if get(cfg, section) is None:
-            raise source.error(section, "is required")
-    arch = get(cfg, "model.model_config.arch_type")
-    check_field(arch, Field((str,), arch_types(), required=True), "model.model_config.arch_type", source)
-    check_field(get(cfg, "model.model_config.form"), Field((str,), FORMS), "model.model_config.form", source)
-    if get(cfg, "autoresume", False):
-        for field in ("save_folder", "run_name"):
-            if get(cfg, field) is None:
-                raise source.error(field, "is required when autoresume is true")
-    if get(cfg, "data_prep") is not None and get(cfg, "train_loader.dataset.data_local") is None:
-        raise source.error("train_loader.dataset.data_local", "is required: data_prep converts into it")
-
-
-def validate_finetune(cfg: DictConfig, source: Optional[Source] = None) -> None:
-    """Raise ConfigError for the first unknown, missing or bad field of a GLUE finetuning config."""
-    from mlm.src.glue.config import normalise_optim_name  # the GLUE yaml's own aliases (M2-BERT's names)
-
-    source = source or Source()
-    check_node(cfg, FINETUNE, "", source)
-    if get(cfg, "model") is None:
-        raise source.error("model", "is required")
-    check_field(get(cfg, "model.model_config.arch_type"), Field((str,), arch_types(), required=True),
-                "model.model_config.arch_type", source)
-    if not get(cfg, "tasks"):
-        raise source.error("tasks", "needs at least one task")
-    for name, task_cfg in cfg.tasks.items():
-        task_cfg = task_cfg or {}
-        seeds = task_cfg.get("seeds", [cfg.get("default_seed", 19)])
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-            raise source.error(f"tasks.{name}.seeds", f"must be a non-empty list of integers, got {list(seeds)}")
-        optim = (task_cfg.get("trainer_kwargs") or {}).get("optim_name")
-        if optim is not None and normalise_optim_name(optim) is None:
-            raise source.error(f"tasks.{name}.trainer_kwargs.optim_name",
-                               f"must be one of {list(OPTIMIZERS)}, got {optim!r}")
-    from mlm.src.glue.tasks import get_task
-
-    for name in cfg.tasks:
-        origin = get_task(name).init_from
-        if origin in cfg.tasks:
-            keep = ((cfg.tasks[origin] or {}).get("trainer_kwargs") or {}).get("save_num_checkpoints_to_keep", 1)
-            if keep < 1:
-                raise source.error(f"tasks.{origin}.trainer_kwargs.save_num_checkpoints_to_keep",
-                                   f"must be >= 1: {name} starts from the {origin} checkpoint")
 
 
 def check_folders(cfg: DictConfig, fields: tuple, source: Source) -> None:

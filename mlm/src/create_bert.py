@@ -17,7 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.regression import SpearmanCorrCoef
 
 from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM, LionBertForSequenceClassification
-from mlm.src.checkpoint_loading import load_pretrained_checkpoint
+from mlm.src.checkpoint_files import load_pretrained_checkpoint
 from mlm.src.mlm_model import ComposerMaskedLM
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from composer.utils import get_file
 from lion import variants
 from mlm.src import composer_checkpoint
 from mlm.src.bert_config import FAMILY
-from mlm.src.checkpoint_loading import rename_published_keys
+from mlm.src.checkpoint_files import rename_published_keys
 from mlm.src.config_validation import ConfigError
 
 log = logging.getLogger(__name__)

@@ -56,21 +56,19 @@ def run_jobs(jobs: list[dict], parallel: bool, extra_callbacks: Optional[Sequenc
 
 
 def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
-    """Everything that can fail before training: the yaml, the checkpoint file (safe to read, a Composer BERT), its
-    arch_type, loading its weights into the configured model, and local GLUE files (columns, labels). Raises
-    ConfigError; returns the local checkpoint path."""
-    validate(cfg, source)
+    """Everything that can fail before training, for a validated config (``config.validate``): the folders, the
+    checkpoint file (safe to read, a Composer BERT), its arch_type, loading its weights into the configured model,
+    and local GLUE files (columns, labels). Raises ConfigError; returns the local checkpoint path."""
     check_folders(cfg, ("save_finetune_checkpoint_folder", "results_folder", "local_pretrain_checkpoint_folder",
                         "data.cache_dir"), source or Source())
     check_no_earlier_checkpoints(cfg, source or Source())
-    path = fetch_checkpoint(cfg.get("starting_checkpoint_load_path"),
-                            cfg.get("local_pretrain_checkpoint_folder", "./local-bert-checkpoints"))
-    state = read_checkpoint(path, bool(cfg.get("allow_unsafe_checkpoints", False)))
+    path = fetch_checkpoint(cfg.starting_checkpoint_load_path, cfg.local_pretrain_checkpoint_folder)
+    state = read_checkpoint(path, cfg.allow_unsafe_checkpoints)
     check_arch_type(state, path, cfg.model.model_config.arch_type)
     del state
     first = job_configs(cfg, [next(iter(cfg.tasks))])[0]
     build_model({**first, "load_path": path})  # raises if the weights do not fit model_config
-    data_dir = (cfg.get("data") or {}).get("data_dir")
+    data_dir = cfg.data.data_dir
     for name in cfg.tasks:
         task = get_task(name)
         for split in ("train", *task.eval_splits.values()):
@@ -83,7 +81,7 @@ def preflight(cfg: DictConfig, source: Optional[Source] = None) -> str:
 
 def check_no_earlier_checkpoints(cfg: DictConfig, source: Source) -> None:
     """A rerun into the folders of an earlier run would replace its finetuned checkpoints: only with overwrite=true."""
-    if cfg.get("overwrite", False):
+    if cfg.overwrite:
         return
     for job in job_configs(cfg, list(cfg.tasks)):
         folder = job["save_folder"]
@@ -97,13 +95,14 @@ def train(cfg: DictConfig, extra_callbacks: Optional[Sequence[Callback]] = None,
           source: Optional[Source] = None) -> list[dict]:
     """All jobs of ``cfg``; a list of run_job results, round 1 then round 2 (each with its ``load_path``)."""
     start = time.time()
+    cfg = validate(cfg, source)  # a FinetuneConfig: every field set (the schema's defaults) and checked
     pretrained = preflight(cfg, source)
     first_round, second_round = task_order(cfg)
     results = []
     jobs = job_configs(cfg, first_round)
     for job in jobs:
         job["load_path"] = pretrained
-    results += _with_load_paths(run_jobs(jobs, cfg.get("parallel", False), extra_callbacks), jobs)
+    results += _with_load_paths(run_jobs(jobs, cfg.parallel, extra_callbacks), jobs)
 
     if second_round:
         source_checkpoints = {}
@@ -114,7 +113,7 @@ def train(cfg: DictConfig, extra_callbacks: Optional[Sequence[Callback]] = None,
             source = get_task(job["task"]).init_from
             job["load_path"] = source_checkpoints[source]
             log.info("%s starts from the %s checkpoint %s", job["job_name"], source, job["load_path"])
-        results += _with_load_paths(run_jobs(jobs, cfg.get("parallel", False), extra_callbacks), jobs)
+        results += _with_load_paths(run_jobs(jobs, cfg.parallel, extra_callbacks), jobs)
     log.info("finetuning finished in %.1f s", time.time() - start)
     return results
 
