@@ -23,6 +23,8 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
+from lion.multi_gpu import disable_nvlink_multicast
+
 from mlm.src.builders import (
     NonFiniteLossError,
     build_optimizer,
@@ -42,6 +44,8 @@ from mlm.src.config_validation import ConfigError, Source, check_folders, check_
 from mlm.src.convert_dataset import convert, is_complete, local_documents
 from mlm.src.create_bert import build_config, create_bert_mlm, load_tokenizer
 from mlm.src.text_data import build_mlm_dataloader
+
+disable_nvlink_multicast()  # before Composer initialises the process group (NCCL reads NCCL_NVLS_ENABLE then)
 
 log = logging.getLogger("mlm.main")
 DEFAULT_DIST_TIMEOUT = 300.0
