@@ -140,6 +140,13 @@ def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
     return load_path
 
 
+def fsdp_parallelism(cfg: DictConfig) -> Optional[dict]:
+    """``fsdp_config`` (Composer's FSDPConfig fields, e.g. yamls/pretrain/lion-d-base-fsdp.yaml) as Composer's
+    ``parallelism_config``; None (DDP when there are several processes) without it."""
+    fsdp = cfg.get("fsdp_config")
+    return None if fsdp is None else {"fsdp": om.to_container(fsdp, resolve=True)}
+
+
 def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
                   extra_callbacks: Sequence[Callback] = ()) -> Trainer:
     source = source or Source()
@@ -192,6 +199,7 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
         callbacks=list(extra_callbacks) + extra["callbacks"],
         loggers=extra["loggers"],
         compile_config=extra["compile_config"],
+        parallelism_config=fsdp_parallelism(cfg),
         device=device,
         dist_timeout=dist_timeout,
         device_train_microbatch_size=cfg.get("device_train_microbatch_size", "auto" if on_gpu else train_batch),

@@ -107,3 +107,81 @@ def test_vision_checkpoint_of_n_processes_resumes_on_m_with_the_same_loss_curve(
     torch.testing.assert_close(resumed_on_two, one[STEPS_PER_EPOCH:], rtol=1e-5, atol=1e-6)
     for weights in (one_weights, weights_21, weights_12):
         torch.testing.assert_close(weights, two_weights, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- MLM (Composer)
+
+# mlm.main.cli in each process with a callback recording, per step, the rows of this process's batch (masking
+# undone: labels where masked, input ids elsewhere) and its loss, and a checksum of the weights when fit starts
+# and after every step.
+MLM_WORKER = textwrap.dedent("""
+    import json, sys
+    import torch
+    from composer import Callback
+    from composer.utils import dist
+    from mlm.main import cli
+
+    def checksum(model):
+        return float(sum(p.detach().double().sum() for p in model.parameters()))
+
+    class Record(Callback):
+        def __init__(self):
+            self.steps, self.start = {}, None
+        def fit_start(self, state, logger):
+            self.start = [int(state.timestamp.batch), checksum(state.model)]
+        def after_train_batch(self, state, logger):
+            batch = state.batch
+            rows = torch.where(batch["labels"] != -100, batch["labels"], batch["input_ids"]).tolist()
+            self.steps[int(state.timestamp.batch) + 1] = {"rows": rows, "loss": float(state.loss)}
+        def batch_end(self, state, logger):
+            self.steps[int(state.timestamp.batch)]["weights"] = checksum(state.model)
+
+    record = Record()
+    trainer = cli(sys.argv[2:], extra_callbacks=[record])
+    with open(f"{sys.argv[1]}/rank{dist.get_global_rank()}.json", "w") as f:
+        json.dump({"start": record.start, "steps": record.steps}, f)
+    trainer.close()
+""")
+MLM_TINY = ["max_seq_len=32", "model.model_config.hidden_size=32", "model.model_config.num_hidden_layers=1",
+            "model.model_config.num_attention_heads=2", "model.model_config.intermediate_size=64",
+            "global_train_batch_size=16", "device_eval_batch_size=32", "eval_interval=100ba",
+            "progress_bar=false", "callbacks={}", "save_num_checkpoints_to_keep=-1", "run_name=scale", "seed=5",
+            "max_duration=6ba", "save_interval=2ba", "console_log_interval=100ba"]
+
+
+def mlm_run(tmp_path, name, nproc, corpus, *extra):
+    report = tmp_path / name
+    report.mkdir()
+    args = [str(tmp_path / "mlm_worker.py"), str(report), str(REPO / "yamls" / "pretrain" / "demo.yaml"), *MLM_TINY,
+            f"device_train_microbatch_size={16 // nproc}", f"data_local={corpus}",
+            f"save_folder={report / 'ckpt'}", *extra]
+    launcher = [os.path.join(os.path.dirname(sys.executable), "composer"), "-n", "2"] if nproc == 2 \
+        else [sys.executable]
+    proc = subprocess.run(launcher + args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ranks = [json.loads((report / f"rank{r}.json").read_text()) for r in range(nproc)]
+    steps = {int(s): {"rows": sorted(row for rank in ranks for row in rank["steps"][s]["rows"]),
+                      "weights": ranks[0]["steps"][s]["weights"]} for s in ranks[0]["steps"]}
+    return ranks[0]["start"], steps, report / "ckpt"
+
+
+def test_mlm_checkpoint_of_n_processes_resumes_on_m_at_the_same_rows(tmp_path):
+    """Composer's resumption on another number of processes (2 → 1 → 2): each run continues at the saved batch
+    from the saved weights, and every later step trains on the same rows (global batch fixed) as the
+    uninterrupted run. The losses are not step-for-step those of another process count: MLM masks are drawn from
+    per-rank RNG streams and each rank's loss is a mean over its own masked tokens."""
+    from conftest import moby_dick_rows
+
+    (tmp_path / "corpus").mkdir()
+    corpus = moby_dick_rows(str(tmp_path / "corpus"))
+    (tmp_path / "mlm_worker.py").write_text(MLM_WORKER)
+    start, two, two_ckpt = mlm_run(tmp_path, "two", 2, corpus)
+    assert start[0] == 0 and sorted(two) == [1, 2, 3, 4, 5, 6]
+    assert len({tuple(map(tuple, two[s]["rows"])) for s in two}) == 6  # the rows differ from step to step
+    start, on_one, one_ckpt = mlm_run(tmp_path, "2to1", 1, corpus, f"load_path={two_ckpt / 'ep0-ba2-rank0.pt'}",
+                                      "max_duration=4ba")
+    assert start == [2, two[2]["weights"]]  # the saved step and weights
+    assert sorted(on_one) == [3, 4] and all(on_one[s]["rows"] == two[s]["rows"] for s in on_one)
+    start, on_two, _ = mlm_run(tmp_path, "1to2", 2, corpus, f"load_path={one_ckpt / 'ep0-ba4-rank0.pt'}")
+    assert start == [4, on_one[4]["weights"]]
+    assert sorted(on_two) == [5, 6] and all(on_two[s]["rows"] == two[s]["rows"] for s in on_two)

@@ -110,6 +110,15 @@ def compile_kwargs() -> set:
     return set(inspect.signature(torch.compile).parameters) - {"model"}
 
 
+def fsdp_config_fields() -> set:
+    """The fields of Composer's FSDPConfig (``fsdp_config`` goes to ``Trainer(parallelism_config={'fsdp': ...})``)."""
+    import dataclasses
+
+    from composer.utils.parallelism import FSDPConfig
+
+    return {f.name for f in dataclasses.fields(FSDPConfig) if f.init and not f.name.startswith("_")}
+
+
 def callback_registry() -> dict:
     from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 
@@ -168,6 +177,7 @@ PRETRAIN = {
     "save_overwrite": Field((bool,)), "load_path": Field((str,)), "load_weights_only": Field((bool,)),
     "autoresume": Field((bool,)), "python_log_level": Field((str,)),
     "dist_timeout": Field(NUMBER, test=positive, wants="> 0 seconds"),
+    "fsdp_config": AnyKeys(fsdp_config_fields),
     **COMMON,
 }
 TRAINER_KWARGS = {
