@@ -185,3 +185,50 @@ def test_mlm_checkpoint_of_n_processes_resumes_on_m_at_the_same_rows(tmp_path):
     start, on_two, _ = mlm_run(tmp_path, "1to2", 2, corpus, f"load_path={one_ckpt / 'ep0-ba4-rank0.pt'}")
     assert start == [4, on_one[4]["weights"]]
     assert sorted(on_two) == [5, 6] and all(on_two[s]["rows"] == two[s]["rows"] for s in on_two)
+
+
+# ---------------------------------------------------------------------------------------------- settings, FSDP yaml
+
+def test_entry_points_keep_nvlink_multicast_off():
+    """Each entry point sets the three variables in its own process before any process group; a value the
+    environment gives is kept."""
+    probe = ("import os, sys, runpy; sys.argv = [sys.argv[1], '--help']; "
+             "exec('try:\\n runpy.run_path(sys.argv[0], run_name=\"__main__\")\\nexcept SystemExit: pass'); "
+             "print({k: os.environ.get(k) for k in ('NCCL_NVLS_ENABLE', 'TORCH_SYMM_MEM_DISABLE_MULTICAST', "
+             "'NVSHMEM_DISABLE_NVLS')})")
+    for script in ("image_classification/main_lion.py", "mlm/main.py"):
+        env = {k: v for k, v in ENV.items() if k not in ("NCCL_NVLS_ENABLE", "NVSHMEM_DISABLE_NVLS")}
+        env["TORCH_SYMM_MEM_DISABLE_MULTICAST"] = "1"
+        proc = subprocess.run([sys.executable, "-c", probe, script], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert proc.stdout.strip().splitlines()[-1] == ("{'NCCL_NVLS_ENABLE': '0', 'TORCH_SYMM_MEM_DISABLE_MULTICAST': "
+                                                        "'1', 'NVSHMEM_DISABLE_NVLS': '1'}"), proc.stderr[-2000:]
+    from lion.multi_gpu import disable_nvlink_multicast
+
+    assert disable_nvlink_multicast({"NCCL_NVLS_ENABLE": "1"})["NCCL_NVLS_ENABLE"] == "1"  # setdefault
+
+
+def test_fsdp_yaml_validates_and_reaches_composer():
+    """The FSDP yaml passes the validator and becomes Composer's parallelism_config; a misspelt FSDP field is one
+    line. (Composer's FSDP runs on CUDA only: it wraps with device_id=torch.cuda.current_device().)"""
+    from composer.utils.parallelism import FSDPConfig
+
+    from mlm.main import fsdp_parallelism
+    from mlm.src.bert_config import LionBertConfig
+    from mlm.src.bert_layers import LionBertForMaskedLM
+    from mlm.src.config_validation import ConfigError, load_config, validate
+
+    path = str(REPO / "yamls" / "pretrain" / "lion-d-base-fsdp.yaml")
+    cfg, source = load_config(path, ["data_local=/data/c4"])
+    validate(cfg, source)
+    fsdp = fsdp_parallelism(cfg)["fsdp"]
+    assert fsdp["sharding_strategy"] == "FULL_SHARD" and FSDPConfig(**fsdp).state_dict_type == "full"
+    assert fsdp_parallelism(load_config(str(REPO / "yamls" / "pretrain" / "lion-d-base.yaml"), [])[0]) is None
+    cfg, source = load_config(path, ["data_local=/data/c4", "fsdp_config.sharding_strategey=FULL_SHARD"])
+    with pytest.raises(ConfigError, match="field 'fsdp_config.sharding_strategey' is unknown; did you mean "
+                                          "'sharding_strategy'"):
+        validate(cfg, source)
+    model = LionBertForMaskedLM(LionBertConfig(arch_type="lion-d", hidden_size=32, num_hidden_layers=3,
+                                               num_attention_heads=2, intermediate_size=64))
+    units = [name for name, module in model.named_modules() if model.fsdp_wrap_fn(module)]
+    assert units == [f"bert.encoder.layer.{i}" for i in range(3)]
