@@ -14,7 +14,8 @@ are read without running code (``torch.load(weights_only=True)``; ``--trust-chec
 unpickling). Every epoch writes its log record, then ``best_checkpoint.pth``, then ``checkpoint.pth``, each
 atomically, so a crash loses at most the epoch in progress: ``--resume checkpoint.pth`` redoes it exactly.
 A NaN/inf loss stops the run naming the epoch and step (``--skip-nonfinite``: skip and count such steps).
-``--dist-timeout`` bounds the rendezvous and every collective, so a failed or hung process ends the others.
+``--dist-timeout`` bounds the rendezvous and every collective, so a failed or hung process ends the others; a failing
+rank of a multi-process run ends with one line naming the rank and the cause.
 """
 from __future__ import annotations
 
@@ -511,9 +512,9 @@ def resume_training_state(args, checkpoint, optimizer, lr_scheduler, model_ema, 
     if {"batch_size", "world_size"} <= set(saved):
         before, now = saved["batch_size"] * saved["world_size"], args.batch_size * utils.get_world_size()
         if before != now:
-            _logger.warning("--resume %s was written with a global batch of %d (%d process(es) × %d); this run's is %d: "
-                            "its epochs have other steps than the run it continues (keep --batch-size × processes "
-                            "to continue that run's curve)", args.resume, before, saved["world_size"],
+            _logger.warning("--resume %s was written with a global batch of %d (%d process(es) × %d); this run's "
+                            "is %d: its epochs have other steps than the run it continues (keep --batch-size × "
+                            "processes to continue that run's curve)", args.resume, before, saved["world_size"],
                             saved["batch_size"], now)
     args.start_epoch = checkpoint["epoch"] + 1
     if args.start_epoch >= args.epochs:

@@ -24,7 +24,6 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
 from lion.multi_gpu import disable_nvlink_multicast
-
 from mlm.src.builders import (
     NonFiniteLossError,
     build_optimizer,

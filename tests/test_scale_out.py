@@ -11,7 +11,6 @@ whose draws come from per-process RNG streams.
 """
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -232,3 +231,21 @@ def test_fsdp_yaml_validates_and_reaches_composer():
                                                num_attention_heads=2, intermediate_size=64))
     units = [name for name, module in model.named_modules() if model.fsdp_wrap_fn(module)]
     assert units == [f"bert.encoder.layer.{i}" for i in range(3)]
+
+
+# ---------------------------------------------------------------------------------------------- benchmarks/scaling.py
+
+def test_scaling_benchmark_dry_run_on_two_cpu_processes(tmp_path):
+    """The script itself, end to end on 2 gloo processes: torchrun for the ViT rows, Composer's launcher for the MLM
+    rows, tiny models, two timed steps; the table lands in its RESULTS.md block."""
+    results = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, "benchmarks/scaling.py", "--device", "cpu", "--gpus", "2", "--tiny",
+                           "--sizes", "tiny", "--batch", "4", "--mlm-batch", "4", "--warmup", "1", "--steps", "2",
+                           "--results", str(results)], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "failed" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = results.read_text()
+    assert "<!-- scaling:begin -->" in text and "CPU (gloo)" in text
+    rows = [line for line in text.splitlines() if line.startswith(("| ViT-T", "| BERT-tiny"))]
+    assert [row.split(" | ")[0] for row in rows] == ["| ViT-T DeiT", "| ViT-T LION-D", "| ViT-T LION-S",
+                                                     "| BERT-tiny BERT", "| BERT-tiny LION-D", "| BERT-tiny LION-S"]
+    assert all(float(row.split(" | ")[1].replace(",", "")) > 0 for row in rows)
