@@ -14,7 +14,8 @@ are read without running code (``torch.load(weights_only=True)``; ``--trust-chec
 unpickling). Every epoch writes its log record, then ``best_checkpoint.pth``, then ``checkpoint.pth``, each
 atomically, so a crash loses at most the epoch in progress: ``--resume checkpoint.pth`` redoes it exactly.
 A NaN/inf loss stops the run naming the epoch and step (``--skip-nonfinite``: skip and count such steps).
-``--dist-timeout`` bounds the rendezvous and every collective, so a failed or hung process ends the others.
+``--dist-timeout`` bounds the rendezvous and every collective, so a failed or hung process ends the others; a failing
+rank of a multi-process run ends with one line naming the rank and the cause.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import os
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -53,6 +55,9 @@ from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FAMILY, FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
 from lion import variants
+from lion.multi_gpu import disable_nvlink_multicast
+
+disable_nvlink_multicast()  # before any process group: NCCL reads NCCL_NVLS_ENABLE when it builds a communicator
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks replay CUDA graphs
@@ -438,9 +443,9 @@ def build_loaders(args, dataset_train, dataset_val):
     if args.distributed:
         if args.repeated_aug:
             sampler_train = RASampler(dataset_train, num_tasks, rank, shuffle=True, seed=args.seed)
-        else:
+        else:  # drop_last: the same batches of (seed, epoch)'s permutation on any number of processes
             sampler_train = torch.utils.data.DistributedSampler(dataset_train, num_tasks, rank, shuffle=True,
-                                                                seed=args.seed)
+                                                                seed=args.seed, drop_last=True)
         if args.dist_eval:
             if len(dataset_val) % num_tasks:
                 _logger.warning("--dist-eval with %d validation images over %d processes: some are counted twice",
@@ -502,6 +507,15 @@ def resume_training_state(args, checkpoint, optimizer, lr_scheduler, model_ema, 
     except (checkpoint_io.CheckpointError, ValueError, KeyError, TypeError) as err:
         raise ArgumentError(f"--resume {args.resume}: its training state does not fit this run ({err}); "
                             "saved with another --opt or model?") from None
+    saved = checkpoint.get("args") or {}
+    saved = vars(saved) if isinstance(saved, argparse.Namespace) else saved
+    if {"batch_size", "world_size"} <= set(saved):
+        before, now = saved["batch_size"] * saved["world_size"], args.batch_size * utils.get_world_size()
+        if before != now:
+            _logger.warning("--resume %s was written with a global batch of %d (%d process(es) × %d); this run's "
+                            "is %d: its epochs have other steps than the run it continues (keep --batch-size × "
+                            "processes to continue that run's curve)", args.resume, before, saved["world_size"],
+                            saved["batch_size"], now)
     args.start_epoch = checkpoint["epoch"] + 1
     if args.start_epoch >= args.epochs:
         raise ArgumentError(f"--resume {args.resume} has finished epoch {checkpoint['epoch']} of --epochs "
@@ -653,15 +667,28 @@ def cli(argv=None):
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING,
                         format="%(message)s", stream=sys.stdout)
+    rank, world = os.environ.get("RANK"), int(os.environ.get("WORLD_SIZE", 1))
     try:
         main(args)
+    except Stop as stop:  # one line already; in a multi-process run it names the rank
+        prefix = "main_lion.py: error: "
+        if world > 1 and rank is not None and not str(stop.code).startswith(f"{prefix}rank "):
+            stop.code = f"{prefix}rank {rank} of {world}: {str(stop.code)[len(prefix):]}"
+        raise
     except Exception as err:
-        if "RANK" not in os.environ or not _is_communication_error(err):
+        if rank is None:
             raise
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        raise TrainingStopped(f"rank {os.environ['RANK']}: lost contact with the other processes ({first}); another "
-                            f"process probably failed first (see its message). Collectives give up after "
-                            f"--dist-timeout {args.dist_timeout:g} s") from None
+        if _is_communication_error(err):
+            raise TrainingStopped(f"rank {rank}: lost contact with the other processes ({first}); another "
+                                  f"process probably failed first (see its message). Collectives give up after "
+                                  f"--dist-timeout {args.dist_timeout:g} s") from None
+        if world == 1:
+            raise
+        # A bug on one rank: its traceback, then one line naming the rank and the cause; the launcher ends the
+        # other ranks (torchrun stops them when one exits non-zero).
+        traceback.print_exc()
+        raise TrainingStopped(f"rank {rank} of {world} failed: {type(err).__name__}: {first}") from None
     # Only after success: rank 0 hosts the store, so every rank finishes before any leaves. After a failure
     # the process just exits; the others notice (closed connection or --dist-timeout) and stop.
     if utils.is_dist_avail_and_initialized():

@@ -12,10 +12,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
+from lion.multi_gpu import disable_nvlink_multicast
 from mlm.src.builders import NonFiniteLossError
 from mlm.src.config_validation import ConfigError, load_config
 from mlm.src.glue.report import summarize, to_markdown, write_report
 from mlm.src.glue.runner import train
+
+disable_nvlink_multicast()  # before any process group (NCCL reads NCCL_NVLS_ENABLE when it builds a communicator)
 
 
 def main(argv):

@@ -24,6 +24,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
+from lion.multi_gpu import disable_nvlink_multicast
 from mlm.src.builders import (
     NonFiniteLossError,
     build_optimizer,
@@ -43,6 +44,8 @@ from mlm.src.config_validation import ConfigError, Source, check_folders, check_
 from mlm.src.convert_dataset import convert, is_complete, local_documents
 from mlm.src.create_bert import build_config, create_bert_mlm, load_tokenizer
 from mlm.src.text_data import build_mlm_dataloader
+
+disable_nvlink_multicast()  # before Composer initialises the process group (NCCL reads NCCL_NVLS_ENABLE then)
 
 log = logging.getLogger("mlm.main")
 
@@ -137,6 +140,13 @@ def resume_path(cfg: DictConfig, model, source: Source) -> Optional[str]:
     return load_path
 
 
+def fsdp_parallelism(cfg: DictConfig) -> Optional[dict]:
+    """``fsdp_config`` (Composer's FSDPConfig fields, e.g. yamls/pretrain/lion-d-base-fsdp.yaml) as Composer's
+    ``parallelism_config``; None (DDP when there are several processes) without it."""
+    fsdp = cfg.get("fsdp_config")
+    return None if fsdp is None else {"fsdp": om.to_container(fsdp, resolve=True)}
+
+
 def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
                   extra_callbacks: Sequence[Callback] = ()) -> Trainer:
     source = source or Source()
@@ -188,6 +198,7 @@ def build_trainer(cfg: DictConfig, source: Optional[Source] = None,
         callbacks=list(extra_callbacks) + extra["callbacks"],
         loggers=extra["loggers"],
         compile_config=extra["compile_config"],
+        parallelism_config=fsdp_parallelism(cfg),
         device=device,
         dist_timeout=dist_timeout,
         device_train_microbatch_size=cfg.device_train_microbatch_size or ("auto" if on_gpu else train_batch),

@@ -11,6 +11,7 @@ import json
 import os
 import pathlib
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -526,8 +527,10 @@ def test_one_failing_rank_ends_the_other(data, tmp_path, fault):
     proc = subprocess.run(cmd, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=120)
     elapsed, output = time.time() - start, proc.stdout + proc.stderr
     assert proc.returncode != 0 and elapsed < 90, output[-3000:]
-    if fault == "raise":
-        assert "RuntimeError: planted failure on rank 1" in output
+    if fault == "raise":  # one line names the rank and the cause (after that rank's traceback)
+        named = [line for line in output.splitlines() if re.search(r"error: rank \d+ of \d+", line)]
+        assert named == ["main_lion.py: error: rank 1 of 2 failed: RuntimeError: planted failure on rank 1"], output
+        assert "Traceback" in output and "rank      : 1 (local_rank: 1)" in output  # torchrun's summary: rank 1
     else:
         assert ("main_lion.py: error: rank 0: lost contact with the other processes (" in output
                 and "Collectives give up after --dist-timeout 8 s" in output), output[-3000:]

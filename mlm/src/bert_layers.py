@@ -233,6 +233,12 @@ class LionBertPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["LionBertEmbeddings", "LionBertLayer", "HydraLayer"]
     accepts_loss_kwargs = False  # transformers.Trainer: only a forward taking num_items_in_batch may say True
+    FSDP_UNITS = ("LionBertLayer", "HydraLayer")
+
+    def fsdp_wrap_fn(self, module: nn.Module) -> bool:
+        """Composer's FSDP (``fsdp_config``): each encoder layer is one FSDP unit; the embeddings and the MLM head,
+        which share the word-embedding matrix, stay in the root unit."""
+        return type(module).__name__ in self.FSDP_UNITS
 
     def _init_weights(self, module):
         super()._init_weights(module)

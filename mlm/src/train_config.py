@@ -89,6 +89,13 @@ def compile_kwargs() -> set:
     return set(inspect.signature(torch.compile).parameters) - {"model"}
 
 
+def fsdp_config_fields() -> set:
+    """The fields of Composer's FSDPConfig (``fsdp_config`` goes to ``Trainer(parallelism_config={'fsdp': ...})``)."""
+    from composer.utils.parallelism import FSDPConfig
+
+    return {f.name for f in dataclasses.fields(FSDPConfig) if f.init and not f.name.startswith("_")}
+
+
 def callback_registry() -> dict:
     from composer.callbacks import LRMonitor, MemoryMonitor, OptimizerMonitor, RuntimeEstimator, SpeedMonitor
 
@@ -112,6 +119,7 @@ def normalise_optim_name(name: str) -> Optional[str]:
 NAMED_KEYS = {
     "model.model_config": model_config_fields,
     "compile_config": compile_kwargs,
+    "fsdp_config": fsdp_config_fields,
     "callbacks": callback_registry,  # each entry's keys: the keyword arguments of that Composer class
     "loggers": logger_registry,
     "tasks": lambda: TASKS,
@@ -218,6 +226,7 @@ class PretrainConfig(RunConfig):
     autoresume: bool = False
     python_log_level: Optional[str] = None
     dist_timeout: float = checked(300.0, Check("> 0 seconds", POSITIVE.test))
+    fsdp_config: Optional[Dict[str, Any]] = None  # Composer's FSDPConfig fields; None: DDP over several processes
 
 
 # ---- GLUE finetuning (mlm/glue.py) -------------------------------------------------------------------------------

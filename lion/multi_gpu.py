@@ -1,0 +1,21 @@
+"""Settings every multi-GPU entry point applies before any process group exists (main_lion.py, mlm/main.py,
+mlm/glue.py, benchmarks/scaling.py).
+
+NVLink multicast (NVLS) stays off in NCCL, torch's symmetric memory and NVSHMEM: on shared multi-GPU hosts a
+program that uses it can put the host's GPUs out of service for everyone, and the all-reduces of data-parallel
+training gain little from it. The variables are set only where the environment does not set them already.
+"""
+from __future__ import annotations
+
+import os
+from typing import MutableMapping
+
+NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
+
+
+def disable_nvlink_multicast(env: MutableMapping[str, str] = os.environ) -> MutableMapping[str, str]:
+    """Set NVLINK_MULTICAST_OFF in ``env`` (default: this process's environment) unless already set; returns ``env``.
+    Call it before ``torch.distributed.init_process_group`` (NCCL reads the variables when it builds a communicator)."""
+    for name, value in NVLINK_MULTICAST_OFF.items():
+        env.setdefault(name, value)
+    return env
