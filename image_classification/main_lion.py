@@ -113,7 +113,9 @@ def get_args_parser():
     # LION (docs/lion.md §1)
     p.add_argument("--mask_type", default="Decay", choices=variants.names(FAMILY))
     p.add_argument("--order", default="Normal", choices=ORDERS, help="'S': the ♮ variant (two snake orders)")
-    p.add_argument("--format", default="Attention", choices=FORMATS, help="attention form used for training/eval")
+    p.add_argument("--format", default="Auto", choices=FORMATS,
+                   help="attention form used for training/eval; Auto: the faster of Attention and Chunk for the "
+                        "token count (lion/form_crossover.json), Attention under attention dropout")
     p.add_argument("--chunk_size", default=None, type=int,
                    help="chunk of the Chunk format; default: automatic (the fused kernel's choice, 32 in torch)")
     p.add_argument("--pos_emb", action="store_true", help="learnable absolute position embedding")

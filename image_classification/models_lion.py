@@ -84,7 +84,7 @@ class LionAttention(nn.Module):
     """Multi-head LION attention. ``format`` and ``chunk_size`` may be changed at any time."""
 
     def __init__(self, dim, num_heads=8, qkv_bias=False, qk_scale=None, attn_drop=0.0, proj_drop=0.0,
-                 mask_type="Decay", order="Normal", format="Attention", chunk_size=None, backend=None):
+                 mask_type="Decay", order="Normal", format="Auto", chunk_size=None, backend=None):
         super().__init__()
         _check_choice("mask_type", mask_type, variants.names(FAMILY))
         _check_choice("order", order, ORDERS)
@@ -197,7 +197,7 @@ class LionVisionTransformer(VisionTransformer):
 
     def __init__(self, img_size=224, patch_size=16, in_chans=3, num_classes=1000, embed_dim=768, depth=12,
                  num_heads=12, mlp_ratio=4.0, qkv_bias=True, qk_scale=None, drop_rate=0.0, attn_drop_rate=0.0,
-                 drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Attention",
+                 drop_path_rate=0.0, norm_layer=None, mask_type="Decay", order="Normal", format="Auto",
                  chunk_size=None, pos_emb=False, cls_tok=None, backend=None, global_pool: str | None = None,
                  dynamic_img_size: bool = True):
         _check_choice("mask_type", mask_type, variants.names(FAMILY))

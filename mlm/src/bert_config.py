@@ -48,8 +48,8 @@ class LionBertConfig(PretrainedConfig):
     layer_norm_after: a LayerNorm on the attention output (``attention.self.layer_norm``), used by lion-lit.
     position_embedding_type: 'absolute' (learned positions added to the token embeddings) | 'none'; when not given,
         'absolute' for attention and lion-lit, 'none' for lion-d and lion-s.
-    form / chunk_size: how LION attention is evaluated ('parallel', 'rnn', 'chunk', or 'auto': the faster of
-        parallel and chunk for the sequence length, ``lion.form_choice``); all give the same result.
+    form / chunk_size: how LION attention is evaluated ('parallel', 'rnn', 'chunk', or 'auto' (default): the faster
+        of parallel and chunk for the sequence length, ``lion.form_choice``); all give the same result.
     """
 
     model_type = "lion_bert"
@@ -72,7 +72,7 @@ class LionBertConfig(PretrainedConfig):
     arch_type: str = "attention"
     layer_norm_after: bool = False
     position_embedding_type: str | None = None
-    form: str = "parallel"
+    form: str = "auto"
     chunk_size: int | None = None  # None: automatic (the fused kernel's choice, 32 in torch)
 
     def __post_init__(self, **kwargs):
