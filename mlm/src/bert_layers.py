@@ -319,8 +319,8 @@ class LionBertModel(LionBertPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("You must specify exactly one of input_ids or inputs_embeds")
         output_attentions = self._flag(output_attentions, "output_attentions")
-        if output_attentions and self.config.arch_type != "attention" and self.config.form != "parallel":
-            raise ValueError(f"output_attentions=True needs form='parallel' (the model has form="
+        if output_attentions and self.config.arch_type != "attention" and self.config.form not in ("parallel", "auto"):
+            raise ValueError(f"output_attentions=True needs form='parallel' or 'auto' (the model has form="
                              f"{self.config.form!r}): the rnn and chunk forms never build the attention matrix; "
                              "call model.set_form('parallel') first")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]

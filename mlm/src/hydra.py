@@ -153,7 +153,7 @@ class HydraMixer(nn.Module):
             dt = dt * keep.to(dt.dtype)                              # unit gate, zero key at padded tokens
         A = -torch.exp(upcast(self.A_log))
         xh = x.view(b, L, H, P)
-        form, chunk = self.config.form, self.config.chunk_size
+        form, chunk = self.config.form, self.config.chunk_size or 32  # None: automatic, 32 in torch
         y_fw = ssd_scan(xh, B_fw, C_fw, dt[..., :H], A, form, chunk)
         y_bw = ssd_scan(xh.flip(1), B_bw.flip(1), C_bw.flip(1), dt[..., H:].flip(1), A, form, chunk)
         y = shift_right(y_fw) + shift_right(y_bw).flip(1)
