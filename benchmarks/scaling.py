@@ -75,6 +75,10 @@ def vit_worker(args) -> dict:
             ms = torch.tensor(median_ms(step, args.warmup, args.steps, device.type))
             torch.distributed.all_reduce(ms, op=torch.distributed.ReduceOp.MAX)  # the slowest process sets the pace
             out[f"ViT-{size[0].upper()} {name}"] = world * args.batch / (ms.item() / 1e3)
+    # DDP's reducer must go before its process group: freed after destroy_process_group (when this function
+    # returns), gloo's destructor joins a worker thread that waits for the GIL the freeing thread holds.
+    model = opt = step = None  # noqa: F841  (frees the closure cells)
+    torch.distributed.barrier()
     torch.distributed.destroy_process_group()
     return out if rank == 0 else {}
 
