@@ -2,7 +2,8 @@
 # GPU smoke: every entry point as a user types it, on one GPU, in a few minutes (`make test-gpu`).
 #
 #   bash tests/gpu_smoke.sh [WORK_DIR]   (PY=python: another interpreter than the venv's; SMOKE_DIR: the work dir;
-#                                         SMOKE_STEPS="vision-eager glue": only the steps named)
+#                                         SMOKE_STEPS="vision-eager glue": only the steps named;
+#                                         SMOKE_PARALLEL=1: four independent groups of steps at once, one GPU)
 #
 # Each step prints one line, "ok  NAME (Ns)" or "FAIL NAME: <its last output line>" (the whole output is in
 # WORK_DIR/NAME.log); the run ends with a summary line and exits non-zero if any step failed. Steps:
@@ -30,6 +31,27 @@ commit = os.environ.get("SMOKE_COMMIT") or subprocess.run(["git", "rev-parse", "
 print(f"gpu smoke {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · {torch.cuda.get_device_name()} · "
       f"torch {torch.__version__} · triton {triton.__version__} · commit {commit or '?'}")
 EOF
+
+# SMOKE_PARALLEL=1: the steps in four groups that share nothing but the GPU, run at once (each group in order, in
+# its own work dir); one line per step as always, then the summary.
+if [ "${SMOKE_PARALLEL:-0}" = 1 ] && [ -z "${SMOKE_STEPS:-}" ]; then
+    groups=("vision-eager vision-eval-RNN vision-eval-Chunk vision-compile" "vision-torchrun vision-dist-launch"
+            "mlm-pretrain glue converter" "pytest-triton")
+    pids=()
+    for i in "${!groups[@]}"; do
+        SMOKE_PARALLEL=0 SMOKE_STEPS="${groups[$i]}" bash "$0" "$work/group$i" > "$work/group$i.out" 2>&1 &
+        pids+=($!)
+    done
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    lines=$(cat "$work"/group*.out | grep -E '^(ok  |FAIL)')
+    echo "$lines"
+    if grep -q '^FAIL' <<< "$lines"; then
+        echo "gpu smoke: $(grep -c '^FAIL' <<< "$lines") failed (logs in $work/group*)"
+        exit 1
+    fi
+    echo "gpu smoke: all steps passed, in four parallel groups (logs in $work/group*)"
+    exit 0
+fi
 
 failed=()
 step() {  # step NAME COMMAND...: run, print one line (SMOKE_STEPS="NAME ...": only those steps)
