@@ -127,3 +127,26 @@ def test_op_table_judges_the_kernel_time_against_sdpa():
     assert "| 197 | LION-S | 0.600 | 1.50 | ≤ 1.00 NOT met | 0.600 |" in text
     assert "| 197 | LION-D♮ | 0.800 | 2.00 |  | 0.900 |" in text  # no target
     assert "8192³: 700 TFLOP/s" in text and op_table({}) == ""
+
+
+def test_length_rows_keep_tokens_per_step_and_judge_time_and_memory(monkeypatch):
+    """The length rows: as many tokens per step at every length (at least one row); each LION cell gives its time
+    ratio with the verdict where a target is set, its memory ratio and the form that ran ('auto': by the stored
+    crossover); the last line gives peak memory per token, shortest → longest length."""
+    import lion.form_choice as form_choice
+    from benchmarks.train_step import LENGTH_TARGETS, form_that_runs, length_batch, length_table
+
+    assert [length_batch(128, L, 197) for L in (197, 785, 3137, 12545)] == [128, 32, 8, 2]
+    assert length_batch(128, 8192, 128) == 2 and length_batch(1, 8192, 128) == 1
+    monkeypatch.setattr(form_choice, "crossover_lengths", lambda: {"Decay": 785})
+    assert [form_that_runs("", "Decay", L) for L in (197, 785)] == ["attention", "chunk"]
+    assert form_that_runs("Auto", "Lit", 12545) == "attention" and form_that_runs("parallel", "Decay", 785) == "attention"
+    rows = {224: {"tokens": 197, "batch": 128, "ms": {"DeiT": 10.0, "D": 9.0}, "mem": {"DeiT": 2.0, "D": 1.0},
+                  "form": {"D": "attention"}},
+            896: {"tokens": 3137, "batch": 8, "ms": {"DeiT": 20.0, "D": 12.0}, "mem": {"DeiT": 3.0, "D": 1.0},
+                  "form": {"D": "chunk"}}}
+    text = length_table(rows, "DeiT", "px", LENGTH_TARGETS["vit"])
+    assert "| 224 (197, 128) | 10.0 · 2.00 | 0.90 · mem 0.50× · attention |" in text
+    assert "| 896 (3137, 8) | 20.0 · 3.00 | 0.60 NOT met · mem 0.33× · chunk |" in text
+    assert "| target at 896 | | ≤ 0.50 |" in text
+    assert text.endswith("DeiT 83 → 125, D 42 → 42")
