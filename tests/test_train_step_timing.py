@@ -140,7 +140,8 @@ def test_length_rows_keep_tokens_per_step_and_judge_time_and_memory(monkeypatch)
     assert length_batch(128, 8192, 128) == 2 and length_batch(1, 8192, 128) == 1
     monkeypatch.setattr(form_choice, "crossover_lengths", lambda: {"Decay": 785})
     assert [form_that_runs("", "Decay", L) for L in (197, 785)] == ["attention", "chunk"]
-    assert form_that_runs("Auto", "Lit", 12545) == "attention" and form_that_runs("parallel", "Decay", 785) == "attention"
+    assert form_that_runs("Auto", "Lit", 12545) == "attention"
+    assert form_that_runs("parallel", "Decay", 785) == "attention"
     rows = {224: {"tokens": 197, "batch": 128, "ms": {"DeiT": 10.0, "D": 9.0}, "mem": {"DeiT": 2.0, "D": 1.0},
                   "form": {"D": "attention"}},
             896: {"tokens": 3137, "batch": 8, "ms": {"DeiT": 20.0, "D": 12.0}, "mem": {"DeiT": 3.0, "D": 1.0},
