@@ -55,7 +55,7 @@ from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FAMILY, FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
 from lion import variants
-from lion.multi_gpu import disable_nvlink_multicast
+from lion.multi_gpu import disable_nvlink_multicast, is_communication_error
 
 disable_nvlink_multicast()  # before any process group: NCCL reads NCCL_NVLS_ENABLE when it builds a communicator
 
@@ -656,12 +656,6 @@ def main(args):
     return {"model": model_without_ddp, "test_stats": test_stats, "max_accuracy": max_accuracy}
 
 
-def _is_communication_error(err):
-    """A failed or timed-out collective / rendezvous (gloo and NCCL raise RuntimeError with their name)."""
-    return isinstance(err, torch.distributed.DistError) or (
-        isinstance(err, RuntimeError) and re.search(r"gloo|nccl|c10d|timed out|connection", str(err), re.I))
-
-
 def cli(argv=None):
     """Command-line entry point. Expected failures (bad input, a non-finite loss, a lost process) end with one
     ``main_lion.py: error: ...`` line and exit status 1; anything else is a bug and keeps its traceback."""
@@ -681,7 +675,7 @@ def cli(argv=None):
         if rank is None:
             raise
         first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
-        if _is_communication_error(err):
+        if is_communication_error(err):
             raise TrainingStopped(f"rank {rank}: lost contact with the other processes ({first}); another "
                                   f"process probably failed first (see its message). Collectives give up after "
                                   f"--dist-timeout {args.dist_timeout:g} s") from None

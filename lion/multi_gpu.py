@@ -1,5 +1,5 @@
 """Settings every multi-GPU entry point applies before any process group exists (main_lion.py, mlm/main.py,
-mlm/glue.py, benchmarks/scaling.py).
+mlm/glue.py, benchmarks/scaling.py), and how they tell a lost peer from their own failure.
 
 NVLink multicast (NVLS) stays off in NCCL, torch's symmetric memory and NVSHMEM: on shared multi-GPU hosts a
 program that uses it can put the host's GPUs out of service for everyone, and the all-reduces of data-parallel
@@ -8,6 +8,7 @@ training gain little from it. The variables are set only where the environment d
 from __future__ import annotations
 
 import os
+import re
 from typing import MutableMapping
 
 NVLINK_MULTICAST_OFF = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
@@ -19,3 +20,12 @@ def disable_nvlink_multicast(env: MutableMapping[str, str] = os.environ) -> Muta
     for name, value in NVLINK_MULTICAST_OFF.items():
         env.setdefault(name, value)
     return env
+
+
+def is_communication_error(err: BaseException) -> bool:
+    """A failed or timed-out collective / rendezvous (gloo and NCCL raise RuntimeError with their name): in a run of
+    several processes, usually the sign that another process failed first."""
+    import torch.distributed
+
+    return isinstance(err, torch.distributed.DistError) or (
+        isinstance(err, RuntimeError) and bool(re.search(r"gloo|nccl|c10d|timed out|connection", str(err), re.I)))

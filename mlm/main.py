@@ -13,6 +13,7 @@ import glob
 import logging
 import os
 import sys
+import traceback
 from typing import Optional, Sequence
 
 if __package__ in (None, ""):  # `python mlm/main.py` / `composer mlm/main.py`: import the repository's mlm package
@@ -24,7 +25,7 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from lion.multi_gpu import disable_nvlink_multicast
+from lion.multi_gpu import disable_nvlink_multicast, is_communication_error
 from mlm.src.builders import (
     NonFiniteLossError,
     build_optimizer,
@@ -238,7 +239,9 @@ def main(cfg: DictConfig, source: Optional[Source] = None, extra_callbacks: Sequ
 
 
 def cli(argv: list[str], extra_callbacks: Sequence[Callback] = ()) -> Trainer:
-    """Runs the yaml; an expected user error or a non-finite loss exits non-zero with one line, no traceback."""
+    """Runs the yaml; an expected user error or a non-finite loss exits non-zero with one line, no traceback. In a
+    run of several processes (``composer -n N``) any other failure of a rank prints its traceback, then one line
+    naming the rank and the cause; Composer's launcher then ends the other ranks."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not argv or argv[0].startswith("-"):
         sys.exit(f"usage: {__doc__.strip().splitlines()[2].strip()}")
@@ -248,6 +251,17 @@ def cli(argv: list[str], extra_callbacks: Sequence[Callback] = ()) -> Trainer:
     except (ConfigError, NonFiniteLossError) as err:
         message = str(err) if str(err).startswith(argv[0]) else f"{argv[0]}: {err}"
         sys.exit(f"error: {message}")
+    except Exception as err:
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        if world == 1:
+            raise
+        rank = os.environ.get("RANK", "?")
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        if is_communication_error(err):
+            sys.exit(f"error: rank {rank}: lost contact with the other processes ({first}); another process "
+                     "probably failed first (see its message)")
+        traceback.print_exc()
+        sys.exit(f"error: rank {rank} of {world} failed: {type(err).__name__}: {first}")
 
 
 if __name__ == "__main__":

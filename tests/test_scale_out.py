@@ -249,3 +249,35 @@ def test_scaling_benchmark_dry_run_on_two_cpu_processes(tmp_path):
     assert [row.split(" | ")[0] for row in rows] == ["| ViT-T DeiT", "| ViT-T LION-D", "| ViT-T LION-S",
                                                      "| BERT-tiny BERT", "| BERT-tiny LION-D", "| BERT-tiny LION-S"]
     assert all(float(row.split(" | ")[1].replace(",", "")) > 0 for row in rows)
+
+
+def test_a_failing_mlm_rank_ends_the_job_with_one_line_naming_it(tmp_path):
+    """composer -n 2, rank 1 raises after its first step: the job ends (Composer's launcher stops rank 0) and the
+    output holds one line naming the rank and the cause, after that rank's traceback."""
+    from conftest import moby_dick_rows
+
+    (tmp_path / "corpus").mkdir()
+    corpus = moby_dick_rows(str(tmp_path / "corpus"))
+    worker = tmp_path / "failing_worker.py"
+    worker.write_text(textwrap.dedent("""
+        import sys
+        from composer import Callback
+        from composer.utils import dist
+        from mlm.main import cli
+
+        class Fail(Callback):
+            def after_train_batch(self, state, logger):
+                if dist.get_global_rank() == 1:
+                    raise RuntimeError("planted failure on rank 1")
+
+        cli(sys.argv[1:], extra_callbacks=[Fail()])
+    """))
+    launcher = os.path.join(os.path.dirname(sys.executable), "composer")
+    proc = subprocess.run([launcher, "-n", "2", str(worker), str(REPO / "yamls" / "pretrain" / "demo.yaml"), *MLM_TINY,
+                           "device_train_microbatch_size=8", f"data_local={corpus}",
+                           f"save_folder={tmp_path / 'ckpt'}"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0, output[-3000:]
+    named = [line.strip() for line in output.splitlines() if "of 2 failed" in line]
+    assert named == ["error: rank 1 of 2 failed: RuntimeError: planted failure on rank 1"], output[-3000:]
