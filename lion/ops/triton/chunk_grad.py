@@ -50,7 +50,9 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, XF, KF, DO, CS, sqb, sqh, sql, skb, skh
                  NORMALIZE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """Per token, once: x̂ = scale·φ(q), k̂ = φ(k)·keep, dO = dy / (n·D) and c = −(dy·y) / (n·D) (n orders, D the
     normaliser + eps; unnormalised dO = dy / n). XF, KF, DO: contiguous (B, H, L, ·) in the compute dtype."""
-    bh, b, h, offs, rows, offs_d, ok = token_block(H, L, D, BLOCK, BLOCK_D)
+    bh, b, h, offs, rows = token_block(H, L, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = rows[:, None] & (offs_d < D)[None, :]
     offs_dv = tl.arange(0, BLOCK_DV)
     tile = (bh * L + offs)[:, None] * D + offs_d[None, :]
     q = load_rows(Q + b * sqb + h * sqh, offs, rows, sql, offs_d, D)
@@ -75,7 +77,9 @@ def _phi_grad_kernel(Q, K, KEEP, GX, GK, DQ, DK, sqb, sqh, sql, skb, skh, skl, s
                      sob, soh, sol, spb, sph, spl, H, L, D, scale, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr,
                      BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
     """dq = scale·φ'(q)ᵀ dx̂, dk = keep·φ'(k)ᵀ dk̂ per token (φ recomputed from the raw q, k)."""
-    _, b, h, offs, rows, offs_d, ok = token_block(H, L, D, BLOCK, BLOCK_D)
+    _, b, h, offs, rows = token_block(H, L, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = rows[:, None] & (offs_d < D)[None, :]
     q = load_rows(Q + b * sqb + h * sqh, offs, rows, sql, offs_d, D)
     g = load_rows(GX + b * sgb + h * sgh, offs, rows, sgl, offs_d, D) * scale
     dq = phi_bwd(q, g, rows, offs_d, D, FEATURE)

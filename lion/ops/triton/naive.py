@@ -54,7 +54,7 @@ from lion.ops.triton.common.args import (
 from lion.ops.triton.common.features import feature_code, phi, phi_bwd
 from lion.ops.triton.common.launching import INTERPRET, Launcher, block_size, launch
 from lion.ops.triton.common.op import FusedOp
-from lion.ops.triton.common.rows import dy_rows, key_keep, load_rows
+from lion.ops.triton.common.rows import dy_rows, key_keep, load_rows, token_block
 from lion.ops.triton.lit import lit_kv_attention
 
 
@@ -235,14 +235,6 @@ def _load_feat(ptr, bh, L, offs, in_rows, offs_d, D):
 
 
 @triton.jit
-def _token_block(H, L, BLOCK: tl.constexpr):
-    """Grid (token blocks, B·H): this program's (b·H + h, b, h, token offsets, offsets < L)."""
-    bh = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), offs, offs < L
-
-
-@triton.jit
 def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
                  sqb, sqh, sql, skb, skh, skl, syb, syh, syl, sdyb, sdyh, sdyl, s1b, s1h, s1l, s2b, s2h, s2l,
                  H, L, D, DV, scale, eps,
@@ -253,7 +245,7 @@ def _prep_kernel(Q, K, KEEP, DY, Y, DEN, QF, KF, DYN, DLT, LA1, LA2, PERM, PC,
     dy/D → DYN and (dy·y)/D → DLT (WITH_DY). KF, QF, DYN: (B, H, L, ·) in the compute dtype; DLT (B, H, L) fp32.
     SUMS: each order's prefix sums P, C of its per-token gates LA1 (LA2) at every token → PC (2, orders, B, H, L),
     PERM (orders, L) int32 the orders' permutations (NATURAL: the natural order, no PERM)."""
-    bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
+    bh, b, h, offs, in_r = token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     row = (bh * L).to(tl.int64) + offs
@@ -290,7 +282,7 @@ def _fwd_kernel(Q, KF, V, P, C, R, LAM, SEED, Y, DEN,
                 NORMALIZE: tl.constexpr, DROPOUT: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y for BLOCK_M queries; keys come as prepared features KF (φ and padding applied by _prep_kernel)."""
-    bh, b, h, offs_m, in_m = _token_block(H, L, BLOCK_M)
+    bh, b, h, offs_m, in_m = token_block(H, L, BLOCK_M)
     BHL = tl.num_programs(1) * L
     lam1, lam2 = _decay_gates(LAM, h, H, NORD, DECAY)
     dt = V.dtype.element_ty
@@ -342,7 +334,7 @@ def _bwd_kernel(K, V, P, C, R, LAM, KEEP, SEED, QF, KF, DYN, DLT, DQA, DK, DVV, 
     layout shuffles between the two). (A two-loop variant without atomics, FlashAttention-2's, recomputing the scores
     for dφq, was 6–14 % slower at ViT and BERT shapes on an H200: benchmarks/RESULTS.md.) DQA, DP, DC must be zero on
     entry. DECAY: DP is the (orders, H) gradient of log λ, Σ_ij G_ij n_ij, one atomic per program and order."""
-    bh, b, h, offs_n, in_n = _token_block(H, L, BLOCK_N)
+    bh, b, h, offs_n, in_n = token_block(H, L, BLOCK_N)
     BHL = tl.num_programs(1) * L
     lam1, lam2 = _decay_gates(LAM, h, H, NORD, DECAY)
     dt = V.dtype.element_ty
@@ -421,7 +413,7 @@ def _bwd_q_kernel(Q, DQA, DQ, DP, DC, DLA, PERM, sqb, sqh, sql, sgb, sgh, sgl, H
     gradient of each order's per-token log gates from those of their prefix sums (P = C − log a, C_t = Σ_{s≤t}
     log a_s): d log a_t = Σ_{s≥t} (dP_s + dC_s) − dP_t (``_order_sums_grad``), DP and DC (orders, B, H, L) at
     natural positions, DLA (orders, B, H, L) in each order's indexing."""
-    bh, b, h, offs, in_r = _token_block(H, L, BLOCK)
+    bh, b, h, offs, in_r = token_block(H, L, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     g = _load_feat(DQA, bh, L, offs, in_r, offs_d, D) * scale
     dq = phi_bwd(load_rows(Q + b * sqb + h * sqh, offs, in_r, sql, offs_d, D), g, in_r, offs_d, D, FEATURE)

@@ -1,18 +1,15 @@
-"""Row loads of the attention form's kernels (``naive.py``, ``lit.py``): raw rows, which keys are kept, and dy
-scaled by the normaliser."""
+"""Token blocks and row loads of the per-token kernels (``naive.py``, ``lit.py``, ``chunk_grad.py``): a program's
+tokens, raw rows, which keys are kept, and dy scaled by the normaliser."""
 import triton
 import triton.language as tl
 
 
 @triton.jit
-def token_block(H, L, D, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A per-token kernel's program: BLOCK tokens of one (batch, head) row. Returns bh, b, h, the token offsets,
-    which are in range, the feature offsets and the (token, feature) in-range tile."""
+def token_block(H, L, BLOCK: tl.constexpr):
+    """Grid (token blocks, B·H): this program's (b·H + h, b, h, token offsets, offsets < L)."""
     bh = tl.program_id(1)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    rows = offs < L
-    offs_d = tl.arange(0, BLOCK_D)
-    return bh, bh // H, bh % H, offs, rows, offs_d, rows[:, None] & (offs_d < D)[None, :]
+    return bh, (bh // H).to(tl.int64), (bh % H).to(tl.int64), offs, offs < L
 
 
 @triton.jit
