@@ -75,3 +75,18 @@ def moby_dick_rows(root, paragraphs: int = 150, max_seq_len: int = 32) -> str:
     convert(local_documents([src], 0.1), out, BertTokenizerFast.from_pretrained(OFFLINE_TOKENIZER_DIR),
             max_seq_len=max_seq_len)
     return out
+
+
+# The models' shapes at which the fused ops are checked on the GPU (mask, order, normalize, pad, B, H, L, dtype):
+# ViT-S (6 heads, 197 tokens) and BERT-base (12 heads, 128 tokens) with and without normalisation and padding, and
+# batch 1 with an odd length. Each op's test file adds its own cases.
+GPU_MODEL_SHAPES = [
+    ("Lit", "Normal", True, False, 8, 6, 197, torch.bfloat16),
+    ("Decay", "Normal", True, False, 8, 6, 197, torch.float32),
+    ("Selective", "Normal", True, False, 8, 6, 197, torch.bfloat16),
+    ("Decay", "S", True, True, 4, 6, 197, torch.bfloat16),
+    ("Selective", "S", True, True, 4, 6, 197, torch.float32),
+    ("Lit", "Normal", False, True, 8, 12, 128, torch.bfloat16),
+    ("Decay", "Normal", False, True, 4, 12, 128, torch.float32),
+    ("Selective", "Normal", False, True, 8, 12, 128, torch.bfloat16),
+    ("Selective", "Normal", True, False, 1, 2, 51, torch.bfloat16)]

@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GPU_MODEL_SHAPES
 
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates
 from lion.masks import gate_arguments, log_mask
@@ -290,17 +291,8 @@ def test_cpu_without_interpreter_fails_clearly():
 
 # --- GPU only: the models' shapes
 @gpu_only
-@pytest.mark.parametrize("mask,order,normalize,pad,B,H,L,dtype", [
-    ("Lit", "Normal", True, False, 8, 6, 197, torch.bfloat16),
-    ("Decay", "Normal", True, False, 8, 6, 197, torch.float32),
-    ("Selective", "Normal", True, False, 8, 6, 197, torch.bfloat16),
-    ("Decay", "S", True, True, 4, 6, 197, torch.bfloat16),
-    ("Selective", "S", True, True, 4, 6, 197, torch.float32),
-    ("Lit", "Normal", False, True, 8, 12, 128, torch.bfloat16),
+@pytest.mark.parametrize("mask,order,normalize,pad,B,H,L,dtype", GPU_MODEL_SHAPES + [
     ("Selective", "S", False, True, 2, 6, 197, torch.bfloat16),
-    ("Decay", "Normal", False, True, 4, 12, 128, torch.float32),
-    ("Selective", "Normal", False, True, 8, 12, 128, torch.bfloat16),
-    ("Selective", "Normal", True, False, 1, 2, 51, torch.bfloat16),
     ("Decay", "S", True, False, 2, 6, 197, torch.float32)])
 def test_gpu_model_shapes(mask, order, normalize, pad, B, H, L, dtype):
     """fp32 (IEEE dots) ≤ 1e-4, bf16 ≤ 2e-2 against fp64 on the same inputs."""

@@ -9,6 +9,7 @@ import os
 
 import pytest
 import torch
+from conftest import GPU_MODEL_SHAPES
 
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates
 from lion.masks import gate_arguments
@@ -145,17 +146,8 @@ def test_torch_compile_traces_the_custom_op():
 
 # --- GPU only: the models' shapes, and a long sequence
 @gpu_only
-@pytest.mark.parametrize("mask,order,normalize,pad,B,H,L,dtype", [
-    ("Lit", "Normal", True, False, 8, 6, 197, torch.bfloat16),
-    ("Decay", "Normal", True, False, 8, 6, 197, torch.float32),
-    ("Selective", "Normal", True, False, 8, 6, 197, torch.bfloat16),
-    ("Decay", "S", True, True, 4, 6, 197, torch.bfloat16),
-    ("Selective", "S", True, True, 4, 6, 197, torch.float32),
-    ("Lit", "Normal", False, True, 8, 12, 128, torch.bfloat16),
-    ("Decay", "Normal", False, True, 4, 12, 128, torch.float32),
-    ("Selective", "Normal", False, True, 8, 12, 128, torch.bfloat16),
-    ("Selective", "Normal", True, False, 1, 2, 51, torch.bfloat16),
-    ("Selective", "S", True, False, 1, 2, 3137, torch.bfloat16),
+@pytest.mark.parametrize("mask,order,normalize,pad,B,H,L,dtype", GPU_MODEL_SHAPES + [
+    ("Selective", "S", True, False, 1, 2, 3137, torch.bfloat16),  # long: ViT-S at 896 px, BERT at 2k
     ("Decay", "Normal", False, True, 1, 2, 2048, torch.float32)])
 def test_gpu_model_shapes(mask, order, normalize, pad, B, H, L, dtype):
     """fp32 (IEEE dots) ≤ 1e-4, bf16 ≤ 2e-2 against fp64 on the same inputs."""
