@@ -9,6 +9,9 @@ Both are computed in float64 on the CPU, so the measure itself adds no rounding 
 """
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from lion import decay_log_gates, selective_log_gates
@@ -90,3 +93,13 @@ GPU_MODEL_SHAPES = [
     ("Decay", "Normal", False, True, 4, 12, 128, torch.float32),
     ("Selective", "Normal", False, True, 8, 12, 128, torch.bfloat16),
     ("Selective", "Normal", True, False, 1, 2, 51, torch.bfloat16)]
+
+
+# Fused-kernel tests: they run on CUDA, or on the CPU under the Triton interpreter (TRITON_INTERPRET=1, set before
+# triton is imported, as `make test-triton` does); elsewhere they skip. A test file marks itself with
+# ``pytestmark = FUSED_KERNEL_MARKS``.
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+CUDA = torch.cuda.is_available() and not INTERPRET
+DEV = "cuda" if CUDA else "cpu"
+FUSED_KERNEL_MARKS = [pytest.mark.triton, pytest.mark.skipif(
+    not (INTERPRET or CUDA), reason="needs CUDA or TRITON_INTERPRET=1 (set before import)")]

@@ -11,16 +11,12 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import GPU_MODEL_SHAPES
+from conftest import CUDA, DEV, FUSED_KERNEL_MARKS, GPU_MODEL_SHAPES, INTERPRET
 
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates
 from lion.masks import gate_arguments, log_mask
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEV = "cuda" if CUDA else "cpu"
-pytestmark = [pytest.mark.triton, pytest.mark.skipif(not (INTERPRET or CUDA),
-                                                     reason="needs CUDA or TRITON_INTERPRET=1 (set before import)")]
+pytestmark = FUSED_KERNEL_MARKS
 gpu_only = pytest.mark.skipif(not CUDA, reason="model shapes run on the GPU only")
 FEATURE = {"Lit": "elu_plus_one", "Decay": "normalized_silu", "Selective": "normalized_silu"}
 

@@ -5,20 +5,15 @@ Marked ``triton``: on CUDA, or on the CPU under the Triton interpreter (``make t
 lengths, a last chunk of one token, batch 1, padding, ♮ orders); elsewhere they skip. The GPU-only cases use the
 models' shapes (ViT L = 197, BERT L = 128, d = 64) and a long one.
 """
-import os
 
 import pytest
 import torch
-from conftest import GPU_MODEL_SHAPES
+from conftest import CUDA, DEV, FUSED_KERNEL_MARKS, GPU_MODEL_SHAPES, INTERPRET
 
 from lion import curve_permutation, decay_log_gates, lion_attention, selective_log_gates
 from lion.masks import gate_arguments
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEV = "cuda" if CUDA else "cpu"
-pytestmark = [pytest.mark.triton, pytest.mark.skipif(not (INTERPRET or CUDA),
-                                                     reason="needs CUDA or TRITON_INTERPRET=1 (set before import)")]
+pytestmark = FUSED_KERNEL_MARKS
 gpu_only = pytest.mark.skipif(not CUDA, reason="model shapes run on the GPU only")
 FEATURE = {"Lit": "elu_plus_one", "Decay": "normalized_silu", "Selective": "normalized_silu"}
 

@@ -3,19 +3,15 @@
 Marked ``triton``: they run on CUDA, or on the CPU under the Triton interpreter (``make test-triton`` sets
 TRITON_INTERPRET=1 before triton is imported); elsewhere they skip.
 """
-import os
 
 import pytest
 import torch
+from conftest import CUDA, DEV, FUSED_KERNEL_MARKS
 
 import lion.masks as masks
 from lion.masks import selective_log_gates, selective_log_gates_eps
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-CUDA = torch.cuda.is_available() and not INTERPRET
-DEV = "cuda" if CUDA else "cpu"
-pytestmark = [pytest.mark.triton, pytest.mark.skipif(not (INTERPRET or CUDA),
-                                                    reason="needs CUDA or TRITON_INTERPRET=1 (set before import)")]
+pytestmark = FUSED_KERNEL_MARKS
 
 FORMS = {"first_gate_one": (selective_log_gates, {}),
          "plain": (selective_log_gates, {"first_gate_one": False}),
