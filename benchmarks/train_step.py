@@ -255,15 +255,19 @@ def vit_rows(size: str, args, out: dict) -> dict:
     return out
 
 
+def mlm_batch(B: int, L: int) -> tuple:
+    """(ids, labels, attention mask) of B random unpadded rows of L tokens, 30 % of them labelled."""
+    g = torch.Generator(device="cuda").manual_seed(0)
+    ids = torch.randint(1, 30522, (B, L), device="cuda", generator=g)
+    labels = torch.where(torch.rand(B, L, device="cuda", generator=g) < 0.3, ids, torch.full_like(ids, -100))
+    return ids, labels, torch.ones(B, L, dtype=torch.bool, device="cuda")
+
+
 def mlm_setup(args):
     """(build(arch, attention dropout), batch, loss_fn) of the MLM rows: BERT-base's default config, random ids,
     30 % of them labelled, no padding (the attention mask is passed all True, as a data loader passes it)."""
     from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
-    B, L = args.mlm_batch, 128
-    g = torch.Generator(device="cuda").manual_seed(0)
-    ids = torch.randint(1, 30522, (B, L), device="cuda", generator=g)
-    labels = torch.where(torch.rand(B, L, device="cuda", generator=g) < 0.3, ids, torch.full_like(ids, -100))
-    mask = torch.ones(B, L, dtype=torch.bool, device="cuda")
+    batch = mlm_batch(args.mlm_batch, 128)
 
     def loss_fn(model, b):
         return model(input_ids=b[0], attention_mask=b[2], labels=b[1]).loss
@@ -273,7 +277,7 @@ def mlm_setup(args):
         cfg = LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"), attention_probs_dropout_prob=p,
                              **extra)
         return LionBertForMaskedLM(cfg)
-    return build, (ids, labels, mask), loss_fn
+    return build, batch, loss_fn
 
 
 def mlm_rows(args, out: dict) -> dict | None:
@@ -345,10 +349,7 @@ def mlm_length_rows(args, out: dict) -> dict:
     from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
     for L in args.mlm_lengths:
         B = length_batch(args.mlm_batch, L, 128)
-        g = torch.Generator(device="cuda").manual_seed(0)
-        ids = torch.randint(1, 30522, (B, L), device="cuda", generator=g)
-        labels = torch.where(torch.rand(B, L, device="cuda", generator=g) < 0.3, ids, torch.full_like(ids, -100))
-        mask = torch.ones(B, L, dtype=torch.bool, device="cuda")
+        batch = mlm_batch(B, L)
 
         def loss_fn(model, b):
             extra = {} if isinstance(model, BertForMaskedLM) else {"attention_mask": b[2]}
@@ -370,7 +371,7 @@ def mlm_length_rows(args, out: dict) -> dict:
         row = out.setdefault(L, {"tokens": L, "batch": B, "ms": {}, "mem": {}})
         row["form"] = {n: form_that_runs(args.form, MASK_KINDS[n], L) for n in MLM_ARCHS}
         print(f"BERT-base MLM {L} tokens: batch {B}, LION forms {row['form']}", flush=True)
-        time_models(models, (ids, labels, mask), loss_fn, args, row["ms"], row["mem"])
+        time_models(models, batch, loss_fn, args, row["ms"], row["mem"])
         torch._dynamo.reset()
     return out
 
