@@ -61,7 +61,6 @@ def moby_dick_rows(root, paragraphs: int = 150, max_seq_len: int = 32) -> str:
     """The first ``paragraphs`` Moby-Dick paragraphs shipped in mlm/data, converted to ``max_seq_len``-token rows
     under ``root``; returns the data folder (the MLM tests' real offline corpus)."""
     import itertools
-    import os
 
     from transformers import BertTokenizerFast
 
