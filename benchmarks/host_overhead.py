@@ -27,8 +27,10 @@ VARIANTS = {"DeiT": None, "Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
 
 
-def layer_step(variant: str, length: int, device: str = "cuda", dim: int = 384, heads: int = 6):
-    """One forward + backward of a ViT-S attention layer at batch 1 (under bf16 autocast on CUDA)."""
+def layer_step(variant: str, length: int, device: str = "cuda", dim: int = 384, heads: int = 6,
+               form: str = "Attention"):
+    """One forward + backward of a ViT-S attention layer at batch 1 (under bf16 autocast on CUDA), LION in the
+    vision ``format`` ``form``."""
     from timm.models.vision_transformer import Attention
 
     from image_classification.models_lion import LionAttention
@@ -39,7 +41,7 @@ def layer_step(variant: str, length: int, device: str = "cuda", dim: int = 384, 
     else:
         mask_type, order = VARIANTS[variant]
         module = LionAttention(dim, heads, qkv_bias=True, mask_type=mask_type, order=order,
-                               backend="triton" if device == "cpu" else None)
+                               backend="triton" if device == "cpu" else None, format=form)
     module = module.to(device)
 
     def step():
@@ -57,15 +59,17 @@ class _NoLaunch:
 
 
 def stub_kernels():
-    """CPU mode: the launches of the fused attention form and of the fused LION-S gates become no-ops (their outputs
-    are then uninitialised memory; only the host work around them is timed)."""
+    """CPU mode: the launches of the fused attention and chunk forms and of the fused LION-S gates become no-ops
+    (their outputs are then uninitialised memory; only the host work around them is timed)."""
+    import lion.ops.triton.chunk as chunk
+    import lion.ops.triton.chunk_grad as chunk_grad
     import lion.ops.triton.common.args as op_args
     import lion.ops.triton.gates as gates
     import lion.ops.triton.lit as lit
     import lion.ops.triton.naive as naive
 
     op_args.INTERPRET = True  # accept CPU tensors
-    for module in (naive, gates):
+    for module in (naive, gates, chunk, chunk_grad):
         module.INTERPRET = True
         module.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
     for module, name in ((naive, "_fwd"), (naive, "_bwd"), (lit, "_lit_fwd"), (lit, "_lit_bwd")):
@@ -89,6 +93,22 @@ def host_us(step, reps: int, device: str = "cuda") -> tuple[float, float]:
     _sync(device)
     t2 = time.perf_counter()
     return (t1 - t0) / reps * 1e6, (t2 - t0) / reps * 1e6
+
+
+def profile_text(step, reps: int, top: int = 25) -> str:
+    """cProfile of ``reps`` steps: the ``top`` functions by own time (µs per step)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(reps):
+        step()
+    prof.disable()
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((tt, nc, f"{func[0].split('/')[-1]}:{func[1]} {func[2]}") for func, (_, nc, tt, _, _) in
+                   stats.items()), reverse=True)[:top]
+    return "\n".join(f"  {tt / reps * 1e6:8.1f} µs  ×{nc / reps:<5g} {name}" for tt, nc, name in rows)
 
 
 def launch_us(step, reps: int) -> dict[str, tuple[float, float]]:
@@ -116,6 +136,9 @@ def main():
     ap.add_argument("--dim", type=int, help="width, 6 heads (default: 384, ViT-S; 96 on CPU)")
     ap.add_argument("--reps", type=int, default=200)
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--form", default="Attention", choices=["Attention", "Chunk"],
+                    help="the LION layers' form (vision format name)")
+    ap.add_argument("--profile", action="store_true", help="also cProfile the LION layers' host work (top functions)")
     ap.add_argument("--launches", action="store_true", help="also the host time of each Triton launch (CUDA)")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                     help="cpu: no GPU needed, LION's Triton launches replaced by no-ops (see above)")
@@ -135,10 +158,13 @@ def main():
     print("| layer | host µs to enqueue | µs per step | ÷ DeiT |\n|---|---|---|---|")
     base = None
     for variant in args.variants:
-        enqueue, wall = host_us(layer_step(variant, args.length, args.device, args.dim), args.reps, args.device)
+        step = layer_step(variant, args.length, args.device, args.dim, form=args.form)
+        enqueue, wall = host_us(step, args.reps, args.device)
         base = base or (wall if variant == "DeiT" else None)
         print(f"| {variant} | {enqueue:.0f} | {wall:.0f} | {wall / base:.2f} |" if base else
               f"| {variant} | {enqueue:.0f} | {wall:.0f} | – |", flush=True)
+        if args.profile and VARIANTS[variant] is not None:
+            print(profile_text(step, args.reps), flush=True)
     if args.launches and args.device == "cuda":
         for variant in args.variants:
             if VARIANTS[variant] is None:
@@ -146,6 +172,9 @@ def main():
             rows = launch_us(layer_step(variant, args.length, args.device, args.dim), 100)
             print(f"\nTriton launches per step of LION-{variant}: " +
                   ", ".join(f"{name} ×{n:g} {us:.0f} µs" for name, (n, us) in rows.items()))
+        from lion.ops.triton.common.launching import _LAUNCHES, _Direct
+        slow = sorted({key[0].fn.__name__ for key, entry in _LAUNCHES.items() if entry.__class__ is not _Direct})
+        print("Kernels launched through triton's own path (no direct launch): " + (", ".join(slow) or "none"))
 
 
 if __name__ == "__main__":

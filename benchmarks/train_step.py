@@ -194,25 +194,37 @@ def host_ops_ms(step, reps: int = 2) -> tuple[float, list]:
 
 
 def profile_step(size: str, variant: str, args) -> str:
-    """profile_pair for DeiT against a ViT LION variant."""
+    """profile_pair for DeiT against a ViT LION variant, at 224 px or, with --resolutions, at the first of them (the
+    length row's batch and --form)."""
     mask_type, order = VARIANTS[variant]
-    x = torch.randn(args.batch, 3, 224, 224, device="cuda")
-    y = torch.randint(0, 1000, (args.batch,), device="cuda")
+    px = args.resolutions[0] if args.resolutions else 224
+    B = length_batch(args.batch, (px // 16) ** 2 + 1, 197)
+    x = torch.randn(B, 3, px, px, device="cuda")
+    y = torch.randint(0, 1000, (B,), device="cuda")
     loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
-    builds = {"DeiT": lambda: timm.create_model(f"deit_{size}_patch16_224"),
-              f"LION-{variant}": lambda: timm.create_model(f"lion_{size}_patch16_224", mask_type=mask_type,
-                                                           order=order)}
-    return profile_pair(f"Kernel time of one ViT-{size[0].upper()} training step by category, batch {args.batch}",
+    form = {"format": published_form(args.form, "vision")} if args.form else {}
+    builds = {"DeiT": lambda: timm.create_model(f"deit_{size}_patch16_224", img_size=px),
+              f"LION-{variant}": lambda: timm.create_model(f"lion_{size}_patch16_224", img_size=px,
+                                                           mask_type=mask_type, order=order, **form)}
+    return profile_pair(f"Kernel time of one ViT-{size[0].upper()} training step by category, {px} px, batch {B}",
                         builds, (x, y), loss, args)
 
 
 def profile_mlm(variant: str, dropout: float, args) -> str:
-    """profile_pair for softmax BERT-base against a LION MLM variant, both with attention dropout ``dropout``."""
-    build, batch, loss = mlm_setup(args)
-    builds = {"BERT": lambda: build("attention", dropout),
-              f"LION-{variant}": lambda: build(MLM_ARCHS[variant], dropout)}
-    return profile_pair(f"Kernel time of one BERT-base MLM training step by category, batch {args.mlm_batch}×128, "
-                        f"attention dropout {dropout}", builds, batch, loss, args)
+    """profile_pair for softmax BERT-base against a LION MLM variant, both with attention dropout ``dropout``; with
+    --mlm-lengths, at the first of them as in the length rows (HF BertForMaskedLM on SDPA, the row's batch)."""
+    if not args.mlm_lengths:
+        build, batch, loss = mlm_setup(args)
+        builds = {"BERT": lambda: build("attention", dropout),
+                  f"LION-{variant}": lambda: build(MLM_ARCHS[variant], dropout)}
+        return profile_pair(f"Kernel time of one BERT-base MLM training step by category, batch {args.mlm_batch}×128, "
+                            f"attention dropout {dropout}", builds, batch, loss, args)
+    L = args.mlm_lengths[0]
+    B = length_batch(args.mlm_batch, L, 128)
+    hf_bert, lion_bert, loss = mlm_length_setup(args, L)
+    builds = {"BERT": hf_bert, f"LION-{variant}": functools.partial(lion_bert, MLM_ARCHS[variant])}
+    return profile_pair(f"Kernel time of one BERT-base MLM training step by category, batch {B}×{L}, attention "
+                        "dropout 0", builds, mlm_batch(B, L), loss, args)
 
 
 def host_and_wall_ms(step, reps: int = 5) -> tuple[float, float]:
@@ -340,31 +352,37 @@ def vit_length_rows(args, out: dict) -> dict:
     return out
 
 
+def mlm_length_setup(args, L: int):
+    """(HF softmax BERT builder, LION BERT builder by arch, loss_fn) of an MLM length row at L tokens."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
+
+    def loss_fn(model, b):
+        extra = {} if isinstance(model, BertForMaskedLM) else {"attention_mask": b[2]}
+        return model(input_ids=b[0], labels=b[1], **extra).loss
+
+    def hf_bert():
+        cfg = BertConfig(max_position_embeddings=L, attention_probs_dropout_prob=0.0)
+        cfg._attn_implementation = "sdpa"
+        return BertForMaskedLM(cfg)
+
+    def lion_bert(arch):
+        form = {"form": published_form(args.form, "mlm")} if args.form else {}
+        return LionBertForMaskedLM(LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"),
+                                                  attention_probs_dropout_prob=0.0, max_position_embeddings=L,
+                                                  **form))
+    return hf_bert, lion_bert, loss_fn
+
+
 def mlm_length_rows(args, out: dict) -> dict:
     """BERT-base MLM rows at --mlm-lengths: HF BertForMaskedLM (SDPA flash: unpadded rows, no attention mask) and
     the LION BERTs (form --form or the config's default), attention dropout 0 for all, as the long-context yamls;
     the same tokens per step at every length; time and peak memory."""
-    from transformers import BertConfig, BertForMaskedLM
-
-    from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
     for L in args.mlm_lengths:
         B = length_batch(args.mlm_batch, L, 128)
         batch = mlm_batch(B, L)
-
-        def loss_fn(model, b):
-            extra = {} if isinstance(model, BertForMaskedLM) else {"attention_mask": b[2]}
-            return model(input_ids=b[0], labels=b[1], **extra).loss
-
-        def hf_bert(L=L):
-            cfg = BertConfig(max_position_embeddings=L, attention_probs_dropout_prob=0.0)
-            cfg._attn_implementation = "sdpa"
-            return BertForMaskedLM(cfg)
-
-        def lion_bert(arch, L=L):
-            form = {"form": published_form(args.form, "mlm")} if args.form else {}
-            return LionBertForMaskedLM(LionBertConfig(arch_type=arch, layer_norm_after=(arch == "lion-lit"),
-                                                      attention_probs_dropout_prob=0.0, max_position_embeddings=L,
-                                                      **form))
+        hf_bert, lion_bert, loss_fn = mlm_length_setup(args, L)
         models = {"BERT": (f"BERT-base {L} tokens, HF BertForMaskedLM (SDPA)", hf_bert)}
         for name, arch in MLM_ARCHS.items():
             models[name] = (f"BERT-base {L} tokens, {arch}", functools.partial(lion_bert, arch))
@@ -614,10 +632,10 @@ def main():
     ap.add_argument("--no-op", action="store_true", help="skip the op-level timing")
     ap.add_argument("--profile", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
                     help="only print where the kernel time of one step goes, DeiT vs these ViT variants "
-                         "(first --sizes; with --compile, compiled)")
+                         "(first --sizes, at 224 px or the first --resolutions; with --compile, compiled)")
     ap.add_argument("--profile-mlm", nargs="+", default=[], choices=list(MLM_ARCHS), metavar="VARIANT",
                     help="only print where the kernel time of one MLM step goes, softmax BERT vs these LION "
-                         "variants, for each --mlm-dropout")
+                         "variants, for each --mlm-dropout (with --mlm-lengths: at the first of them, dropout 0)")
     ap.add_argument("--results", default="benchmarks/RESULTS.md",
                     help="markdown file: this run replaces its blocks of the parts it measured ('' = none)")
     ap.add_argument("--json", default="")
@@ -630,7 +648,7 @@ def main():
         for variant in args.profile:
             print(profile_step(args.sizes[0], variant, args) + "\n", flush=True)
         for variant in args.profile_mlm:
-            for p in args.mlm_dropout:
+            for p in ([0.0] if args.mlm_lengths else args.mlm_dropout):
                 print(profile_mlm(variant, p, args) + "\n", flush=True)
         return
     import triton

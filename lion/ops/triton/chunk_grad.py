@@ -37,7 +37,7 @@ from lion.checks import check_chunk_size
 from lion.ops.triton.chunk import chunk_sums
 from lion.ops.triton.common.args import compute_dtype, grad_buffer, grad_views, prepare_scan, token_major
 from lion.ops.triton.common.features import phi, phi_bwd
-from lion.ops.triton.common.launching import INTERPRET, block_size, launch
+from lion.ops.triton.common.launching import INTERPRET, block_size, cdiv, launch
 from lion.ops.triton.common.op import FusedOp
 from lion.ops.triton.common.rows import key_keep, load_rows, token_block
 
@@ -118,7 +118,7 @@ def _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, nor
     dO = torch.empty(B, H, L, DV, device=q.device, dtype=v.dtype)
     # dnum = dy / D and dden = −δ / D = c, per order (the means over the orders)
     c = torch.empty(B, H, L, device=q.device, dtype=torch.float32) if normalize else None
-    grid = (triton.cdiv(L, _ROWS), B * H)
+    grid = (cdiv(L, _ROWS), B * H)
     kp = keep if keep is not None else q
     launch(_prep_kernel, grid, (
         q, k, kp, dy, y, den if normalize else q, x_, k_, dO, c if normalize else q, *_bhl(q), *_bhl(k),

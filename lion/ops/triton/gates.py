@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from lion.ops.triton.common.args import KERNEL_DTYPES, check_device
-from lion.ops.triton.common.launching import INTERPRET, launch
+from lion.ops.triton.common.launching import INTERPRET, cdiv, launch, next_power_of_2
 from lion.ops.triton.common.op import FusedOp
 
 _TOKENS = 64  # tokens per program
@@ -79,9 +79,9 @@ def _gates_bwd_kernel(Z, PERM, DOUT, DZ, szb, szl, szh, sgb, sgh, sgl, H, L, eps
 
 def _grid_meta(z, perm, first_gate_one, eps):
     B, L, H = z.shape
-    return (triton.cdiv(L, _TOKENS), B), dict(
+    return (cdiv(L, _TOKENS), B), dict(
         FIRST_ONE=first_gate_one, EPS=eps is not None, HAS_PERM=perm is not None, BLOCK_L=_TOKENS,
-        BLOCK_H=triton.next_power_of_2(H), num_warps=1 if INTERPRET else 4)
+        BLOCK_H=next_power_of_2(H), num_warps=1 if INTERPRET else 4)
 
 
 def _gates_fwd(z, perm, first_gate_one, eps):

@@ -52,7 +52,7 @@ from lion.ops.triton.common.args import (
     token_major,
 )
 from lion.ops.triton.common.features import feature_code, phi, phi_bwd
-from lion.ops.triton.common.launching import INTERPRET, Launcher, block_size, launch
+from lion.ops.triton.common.launching import INTERPRET, Launcher, block_size, cdiv, launch
 from lion.ops.triton.common.op import FusedOp
 from lion.ops.triton.common.rows import dy_rows, key_keep, load_rows, token_block
 from lion.ops.triton.lit import lit_kv_attention
@@ -534,7 +534,7 @@ def _prepare(q, k, keep, scale, feature, with_q=False, dy=None, y=None, den=None
     la1, la2, R, pc = sums or (q, None, None, q)
     nord = 1 if la2 is None else 2
     perm = q if R is None else R[1]
-    launch(_prep_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H), (
+    launch(_prep_kernel, (cdiv(L, _TOKEN_ROWS), B * H), (
         q, k, q if keep is None else keep, dy, y, den, qf, kf, dyn, dlt, la1, la1 if la2 is None else la2, perm, pc,
         *q.stride()[:3], *k.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *_gate_strides(la1),
         *_gate_strides(la2), H, L, D, DV, scale, eps), dict(
@@ -555,7 +555,7 @@ def _attention_fwd(q, k, v, P, C, R, keep, seed, scale, eps, feature, normalize,
     Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, gates)
     _, kf, _, _ = _prepare(q, k, keep, scale, feature, dtype=v.dtype, sums=sums)
     Pp, Cp, Rp, Lp, Sp = stand_ins(q, Pk, Ck, R, P, seed)
-    grid = lambda m: (triton.cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
+    grid = lambda m: (cdiv(L, m["BLOCK_M"]), B * H)  # noqa: E731
     _fwd(grid, q, kf, v, Pp, Cp, Rp, Lp, Sp, y, den, *q.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], H, L, D, DV, scale, eps, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
     return y, den
@@ -607,11 +607,11 @@ def _attention_bwd(q, k, v, P, C, R, keep, seed, y, den, dy, scale, eps, feature
     Pk, Ck, sums = _kernel_gates(q, P, C, R, keep, (n, mode))
     qf, kf, dyn, dlt = _prepare(q, k, keep, scale, feature, True, dy, y, den, eps, normalize, v.dtype, sums=sums)
     Pp, Cp, Rp, Lp, Kp, Sp = stand_ins(q, Pk, Ck, R, P, keep, seed)
-    grid = lambda m: (triton.cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
+    grid = lambda m: (cdiv(L, m["BLOCK_N"]), B * H)  # noqa: E731
     _bwd(grid, k, v, Pp, Cp, Rp, Lp, Kp, Sp, qf, kf, dyn, dlt, dqa, dk, dv, dP, dC,
               *k.stride()[:3], *v.stride()[:3], *dk.stride()[:3], *dv.stride()[:3],
               H, L, D, DV, dropout_p, 1.0 / (1.0 - dropout_p), **meta)
-    launch(_bwd_q_kernel, (triton.cdiv(L, _TOKEN_ROWS), B * H),
+    launch(_bwd_q_kernel, (cdiv(L, _TOKEN_ROWS), B * H),
            (q, dqa, dq, dP, dC, dgates, q if R is None else R[1], *q.stride()[:3], *dq.stride()[:3], H, L, D, scale),
            dict(FEATURE=feature, SUMS=mode == "sums", NATURAL=R is None, NORD=max(n, 1), BLOCK=_TOKEN_ROWS,
                 BLOCK_D=meta["BLOCK_D"], num_warps=1 if INTERPRET else 4))
@@ -739,7 +739,7 @@ def fused_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
 def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, L: int, dropout_p: float) -> torch.Tensor:
     """The (B, H, L, L) keep mask the kernels draw for ``seed`` (for tests): A_ij survives iff it is True."""
     keep = torch.empty(B * H, L, L, device=seed.device, dtype=torch.int8)
-    _keep_kernel[(B * H, triton.cdiv(L, 16))](seed, keep, L, dropout_p, ROWS=16, BLOCK=block_size(L))
+    _keep_kernel[(B * H, cdiv(L, 16))](seed, keep, L, dropout_p, ROWS=16, BLOCK=block_size(L))
     return keep.view(B, H, L, L).bool()
 
 

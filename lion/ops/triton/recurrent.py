@@ -21,7 +21,7 @@ import triton.language as tl
 
 from lion.ops.triton.common.args import prepare_scan, stand_ins, strides_or_zero
 from lion.ops.triton.common.features import feature_map
-from lion.ops.triton.common.launching import launch
+from lion.ops.triton.common.launching import cdiv, launch, next_power_of_2
 
 # measured on an H200 (benchmarks/RESULTS.md): tokens per load, value columns per program, warps per program
 BLOCK_T, BLOCK_DV, NUM_WARPS = 4, 16, 1
@@ -146,12 +146,12 @@ def recurrent_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Opti
     DV = v.shape[-1]
     n_orders = 1 if perms is None else len(perms)
     dev = q.device
-    block_dk = max(16, triton.next_power_of_2(DK))
-    block_dv = min(block_dv, max(16, triton.next_power_of_2(DV)))
+    block_dk = max(16, next_power_of_2(DK))
+    block_dv = min(block_dv, max(16, next_power_of_2(DV)))
     num = torch.zeros(B, L, H, DV, device=dev, dtype=torch.float32)
     den = torch.zeros(B, L, H, device=dev, dtype=torch.float32) if normalize else num
     dummy = num
-    launch(_rnn_kernel, (n_orders * B * H, triton.cdiv(DV, block_dv), 2), (
+    launch(_rnn_kernel, (n_orders * B * H, cdiv(DV, block_dv), 2), (
         q, k, v, *stand_ins(dummy, gates, perm_ids, keep), num, den,
         *q.stride(), *k.stride(), *v.stride(), *strides_or_zero(gates, 4), keep.stride(0) if keep is not None else 0,
         *num.stride(), B * H, H, L, DK, DV, float(scale)), dict(
@@ -160,6 +160,6 @@ def recurrent_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Opti
         num_warps=num_warps))
     out = num if v.dtype == torch.float32 else torch.empty(B, L, H, DV, device=dev, dtype=v.dtype)
     rows = 32
-    launch(_normalize, (triton.cdiv(B * L * H, rows),), (num, den, out, B * L * H, DV, float(eps), 1.0 / n_orders),
-           dict(NORMALIZE=normalize, ROWS=rows, BLOCK_DV=triton.next_power_of_2(DV), num_warps=4))
+    launch(_normalize, (cdiv(B * L * H, rows),), (num, den, out, B * L * H, DV, float(eps), 1.0 / n_orders),
+           dict(NORMALIZE=normalize, ROWS=rows, BLOCK_DV=next_power_of_2(DV), num_warps=4))
     return out.permute(0, 2, 1, 3)

@@ -19,6 +19,17 @@ FAST_LAUNCH = os.environ.get("LION_TRITON_FAST_LAUNCH", "1") == "1"
 LAUNCH_TIMES = None  # benchmarks/host_overhead.py sets a dict: kernel name → [launches, host seconds]
 
 
+# Host-side integer helpers: triton ≥ 3.4's triton.cdiv / next_power_of_2 are constexpr functions whose every
+# host call costs microseconds (argument unwrapping); a layer's launches make dozens of these calls.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def next_power_of_2(n: int) -> int:
+    return triton.next_power_of_2(n)
+
+
 @functools.lru_cache(maxsize=None)
 def block_size(n: int) -> int:
     """Power of two ≥ max(n, 16): tl.dot needs every dimension ≥ 16."""
