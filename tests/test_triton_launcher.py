@@ -251,3 +251,11 @@ def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
     assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])
     for a, b in zip(out[1], ref[1]):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 15, 16, 17, 64, 100, 197, 3137, 12545])
+def test_host_integer_helpers_match_triton(n):
+    """launching.cdiv / next_power_of_2 (plain Python, for the host) equal triton's constexpr functions."""
+    assert launching.next_power_of_2(n) == triton.next_power_of_2(n)
+    for d in (1, 7, 16, 64):
+        assert launching.cdiv(n, d) == triton.cdiv(n, d)
