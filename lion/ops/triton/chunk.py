@@ -405,4 +405,6 @@ def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 
             o, B * H, H, L, DK, DV, n, chunk, float(scale), float(eps), 1.0 / n_orders),
             dict(NORMALIZE=normalize, PASS=pass_, STORE_DEN=den is not None, GATE_DOT=w is not None,
                  num_warps=warps, maxnreg=maxnreg, **flags))
-    return out.permute(0, 2, 1, 3), den, None if gd is None else gd.sum(1)
+    if gd is not None:  # the value-column blocks' partial dot products; one block (dv ≤ 64): a view, no sum
+        gd = gd[:, 0] if n_dv == 1 else gd.sum(1)
+    return out.permute(0, 2, 1, 3), den, gd

@@ -134,7 +134,7 @@ def _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, nor
     if gates is not None:  # gq, gk: (orders, 2, B, H, L), the strictly lower / upper parts' dot products
         dP = gq[:, 0] - gk[:, 1]
         dC = gk[:, 0] - gq[:, 1]
-        dgates = _reverse_cumsum(dP) - dP + _reverse_cumsum(dC)
+        dgates = _reverse_cumsum(dP + dC) - dP  # = rev(dP) − dP + rev(dC), one reverse cumsum
     dqkv = grad_buffer(B, H, L, D, DV, q, v.dtype)  # one buffer: lion.unpack_qkv returns it without a copy
     dq, dk_raw, dv_out = grad_views(dqkv, D, DV)
     launch(_phi_grad_kernel, grid, (
