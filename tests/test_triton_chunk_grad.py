@@ -97,8 +97,9 @@ def test_chunk_grad_matches_reference(mask, order, normalize, pad, L, B, chunk):
     compare(mask, order, B=B, L=L, normalize=normalize, pad=pad, seed=L + B, chunk_size=chunk)
 
 
+# d = 80 > 64: the backward's operators over k-width values run two column blocks (their gate dot products summed)
 @pytest.mark.parametrize("mask,order,D,DV", [("Selective", "S", 8, 16), ("Decay", "Normal", 16, 8),
-                                           ("Selective", "Normal", 80, 16)])  # d > 64: the gradient ops run two column blocks
+                                           ("Selective", "Normal", 80, 16)])
 @pytest.mark.skipif(CUDA, reason="the GPU cases use d = dv = 64")
 def test_chunk_grad_key_and_value_widths_differ(mask, order, D, DV):
     compare(mask, order, B=1, L=19, D=D, DV=DV, pad=True, seed=7, chunk_size=8)
