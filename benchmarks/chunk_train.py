@@ -92,13 +92,32 @@ def run(tokens: int, H: int, D: int, lengths, forms, reps: int) -> list[tuple]:
     return rows
 
 
-def table(rows, gpu: str) -> str:
-    sdpa = {L: t for L, _, n, t, _, _ in rows if n == "SDPA flash"}
-    out = [f"{gpu}, bf16, fwd + bwd of the op", "",
-           "| L | B | op | ms | ÷ SDPA | TFLOP/s-eq | peak GiB |", "|---|---|---|---|---|---|---|"]
-    for L, B, name, t, tf, mem in rows:
-        out.append(f"| {L} | {B} | {name} | {t:.3f} | {t / sdpa[L]:.2f} | {tf:.0f} | {mem:.2f} |"
-                   if L in sdpa else f"| {L} | {B} | {name} | {t:.3f} | – | {tf:.0f} | {mem:.2f} |")
+def table(rows) -> str:
+    """One row per length: SDPA's ms, then per LION op its chunk and attention forms' time ÷ SDPA's; the peak
+    memory of each at the longest length below."""
+    ms = {(L, name): t for L, _, name, t, _, _ in rows}
+    batch = {L: B for L, B, *_ in rows}
+    lengths = sorted(batch)
+    ops = list(dict.fromkeys(name.split()[0] for _, _, name, *_ in rows if name != "SDPA flash"))
+    forms = list(dict.fromkeys(name.split()[1] for _, _, name, *_ in rows if name != "SDPA flash"))
+
+    def cell(L, op):
+        base = ms.get((L, "SDPA flash"))
+        vals = [ms.get((L, f"{op} {form}")) for form in forms]
+        return " · ".join("–" if v is None else (f"{v / base:.2f}" if base else f"{v:.2f} ms") for v in vals)
+    out = [f"bf16, fwd + bwd of the op; each LION cell: {' · '.join(forms)} form, time ÷ SDPA's", "",
+           "| L (B) | SDPA ms | " + " | ".join(ops) + " |", "|---" * (len(ops) + 2) + "|"]
+    for L in lengths:
+        sdpa = ms.get((L, "SDPA flash"))
+        out.append(f"| {L} ({batch[L]}) | {'–' if sdpa is None else f'{sdpa:.2f}'} | "
+                   + " | ".join(cell(L, op) for op in ops) + " |")
+    if lengths:  # peak memory beyond the inputs at the longest length, in the cells' layout
+        L = lengths[-1]
+        mem = {name: m for L_, _, name, _, _, m in rows if L_ == L}
+        sdpa = f"SDPA {mem['SDPA flash']:.2f}, " if "SDPA flash" in mem else ""
+        out += ["", f"Peak GiB at L = {L}: {sdpa}" + ", ".join(
+            f"{op} " + " · ".join(f"{mem[f'{op} {form}']:.2f}" if f"{op} {form}" in mem else "–" for form in forms)
+            for op in ops)]
     return "\n".join(out)
 
 
@@ -137,7 +156,7 @@ def main():
     import triton
     head = run_header("python benchmarks/chunk_train.py " + " ".join(sys.argv[1:]), gpu, torch.__version__,
                       triton.__version__)
-    block = f"**Op alone, fwd + bwd** · {head}\n\n{table(rows, gpu)}"
+    block = f"**Op alone, fwd + bwd** · {head}\n\n{table(rows)}"
     print(block)
     if args.results:
         replace_block(args.results, "chunk_train:op", block)

@@ -414,7 +414,7 @@ def length_table(rows: dict, base: str, unit: str, targets: dict) -> str:
                 continue
             t = targets.get(key, {}).get(n)
             ratio = verdict(ms[n] / ms[base], t) if t else f"{ms[n] / ms[base]:.2f}"
-            cells.append(f"{ratio} · mem {mem[n] / mem[base]:.2f}× · {r['form'][n]}")
+            cells.append(f"{ratio} · {mem[n] / mem[base]:.2f} · {r['form'][n]}")
         lines.append(f"| {key} ({r['tokens']}, {r['batch']}) | {ms[base]:.1f} · {mem[base]:.2f} | "
                      + " | ".join(cells) + " |")
     for key, t in targets.items():
@@ -425,8 +425,7 @@ def length_table(rows: dict, base: str, unit: str, targets: dict) -> str:
     per_token = [f"{n} {2**20 * first['mem'][n] / (first['tokens'] * first['batch']):.0f} → "
                  f"{2**20 * last['mem'][n] / (last['tokens'] * last['batch']):.0f}"
                  for n in [base] + names if n in first["mem"] and n in last["mem"]]
-    lines += ["", "Peak memory per token of the step (KiB), shortest → longest length (linear memory: about "
-              "constant): " + ", ".join(per_token)]
+    lines += ["", "Peak KiB per token, shortest → longest (linear: about constant): " + ", ".join(per_token)]
     return "\n".join(lines)
 
 
@@ -573,9 +572,10 @@ def length_main(args, results: dict) -> None:
         print("interrupted: reporting what was measured", flush=True)
     command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
     head = run_header(command, results["gpu"], results["torch"], results.get("triton", "?"))
-    setup = (f"bf16 autocast, fp32 weights, fused AdamW, eager, median of {args.steps} steps after {args.warmup} "
-             "warm-up, models timed interleaved; peak memory: one step beyond the resident weights, gradients and "
-             "optimizer state; each LION cell: time ÷ softmax (verdict), memory ÷ softmax, the form that ran")
+    # the setup is stated once in RESULTS.md's section, not in each block
+    setup = (f"bf16 autocast, fp32 weights, fused AdamW, eager; median of {args.steps} steps after {args.warmup} "
+             "warm-up, interleaved; memory: a step's peak beyond weights, grads and optimizer state. LION cells: "
+             "time ÷ softmax (verdict) · memory ÷ softmax · form")
     size = f"ViT-{args.sizes[0][0].upper()}"
     tables = {"train_step:vit-lengths": (f"{size} by image size", length_table(
                   results["vit_lengths"], "DeiT", "px", LENGTH_TARGETS["vit"] if size == "ViT-S" else {})),
@@ -583,7 +583,8 @@ def length_main(args, results: dict) -> None:
                   results["mlm_lengths"], "BERT", "tokens", LENGTH_TARGETS["mlm"]))}
     for name, (title, body) in tables.items():
         if body:
-            block = f"**{title}** · {head}\n\n{setup}\n\n{body}"
+            block = f"**{title}** · {head}\n\n{body}"
+            print(setup, flush=True)
             print(block + "\n", flush=True)
             if args.results:
                 replace_block(args.results, name, block)

@@ -147,7 +147,7 @@ def test_length_rows_keep_tokens_per_step_and_judge_time_and_memory(monkeypatch)
             896: {"tokens": 3137, "batch": 8, "ms": {"DeiT": 20.0, "D": 12.0}, "mem": {"DeiT": 3.0, "D": 1.0},
                   "form": {"D": "chunk"}}}
     text = length_table(rows, "DeiT", "px", LENGTH_TARGETS["vit"])
-    assert "| 224 (197, 128) | 10.0 · 2.00 | 0.90 · mem 0.50× · attention |" in text
-    assert "| 896 (3137, 8) | 20.0 · 3.00 | 0.60 NOT met · mem 0.33× · chunk |" in text
+    assert "| 224 (197, 128) | 10.0 · 2.00 | 0.90 · 0.50 · attention |" in text
+    assert "| 896 (3137, 8) | 20.0 · 3.00 | 0.60 NOT met · 0.33 · chunk |" in text
     assert "| target at 896 | | ≤ 0.50 |" in text
     assert text.endswith("DeiT 83 → 125, D 42 → 42")
