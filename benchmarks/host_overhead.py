@@ -172,9 +172,10 @@ def main():
             rows = launch_us(layer_step(variant, args.length, args.device, args.dim), 100)
             print(f"\nTriton launches per step of LION-{variant}: " +
                   ", ".join(f"{name} ×{n:g} {us:.0f} µs" for name, (n, us) in rows.items()))
-        from lion.ops.triton.common.launching import _LAUNCHES, _Direct
+        from lion.ops.triton.common.launching import _LAUNCHES, _Direct, _hooks_set
         slow = sorted({key[0].fn.__name__ for key, entry in _LAUNCHES.items() if entry.__class__ is not _Direct})
-        print("Kernels launched through triton's own path (no direct launch): " + (", ".join(slow) or "none"))
+        print("Kernels launched through triton's own path (no direct launch): " +
+              ("all (a triton launch hook is set)" if _hooks_set() else ", ".join(slow) or "none"))
 
 
 if __name__ == "__main__":

@@ -113,8 +113,9 @@ class FakeJit:
     triton ≥ 3.3 does (every parameter's value after the hooks); ``all_params=False``: the runtime ones only."""
     params = [Param("X", False), Param("N", False), Param("BLOCK", True, 16)]
 
-    class fn:
-        __name__ = "fake_kernel"
+    @staticmethod
+    def fn():  # the kernel's Python function (named in logs and timings)
+        pass
 
     def __init__(self, all_params=True, hook=None, compiled=FakeCompiled):
         self.cache, self.via_triton, self.all_params, self.hook, self.compiled = {}, 0, all_params, hook, compiled
@@ -210,6 +211,20 @@ def test_launch_with_hooks(direct, monkeypatch):
     assert kernel.via_triton == 4
 
 
+def test_launch_warns_once_when_a_kernel_stays_on_tritons_path(direct, caplog):
+    """A launcher call of a layout the direct path does not know (here: hooks in the call) keeps triton's path, and
+    says so once per kernel."""
+    launching._warn_slow_path.cache_clear()
+    x = torch.zeros(64)
+    kernel = FakeJit(hook=Chain([print]))
+    with caplog.at_level("WARNING", logger=launching.__name__):
+        for _ in range(4):
+            launching.launch(kernel, (1,), (x, 5), dict(BLOCK=16))
+    assert kernel.via_triton == 4
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "kernel fn:" in warnings[0] and "triton's own path" in warnings[0]
+
+
 def test_launch_switch_off(direct, monkeypatch):
     monkeypatch.setattr(launching, "FAST_LAUNCH", False)
     kernel = FakeJit()
@@ -218,6 +233,7 @@ def test_launch_switch_off(direct, monkeypatch):
     assert kernel.via_triton == 4
 
 
+@pytest.mark.triton  # in `pytest -m triton`, so the GPU smoke runs it
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real triton launches need a GPU")
 def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
     """The real kernels (attention form forward and backward, chunk form) launched directly give what triton's own
@@ -259,3 +275,41 @@ def test_host_integer_helpers_match_triton(n):
     assert launching.next_power_of_2(n) == triton.next_power_of_2(n)
     for d in (1, 7, 16, 64):
         assert launching.cdiv(n, d) == triton.cdiv(n, d)
+
+
+@pytest.mark.triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real triton launches need a GPU")
+@pytest.mark.parametrize("mask", ["Decay", "Selective"])
+def test_chunk_training_launches_go_direct_on_the_gpu(monkeypatch, mask):
+    """The chunk form's training op as a model runs it (bf16 autocast, gates with gradients): after two steps every
+    kernel of its forward and backward launches directly (a kernel left on triton's path costs tens to hundreds of µs
+    of host time a launch), with the results of triton's own launches."""
+    import lion
+    from lion.ops.triton.chunk_grad import chunk_attention_trainable
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    qkv = torch.randn(2, 197, 3, 6, 64, device="cuda", generator=g).transpose(1, 3)
+    q, k, v = (t.detach().requires_grad_() for t in qkv.unbind(2))
+    a = torch.randn(6, device="cuda", generator=g, requires_grad=True)
+    z = torch.randn(2, 197, 6, device="cuda", generator=g, requires_grad=True)
+    dy = torch.randn(2, 6, 197, 64, device="cuda", generator=g)
+
+    def run():
+        with torch.autocast("cuda", torch.bfloat16):
+            gates = dict(g_gamma=lion.decay_log_gates(a)) if mask == "Decay" else dict(g=lion.selective_log_gates(z))
+            y = chunk_attention_trainable(q, k, v, **gates, feature_map="normalized_silu", scale=0.125)
+        return (y, *torch.autograd.grad(y, (q, k, v, a if mask == "Decay" else z), dy))
+
+    monkeypatch.setattr(launching, "FAST_LAUNCH", False)
+    ref = run()
+    monkeypatch.setattr(launching, "FAST_LAUNCH", True)
+    monkeypatch.setattr(launching, "_LAUNCHES", {})
+    for _ in range(3):
+        out = run()
+    entries = {(key[0].fn.__module__.rsplit(".", 1)[-1], key[0].fn.__name__): entry.__class__ is launching._Direct
+               for key, entry in launching._LAUNCHES.items()}
+    assert {("chunk", "_chunk_states"), ("chunk", "_scan_states"), ("chunk", "_chunk_output"),
+            ("chunk_grad", "_prep_kernel"), ("chunk_grad", "_phi_grad_kernel")} <= set(entries)
+    assert all(entries.values()), [name for name, ok in entries.items() if not ok]
+    for a_, b_ in zip(out, ref):
+        assert torch.allclose(a_.float(), b_.float(), rtol=1e-3, atol=1e-3)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 
 import torch
 import triton
 from triton.compiler.compiler import CompiledKernel
+
+logger = logging.getLogger(__name__)
 
 # TRITON_INTERPRET=1 (set before triton is imported) runs the kernels on the CPU: tiny tiles, no autotuning.
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -162,6 +165,13 @@ def _record(compiled, kernel, grid, args, meta):
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _warn_slow_path(name: str) -> None:
+    """Once per kernel: its launches stay on triton's own path (tens to hundreds of µs of host time each)."""
+    logger.warning("kernel %s: triton %s's launcher call did not match the expected layout, so it launches through "
+                   "triton's own path (more host time per launch; results unchanged)", name, triton.__version__)
+
+
 def launch(kernel, grid, args, meta) -> None:
     """``kernel[grid](*args, **meta)`` (``args`` the runtime arguments in order, ``meta`` the constexprs and launch
     options), through triton's path the first two times per key and directly after that (see above)."""
@@ -181,6 +191,8 @@ def launch(kernel, grid, args, meta) -> None:
             kernel[grid](*args, **meta)
         else:
             _LAUNCHES[key] = _record(entry, kernel, grid, args, meta)
+            if _LAUNCHES[key] is None:
+                _warn_slow_path(kernel.fn.__name__)
     if LAUNCH_TIMES is not None:
         stats = LAUNCH_TIMES.setdefault(kernel.fn.__name__, [0, 0.0])
         stats[0] += 1
