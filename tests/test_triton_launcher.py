@@ -233,6 +233,20 @@ def test_launch_switch_off(direct, monkeypatch):
     assert kernel.via_triton == 4
 
 
+def triton_then_direct(monkeypatch, run):
+    """``run()`` once through triton's own launches, then three times with the direct path from a clean cache:
+    (the reference result, the last result, {(module, kernel): launched directly})."""
+    monkeypatch.setattr(launching, "FAST_LAUNCH", False)
+    ref = run()
+    monkeypatch.setattr(launching, "FAST_LAUNCH", True)
+    monkeypatch.setattr(launching, "_LAUNCHES", {})
+    for _ in range(3):
+        out = run()
+    direct = {(key[0].fn.__module__.rsplit(".", 1)[-1], key[0].fn.__name__): entry.__class__ is launching._Direct
+              for key, entry in launching._LAUNCHES.items()}
+    return ref, out, direct
+
+
 @pytest.mark.triton  # in `pytest -m triton`, so the GPU smoke runs it
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real triton launches need a GPU")
 def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
@@ -255,15 +269,10 @@ def test_direct_launches_equal_triton_launches_on_the_gpu(monkeypatch):
             c = chunk_attention(q, k, v, lion.selective_log_gates(z), feature_map="normalized_silu", scale=0.125)
         return y, grads, c
 
-    monkeypatch.setattr(launching, "FAST_LAUNCH", False)
-    ref = run()
-    monkeypatch.setattr(launching, "FAST_LAUNCH", True)
-    monkeypatch.setattr(launching, "_LAUNCHES", {})
-    for _ in range(3):
-        out = run()
-    direct = {key[0].fn.__name__ for key, entry in launching._LAUNCHES.items() if isinstance(entry, launching._Direct)}
-    assert {"_prep_kernel", "_fwd_kernel", "_bwd_kernel", "_bwd_q_kernel", "_chunk_states", "_scan_states",
-            "_chunk_output"} <= direct
+    ref, out, direct = triton_then_direct(monkeypatch, run)
+    assert {("naive", "_prep_kernel"), ("naive", "_fwd_kernel"), ("naive", "_bwd_kernel"), ("naive", "_bwd_q_kernel"),
+            ("chunk", "_chunk_states"), ("chunk", "_scan_states"), ("chunk", "_chunk_output")} <= {
+                name for name, ok in direct.items() if ok}
     assert torch.equal(out[0], ref[0]) and torch.equal(out[2], ref[2])
     for a, b in zip(out[1], ref[1]):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -300,16 +309,9 @@ def test_chunk_training_launches_go_direct_on_the_gpu(monkeypatch, mask):
             y = chunk_attention_trainable(q, k, v, **gates, feature_map="normalized_silu", scale=0.125)
         return (y, *torch.autograd.grad(y, (q, k, v, a if mask == "Decay" else z), dy))
 
-    monkeypatch.setattr(launching, "FAST_LAUNCH", False)
-    ref = run()
-    monkeypatch.setattr(launching, "FAST_LAUNCH", True)
-    monkeypatch.setattr(launching, "_LAUNCHES", {})
-    for _ in range(3):
-        out = run()
-    entries = {(key[0].fn.__module__.rsplit(".", 1)[-1], key[0].fn.__name__): entry.__class__ is launching._Direct
-               for key, entry in launching._LAUNCHES.items()}
+    ref, out, direct = triton_then_direct(monkeypatch, run)
     assert {("chunk", "_chunk_states"), ("chunk", "_scan_states"), ("chunk", "_chunk_output"),
-            ("chunk_grad", "_prep_kernel"), ("chunk_grad", "_phi_grad_kernel")} <= set(entries)
-    assert all(entries.values()), [name for name, ok in entries.items() if not ok]
+            ("chunk_grad", "_prep_kernel"), ("chunk_grad", "_phi_grad_kernel")} <= set(direct)
+    assert all(direct.values()), [name for name, ok in direct.items() if not ok]
     for a_, b_ in zip(out, ref):
         assert torch.allclose(a_.float(), b_.float(), rtol=1e-3, atol=1e-3)
