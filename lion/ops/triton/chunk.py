@@ -31,7 +31,7 @@ import triton.language as tl
 from lion.checks import check_chunk_size
 from lion.ops.triton.common.args import prepare_scan, stand_ins, strides_or_zero
 from lion.ops.triton.common.features import load_features
-from lion.ops.triton.common.launching import INTERPRET, cdiv, launch, next_power_of_2
+from lion.ops.triton.common.launching import INTERPRET, block_size, cdiv, launch
 
 MAX_KERNEL_CHUNK = 128  # larger chunk sizes run as chunks of 128 (the result does not depend on the chunk size)
 # chunk_size=None: the fastest chunk on an H200 at every length measured, 197 to 12545 tokens with ViT-S heads (d = 64;
@@ -352,9 +352,9 @@ def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 
     DV = z.shape[-1]
     n_orders = 1 if perms is None else perms.shape[0]
     chunk = min(MAX_KERNEL_CHUNK, chunk_size or DEFAULT_KERNEL_CHUNK)
-    block_c = max(16, next_power_of_2(chunk))
-    block_dk = max(16, next_power_of_2(DK))
-    block_dv = block_dv or min(64, max(16, next_power_of_2(DV)))
+    block_c = block_size(chunk)
+    block_dk = block_size(DK)
+    block_dv = block_dv or min(64, block_size(DV))
     n_dv = cdiv(DV, block_dv)
     n = cdiv(L, chunk)
     lowp = z.dtype != torch.float32 and not INTERPRET  # the triton 3.3 interpreter multiplies bf16 wrongly

@@ -21,7 +21,7 @@ import triton.language as tl
 
 from lion.ops.triton.common.args import prepare_scan, stand_ins, strides_or_zero
 from lion.ops.triton.common.features import feature_map
-from lion.ops.triton.common.launching import cdiv, launch, next_power_of_2
+from lion.ops.triton.common.launching import block_size, cdiv, launch, next_power_of_2
 
 # measured on an H200 (benchmarks/RESULTS.md): tokens per load, value columns per program, warps per program
 BLOCK_T, BLOCK_DV, NUM_WARPS = 4, 16, 1
@@ -146,8 +146,8 @@ def recurrent_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Opti
     DV = v.shape[-1]
     n_orders = 1 if perms is None else len(perms)
     dev = q.device
-    block_dk = max(16, next_power_of_2(DK))
-    block_dv = min(block_dv, max(16, next_power_of_2(DV)))
+    block_dk = block_size(DK)
+    block_dv = min(block_dv, block_size(DV))
     num = torch.zeros(B, L, H, DV, device=dev, dtype=torch.float32)
     den = torch.zeros(B, L, H, device=dev, dtype=torch.float32) if normalize else num
     dummy = num

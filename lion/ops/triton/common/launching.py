@@ -36,7 +36,7 @@ def next_power_of_2(n: int) -> int:
 @functools.lru_cache(maxsize=None)
 def block_size(n: int) -> int:
     """Power of two ≥ max(n, 16): tl.dot needs every dimension ≥ 16."""
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_power_of_2(n))
 
 
 class Launcher:
