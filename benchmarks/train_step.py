@@ -196,18 +196,12 @@ def host_ops_ms(step, reps: int = 2) -> tuple[float, list]:
 def profile_step(size: str, variant: str, args) -> str:
     """profile_pair for DeiT against a ViT LION variant, at 224 px or, with --resolutions, at the first of them (the
     length row's batch and --form)."""
-    mask_type, order = VARIANTS[variant]
     px = args.resolutions[0] if args.resolutions else 224
-    B = length_batch(args.batch, (px // 16) ** 2 + 1, 197)
-    x = torch.randn(B, 3, px, px, device="cuda")
-    y = torch.randint(0, 1000, (B,), device="cuda")
+    _, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
     loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
-    form = {"format": published_form(args.form, "vision")} if args.form else {}
-    builds = {"DeiT": lambda: timm.create_model(f"deit_{size}_patch16_224", img_size=px),
-              f"LION-{variant}": lambda: timm.create_model(f"lion_{size}_patch16_224", img_size=px,
-                                                           mask_type=mask_type, order=order, **form)}
+    builds = {"DeiT": deit, f"LION-{variant}": functools.partial(lion_vit, variant)}
     return profile_pair(f"Kernel time of one ViT-{size[0].upper()} training step by category, {px} px, batch {B}",
-                        builds, (x, y), loss, args)
+                        builds, batch, loss, args)
 
 
 def profile_mlm(variant: str, dropout: float, args) -> str:
@@ -327,22 +321,33 @@ def form_that_runs(form: str, kind: str, length: int) -> str:
     return form_for(kind, length) if form == "auto" else form
 
 
+def vit_length_setup(args, size: str, px: int):
+    """(tokens, batch size, (images, labels), DeiT builder, LION builder by variant) of a ViT length row at ``px``:
+    timm's models at that img_size, LION with --form (default: the model's default)."""
+    L = (px // 16) ** 2 + 1
+    B = length_batch(args.batch, L, 197)
+    batch = (torch.randn(B, 3, px, px, device="cuda"), torch.randint(0, 1000, (B,), device="cuda"))
+    form = {"format": published_form(args.form, "vision")} if args.form else {}
+
+    def deit():
+        return timm.create_model(f"deit_{size}_patch16_224", img_size=px)
+
+    def lion_vit(variant):
+        mask_type, order = VARIANTS[variant]
+        return timm.create_model(f"lion_{size}_patch16_224", img_size=px, mask_type=mask_type, order=order, **form)
+    return L, B, batch, deit, lion_vit
+
+
 def vit_length_rows(args, out: dict) -> dict:
-    """ViT rows at --resolutions: DeiT (timm, SDPA) and the LION variants built by timm.create_model at that img_size
-    with --form (default: the model's default), the same tokens per step at every size; time and peak memory."""
+    """ViT rows at --resolutions: DeiT (timm, SDPA) and the LION variants (``vit_length_setup``), the same tokens per
+    step at every size; time and peak memory."""
     size = args.sizes[0]
     vit = f"ViT-{size[0].upper()}"
     for px in args.resolutions:
-        L = (px // 16) ** 2 + 1
-        B = length_batch(args.batch, L, 197)
-        batch = (torch.randn(B, 3, px, px, device="cuda"), torch.randint(0, 1000, (B,), device="cuda"))
-        form = {"format": published_form(args.form, "vision")} if args.form else {}
-        models = {"DeiT": (f"{vit} {px} px DeiT (SDPA)",
-                           functools.partial(timm.create_model, f"deit_{size}_patch16_224", img_size=px))}
+        L, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
+        models = {"DeiT": (f"{vit} {px} px DeiT (SDPA)", deit)}
         for name in args.variants:
-            mask_type, order = VARIANTS[name]
-            models[name] = (f"{vit} {px} px LION-{name}", functools.partial(
-                timm.create_model, f"lion_{size}_patch16_224", img_size=px, mask_type=mask_type, order=order, **form))
+            models[name] = (f"{vit} {px} px LION-{name}", functools.partial(lion_vit, name))
         row = out.setdefault(px, {"tokens": L, "batch": B, "ms": {}, "mem": {}})
         row["form"] = {n: form_that_runs(args.form, MASK_KINDS[n], L) for n in args.variants}
         print(f"{vit} {px} px: {L} tokens, batch {B}, LION forms {row['form']}", flush=True)
@@ -572,10 +577,10 @@ def length_main(args, results: dict) -> None:
         print("interrupted: reporting what was measured", flush=True)
     command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
     head = run_header(command, results["gpu"], results["torch"], results.get("triton", "?"))
-    # the setup is stated once in RESULTS.md's section, not in each block
-    setup = (f"bf16 autocast, fp32 weights, fused AdamW, eager; median of {args.steps} steps after {args.warmup} "
-             "warm-up, interleaved; memory: a step's peak beyond weights, grads and optimizer state. LION cells: "
-             "time ÷ softmax (verdict) · memory ÷ softmax · form")
+    # printed, not written into the blocks: RESULTS.md states the setup once, in the section's text
+    print(f"bf16 autocast, fp32 weights, fused AdamW, eager; median of {args.steps} steps after {args.warmup} warm-up, "
+          "interleaved; memory: a step's peak beyond weights, grads and optimizer state. LION cells: time ÷ softmax "
+          "(verdict) · memory ÷ softmax · form", flush=True)
     size = f"ViT-{args.sizes[0][0].upper()}"
     tables = {"train_step:vit-lengths": (f"{size} by image size", length_table(
                   results["vit_lengths"], "DeiT", "px", LENGTH_TARGETS["vit"] if size == "ViT-S" else {})),
@@ -584,7 +589,6 @@ def length_main(args, results: dict) -> None:
     for name, (title, body) in tables.items():
         if body:
             block = f"**{title}** · {head}\n\n{body}"
-            print(setup, flush=True)
             print(block + "\n", flush=True)
             if args.results:
                 replace_block(args.results, name, block)
