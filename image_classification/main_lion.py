@@ -55,7 +55,12 @@ from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FAMILY, FORMATS, ORDERS, resample_pos_embed
 from image_classification.samplers import RASampler
 from lion import variants
-from lion.multi_gpu import disable_nvlink_multicast, is_communication_error
+from lion.multi_gpu import (
+    disable_nvlink_multicast,
+    is_communication_error,
+    lost_contact_message,
+    rank_failed_message,
+)
 
 disable_nvlink_multicast()  # before any process group: NCCL reads NCCL_NVLS_ENABLE when it builds a communicator
 
@@ -674,17 +679,15 @@ def cli(argv=None):
     except Exception as err:
         if rank is None:
             raise
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         if is_communication_error(err):
-            raise TrainingStopped(f"rank {rank}: lost contact with the other processes ({first}); another "
-                                  f"process probably failed first (see its message). Collectives give up after "
-                                  f"--dist-timeout {args.dist_timeout:g} s") from None
+            raise TrainingStopped(f"{lost_contact_message(rank, err)}. Collectives give up after --dist-timeout "
+                                  f"{args.dist_timeout:g} s") from None
         if world == 1:
             raise
         # A bug on one rank: its traceback, then one line naming the rank and the cause; the launcher ends the
         # other ranks (torchrun stops them when one exits non-zero).
         traceback.print_exc()
-        raise TrainingStopped(f"rank {rank} of {world} failed: {type(err).__name__}: {first}") from None
+        raise TrainingStopped(rank_failed_message(rank, world, err)) from None
     # Only after success: rank 0 hosts the store, so every rank finishes before any leaves. After a failure
     # the process just exits; the others notice (closed connection or --dist-timeout) and stop.
     if utils.is_dist_avail_and_initialized():

@@ -29,3 +29,21 @@ def is_communication_error(err: BaseException) -> bool:
 
     return isinstance(err, torch.distributed.DistError) or (
         isinstance(err, RuntimeError) and bool(re.search(r"gloo|nccl|c10d|timed out|connection", str(err), re.I)))
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's first message line (at most 200 characters), or its type's name when it has no message."""
+    text = str(err).strip()
+    return text.splitlines()[0][:200] if text else type(err).__name__
+
+
+def lost_contact_message(rank, err: BaseException) -> str:
+    """The line a rank ends with when a collective or the rendezvous failed (``is_communication_error``)."""
+    return (f"rank {rank}: lost contact with the other processes ({first_line(err)}); another process probably "
+            "failed first (see its message)")
+
+
+def rank_failed_message(rank, world: int, err: BaseException) -> str:
+    """The line a rank of a ``world``-process run ends with after a failure of its own (its traceback printed
+    before it)."""
+    return f"rank {rank} of {world} failed: {type(err).__name__}: {first_line(err)}"

@@ -25,7 +25,12 @@ from composer.utils import dist, reproducibility
 from omegaconf import DictConfig
 from omegaconf import OmegaConf as om
 
-from lion.multi_gpu import disable_nvlink_multicast, is_communication_error
+from lion.multi_gpu import (
+    disable_nvlink_multicast,
+    is_communication_error,
+    lost_contact_message,
+    rank_failed_message,
+)
 from mlm.src.builders import (
     NonFiniteLossError,
     build_optimizer,
@@ -256,12 +261,10 @@ def cli(argv: list[str], extra_callbacks: Sequence[Callback] = ()) -> Trainer:
         if world == 1:
             raise
         rank = os.environ.get("RANK", "?")
-        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         if is_communication_error(err):
-            sys.exit(f"error: rank {rank}: lost contact with the other processes ({first}); another process "
-                     "probably failed first (see its message)")
+            sys.exit(f"error: {lost_contact_message(rank, err)}")
         traceback.print_exc()
-        sys.exit(f"error: rank {rank} of {world} failed: {type(err).__name__}: {first}")
+        sys.exit(f"error: {rank_failed_message(rank, world, err)}")
 
 
 if __name__ == "__main__":
