@@ -27,7 +27,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
-from benchmarks.results_md import replace_block  # noqa: E402
+from benchmarks.results_md import replace_block, run_header  # noqa: E402
 from lion.multi_gpu import disable_nvlink_multicast  # noqa: E402
 
 disable_nvlink_multicast()  # here and in every process launched from here (they inherit the environment)
@@ -208,11 +208,13 @@ def main():
         throughput = {n: launch(args, part, n, common + extra) for n in gpus}
         blocks.append(f"**{title}**\n\n{table(throughput, title.split(', ')[-1])}")
         print(blocks[-1] + "\n", flush=True)
+    import triton
+
     device = torch.cuda.get_device_name() if args.device == "cuda" else "CPU (gloo)"
     command = "python benchmarks/scaling.py " + " ".join(sys.argv[1:])
-    header = (f"{device} · torch {torch.__version__} · `{command}` · per-process batch {args.batch} images, "
-              f"{args.mlm_batch} rows; ViT: median step of {args.steps} after {args.warmup} warm-up, the slowest "
-              f"process's; MLM: wall time of the {args.steps} steps after {args.warmup} warm-up")
+    header = (run_header(command, device, torch.__version__, triton.__version__) + f"\n\nPer-process batch "
+              f"{args.batch} images, {args.mlm_batch} rows; ViT: median step of {args.steps} after {args.warmup} "
+              f"warm-up, the slowest process's; MLM: wall time of the {args.steps} steps after {args.warmup} warm-up")
     if args.results:
         replace_block(args.results, "scaling", "## Scaling: `benchmarks/scaling.py`\n\n" + header + "\n\n"
                       + "\n\n".join(blocks))
