@@ -72,7 +72,8 @@ def stub_kernels():
     for module in (naive, gates, chunk, chunk_grad):
         module.INTERPRET = True
         module.launch = lambda kernel, grid, args, meta: None  # the kernels launched directly
-    for module, name in ((naive, "_fwd"), (naive, "_bwd"), (lit, "_lit_fwd"), (lit, "_lit_bwd")):
+    for module, name in ((naive, "_fwd"), (naive, "_bwd"), (lit, "_state"), (lit, "_out"), (lit, "_bwd_q"),
+                         (lit, "_bwd_kv")):
         setattr(module, name, _NoLaunch())  # the autotuned launchers
 
 

@@ -363,9 +363,10 @@ def mlm_length_setup(args, L: int):
 
     from mlm.src.bert_layers import LionBertConfig, LionBertForMaskedLM
 
-    def loss_fn(model, b):
-        extra = {} if isinstance(model, BertForMaskedLM) else {"attention_mask": b[2]}
-        return model(input_ids=b[0], labels=b[1], **extra).loss
+    def loss_fn(model, b):  # each model as its trainer runs it: LION's head on the masked tokens (mlm/src/mlm_model.py)
+        if isinstance(model, BertForMaskedLM):
+            return model(input_ids=b[0], labels=b[1]).loss
+        return model(input_ids=b[0], labels=b[1], attention_mask=b[2], masked_logits_only=True).loss
 
     def hf_bert():
         cfg = BertConfig(max_position_embeddings=L, attention_probs_dropout_prob=0.0)
@@ -383,7 +384,8 @@ def mlm_length_setup(args, L: int):
 def mlm_length_rows(args, out: dict) -> dict:
     """BERT-base MLM rows at --mlm-lengths: HF BertForMaskedLM (SDPA flash: unpadded rows, no attention mask) and
     the LION BERTs (form --form or the config's default), attention dropout 0 for all, as the long-context yamls;
-    the same tokens per step at every length; time and peak memory."""
+    each as its trainer runs it (HF's head over every token, LION's over the masked ones); the same tokens per step
+    at every length; time and peak memory."""
     for L in args.mlm_lengths:
         B = length_batch(args.mlm_batch, L, 128)
         batch = mlm_batch(B, L)

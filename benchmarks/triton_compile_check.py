@@ -27,7 +27,7 @@ from lion.ops.triton import recurrent as RN
 BF, F32 = "*bf16", "*fp32"
 POINTERS = dict(Q=BF, K=BF, V=BF, P=F32, C=F32, R="*i32", LAM=F32, KEEP="*i1", SEED="*i64", Y=BF, DEN=F32, KF=BF,
                 QF=BF, DY=BF, DYN=BF, DLT=F32, DQ=BF, DQA=F32, DK=BF, DVV=BF, DP=F32, DC=F32, DLA=F32, LA1=F32,
-                LA2=F32, PERM="*i32", PC=F32)
+                LA2=F32, PERM="*i32", PC=F32, SP=F32, ZP=F32, SM=F32, ZV=F32, DSP=F32, DZP=F32, DSM=F32, DZV=F32)
 FLOATS = ("scale", "eps", "dropout_p", "inv_keep", "log_eps")
 INFERENCE_POINTERS = dict(Q=BF, K=BF, V=BF, LA=F32, PERM="*i32", KEEP="*i1", S=BF, Z=F32, G=F32, OUT=BF, NUMBUF=F32,
                           DENBUF=F32, NUM=F32, DEN=F32)
@@ -77,10 +77,12 @@ def variants():
         for cfg in A._bwd_configs():
             yield "bwd", A._bwd_kernel, dict(c, HAS_KEEP=True, **cfg.kwargs), cfg.num_warps
     for feature, keep in itertools.product([1, 2], [True, False]):
-        for cfg in LIT._LIT_CONFIGS:
-            for name in ("lit_fwd", "lit_bwd"):
-                yield name, getattr(LIT, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **cfg.kwargs), \
-                    cfg.num_warps
+        for cfg, one_split in itertools.product(LIT._LIT_CONFIGS, [True, False]):
+            for name, extra in (("lit_state", {}), ("lit_out", dict(WITH_STATE=one_split)),
+                                ("lit_bwd_q", dict(WITH_KV=one_split)), ("lit_bwd_kv", {})):
+                if extra or one_split:
+                    yield name, getattr(LIT, f"_{name}_kernel"), dict(dims, FEATURE=feature, HAS_KEEP=keep, **extra,
+                                                                      **cfg.kwargs), cfg.num_warps
     orders = [(False, True, 1), (True, True, 1), (True, False, 1), (True, False, 2)]  # (sums, natural, orders)
     for wq, wdy, norm, (sums, natural, nord) in itertools.product([True, False], [True, False], [True, False], orders):
         yield "prep", A._prep_kernel, dict(FEATURE=2, HAS_KEEP=True, WITH_Q=wq, WITH_DY=wdy, NORMALIZE=norm,

@@ -138,6 +138,17 @@ def test_lit_kv_path_matches_reference(L):
     compare("Lit", L=L, lit_kv=True, pad=True, B=2, seed=L)
 
 
+@pytest.mark.parametrize("T", [32, 80])
+@pytest.mark.parametrize("B,L,pad", [(1, 65, False), (2, 67, True)])
+def test_lit_kv_split_sums_match_reference(monkeypatch, B, L, pad, T):
+    """Slices of T tokens per program. T = 32: three slices, the last of 1 or 3 tokens (2 row blocks each under the
+    interpreter): the partial sums of S, z (forward) and dS, dz (backward) over the slices must add up to the
+    reference. T = 80: one slice, each pass in one launch (the state summed in the output kernel, dk, dv in dq's)."""
+    import lion.ops.triton.lit as lit
+    monkeypatch.setattr(lit, "_split", lambda BH, L, device: (T, -(-L // T)))
+    compare("Lit", B=B, L=L, lit_kv=True, pad=pad, seed=L)
+
+
 def assert_matches(y, ref, leaves, ref_leaves, tol=1e-5):
     """y and the gradients of (q, k, v, z) for a random output gradient match the fp64 reference."""
     assert rel_err(y, ref) < tol
