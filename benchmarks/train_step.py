@@ -580,13 +580,15 @@ def length_main(args, results: dict) -> None:
     command = "python benchmarks/train_step.py " + " ".join(sys.argv[1:])
     head = run_header(command, results["gpu"], results["torch"], results.get("triton", "?"))
     # printed, not written into the blocks: RESULTS.md states the setup once, in the section's text
-    print(f"bf16 autocast, fp32 weights, fused AdamW, eager; median of {args.steps} steps after {args.warmup} warm-up, "
+    mode = f"compiled ({args.compile_mode})" if args.compile else "eager"
+    print(f"bf16 autocast, fp32 weights, fused AdamW, {mode}; median of {args.steps} steps after {args.warmup} warm-up, "
           "interleaved; memory: a step's peak beyond weights, grads and optimizer state. LION cells: time ÷ softmax "
           "(verdict) · memory ÷ softmax · form", flush=True)
     size = f"ViT-{args.sizes[0][0].upper()}"
-    tables = {"train_step:vit-lengths": (f"{size} by image size", length_table(
+    suffix, title_mode = ("-compiled", ", compiled") if args.compile else ("", "")  # compiled rows: their own blocks
+    tables = {f"train_step:vit-lengths{suffix}": (f"{size} by image size{title_mode}", length_table(
                   results["vit_lengths"], "DeiT", "px", LENGTH_TARGETS["vit"] if size == "ViT-S" else {})),
-              "train_step:mlm-lengths": ("BERT-base MLM by sequence length", length_table(
+              f"train_step:mlm-lengths{suffix}": (f"BERT-base MLM by sequence length{title_mode}", length_table(
                   results["mlm_lengths"], "BERT", "tokens", LENGTH_TARGETS["mlm"]))}
     for name, (title, body) in tables.items():
         if body:
