@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import timm
@@ -155,7 +156,7 @@ def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
         model = build().cuda()
         step = train_step_fn(model, batch, loss_fn, args.compile, args.compile_mode)
         runs[name] = kernel_time_by_category(step, warmup=args.warmup)
-        host[name] = host_and_wall_ms(step)
+        host[name] = host_and_wall_ms(step) + host_waits(step)
         ops[name] = host_ops_ms(step)
         del model, step
         gc.collect()
@@ -168,15 +169,34 @@ def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
                      f"{ours.get(cat, 0) - base.get(cat, 0):+.2f} |")
     lines.append(f"| **kernel total** | {sum(base.values()):.2f} | {sum(ours.values()):.2f} | "
                  f"{sum(ours.values()) - sum(base.values()):+.2f} |")
-    (hb, wb), (ho, wo) = host[bname], host[oname]
+    (hb, wb, *waits_b), (ho, wo, *waits_o) = host[bname], host[oname]
     lines.append(f"| host time to enqueue the step | {hb:.2f} | {ho:.2f} | {ho - hb:+.2f} |")
     lines.append(f"| step wall time | {wb:.2f} | {wo:.2f} | {wo - wb:+.2f} |")
+    lines.append("| host waits in a step: syncs · device mallocs/frees | {} · {} | {} · {} | |".format(*waits_b, *waits_o))
     lines += ["", f"Costliest kernels of {oname}:", "", "| kernel | ms |", "|---|---|"]
     lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
     for name, (total, heavy) in ops.items():
         lines += ["", f"Host work of one {name} step (torch.profiler CPU events, self time, ms, profiler overhead "
                   f"included): {total:.1f} in all; " + ", ".join(f"`{op}` {ms:.2f}" for op, ms in heavy)]
     return "\n".join(lines)
+
+
+def host_waits(step) -> tuple[int, int]:
+    """What can make a step's host wait for the GPU, counted over one ``step()``: synchronising calls (torch's sync
+    debug mode warns on each) and the caching allocator's cudaMalloc / cudaFree calls (0 once it is warm)."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    after = torch.cuda.memory_stats()
+    mallocs = sum(after.get(k, 0) - before.get(k, 0) for k in ("num_device_alloc", "num_device_free"))
+    return sum("synchroniz" in str(w.message) for w in caught), mallocs
 
 
 def host_ops_ms(step, reps: int = 2) -> tuple[float, list]:

@@ -716,7 +716,7 @@ def fused_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
     entry of ``g`` / ``g_gamma`` in its own indexing). ``dropout_p`` > 0 means training. q, k, v may be strided
     views (last dim contiguous).
 
-    ``lit_kv`` (M = 1, normalised, no dropout): True forces the KᵀV path (one program per head, O(L·d·dv)),
+    ``lit_kv`` (M = 1, normalised, no dropout): True forces the KᵀV path (``lion.ops.triton.lit``, O(L·d·dv)),
     False the L×L kernel; None picks KᵀV when L ≥ head dim."""
     check_device(q, "backend='triton' (the fused attention form)")
     feature = feature_code(feature_map)
