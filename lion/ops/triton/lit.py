@@ -17,7 +17,9 @@ fp32 summation order):
               _lit_bwd_kv_kernel dk_j, dv_j from dS, dz
 
 With one split (B·H alone fills the GPU, e.g. ViT-S at 224 px) each pass is one launch, as host-bound small models
-need: ``_lit_out_kernel`` sums S, z itself (WITH_STATE) and ``_lit_bwd_q_kernel`` goes on to dk, dv (WITH_KV).
+need, and nothing is saved beyond y and den: ``_lit_out_kernel`` sums S, z itself (WITH_STATE), and
+``_lit_bwd_q_kernel`` sums them again, then goes on to dk, dv (WITH_KV).
+
 S, z, dS, dz are kept unscaled in fp32; the kernels scale them and (as S enters the dots) cast them to v's dtype.
 """
 from __future__ import annotations
@@ -115,7 +117,7 @@ def _lit_out_kernel(Q, K, V, KEEP, SM, ZV, Y, DEN, sqb, sqh, sql, skb, skh, skl,
                     H, L, T, D, DV, scale, eps, FEATURE: tl.constexpr, HAS_KEEP: tl.constexpr, PREC: tl.constexpr,
                     WITH_STATE: tl.constexpr, BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y_i = φ(q_i) S / (den_i + eps), den_i = φ(q_i)·z for this program's queries. WITH_STATE (one split, T ≥ L):
-    S, z summed here over all keys and stored to SM, ZV (one launch for the whole forward)."""
+    S, z summed here over all keys, not stored (one launch for the whole forward; the backward sums them again)."""
     bh, b, h, lo, end = _slice(H, L, T)
     dt = Y.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
@@ -124,7 +126,6 @@ def _lit_out_kernel(Q, K, V, KEEP, SM, ZV, Y, DEN, sqb, sqh, sql, skb, skh, skl,
     if WITH_STATE:
         S, z = _key_sums(K + b * skb + h * skh, V + b * svb + h * svh, KEEP, b, L, 0, L, skl, svl, offs_d, offs_dv,
                          D, DV, FEATURE, HAS_KEEP, PREC, BLOCK, BLOCK_D, BLOCK_DV)
-        _store_partial(SM, ZV, S, z, bh, offs_d, offs_dv, D, DV)
     else:
         S, z = _load_state(SM, ZV, bh, offs_d, offs_dv, D, DV)
     S = (S * scale).to(dt)
@@ -148,13 +149,18 @@ def _lit_bwd_q_kernel(Q, K, V, KEEP, Y, DEN, DY, SM, ZV, DQ, DK, DVV, DSP, DZP, 
                       BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr):
     """y_i = φq_i S / D_i, D_i = φq_i·z + eps (S, z scaled): dφq_i = (dy_i/D_i) Sᵀ − (δ_i/D_i) z with δ_i = dy_i·y_i;
     and this program's partial dS = Σ_i φq_iᵀ dy_i/D_i, dz = −Σ_i φq_i δ_i/D_i (fp32, before the scale). WITH_KV
-    (one split, T ≥ L): dS, dz are then whole, and the same program goes on to dk, dv (one launch for the backward)."""
+    (one split, T ≥ L): S, z summed here (the forward did not save them), dS, dz are then whole, and the same program
+    goes on to dk, dv (one launch for the backward, as the forward)."""
     bh, b, h, lo, end = _slice(H, L, T)
     dt = Y.dtype.element_ty
     offs_d = tl.arange(0, BLOCK_D)
     offs_dv = tl.arange(0, BLOCK_DV)
     q_ptr, y_ptr, dy_ptr = Q + b * sqb + h * sqh, Y + b * syb + h * syh, DY + b * sdyb + h * sdyh
-    S, z = _load_state(SM, ZV, bh, offs_d, offs_dv, D, DV)
+    if WITH_KV:
+        S, z = _key_sums(K + b * skb + h * skh, V + b * svb + h * svh, KEEP, b, L, 0, L, skl, svl, offs_d, offs_dv,
+                         D, DV, FEATURE, HAS_KEEP, PREC, BLOCK, BLOCK_D, BLOCK_DV)
+    else:
+        S, z = _load_state(SM, ZV, bh, offs_d, offs_dv, D, DV)
     S_t = tl.trans((S * scale).to(dt))
     z = z * scale
     dS = tl.zeros((BLOCK_D, BLOCK_DV), dtype=tl.float32)
@@ -254,6 +260,14 @@ def _meta(q, v, keep, feature):
                 BLOCK_D=block_size(q.shape[-1]), BLOCK_DV=block_size(v.shape[-1]))
 
 
+def _state_buffers(q, v):
+    """S (B, H, D, DV) and z (B, H, D), fp32: the forward's sums, saved for the backward; empty with one split (the
+    kernels then sum them in-program, twice, rather than keep B·H·D·DV floats a layer where B·H is large)."""
+    B, H, L, D = q.shape
+    shapes = ((0,), (0,)) if _split(B * H, L, q.device)[1] == 1 else ((B, H, D, v.shape[-1]), (B, H, D))
+    return tuple(q.new_empty(shape, dtype=torch.float32) for shape in shapes)
+
+
 def _lit_fwd(q, k, v, keep, y, den, S, z, scale, eps, feature):
     """The forward's launches: S, z (fp32, unscaled) into ``S``, ``z``, then y and den; one launch for one split."""
     B, H, L, D = q.shape
@@ -264,6 +278,8 @@ def _lit_fwd(q, k, v, keep, y, den, S, z, scale, eps, feature):
     if n > 1:
         _split_sums((S, z), n, lambda Sp, zp: _state(lambda m: (B * H, n), k, v, kp, Sp, zp, *k.stride()[:3],
                                                      *v.stride()[:3], H, L, T, D, DV, **meta))
+    else:  # S, z are empty: fp32 stand-ins, never read
+        S = z = den
     _out(lambda m: (B * H, n), q, k, v, kp, S, z, y, den, *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
          *y.stride()[:3], H, L, T, D, DV, scale, eps, WITH_STATE=n == 1, **meta)
 
@@ -274,8 +290,7 @@ def _lit_kv_fwd(q, k, v, keep, scale, eps, feature):
     DV = v.shape[-1]
     y = token_major(B, H, L, DV, q, v.dtype)
     den = torch.empty(B, H, L, device=q.device, dtype=torch.float32)
-    S = torch.empty(B, H, D, DV, device=q.device, dtype=torch.float32)
-    z = torch.empty(B, H, D, device=q.device, dtype=torch.float32)
+    S, z = _state_buffers(q, v)
     _lit_fwd(q, k, v, keep, y, den, S, z, scale, eps, feature)
     return y, den, S, z
 
@@ -284,7 +299,7 @@ def _lit_kv_fwd(q, k, v, keep, scale, eps, feature):
 def lit_kv_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, keep: Optional[torch.Tensor], scale: float,
                eps: float, feature: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Lit normalised through the d×dv state: y = φ(Q)(φ(K)ᵀV)·scale / (φ(Q)·Σφ(K)·scale + eps); (y, den, S, z) with
-    den = φ(Q)·Σφ(K)·scale, S = φ(K)ᵀV and z = Σφ(K) (fp32, unscaled; padded keys dropped)."""
+    den = φ(Q)·Σφ(K)·scale, S = φ(K)ᵀV and z = Σφ(K) (fp32, unscaled; padded keys dropped; empty with one split)."""
     return _lit_kv_fwd(q, k, v, keep, scale, eps, feature)
 
 
@@ -293,7 +308,7 @@ def _(q, k, v, keep, scale, eps, feature):
     B, H, L, D = q.shape
     DV = v.shape[-1]
     return (token_major(B, H, L, DV, q, v.dtype), q.new_empty((B, H, L), dtype=torch.float32),
-            q.new_empty((B, H, D, DV), dtype=torch.float32), q.new_empty((B, H, D), dtype=torch.float32))
+            *_state_buffers(q, v))
 
 
 def _lit_bwd(q, k, v, keep, y, den, S, z, dy, dq, dk, dv, scale, eps, feature):
@@ -303,13 +318,15 @@ def _lit_bwd(q, k, v, keep, y, den, S, z, dy, dq, dk, dv, scale, eps, feature):
     T, n = _split(B * H, L, q.device)
     meta = _meta(q, v, keep, feature)
     kp = q if keep is None else keep
+    if n == 1:  # S, z are empty: fp32 stand-ins, never read
+        S = z = den
 
     def bwd_q(dSp, dzp):
         _bwd_q(lambda m: (B * H, n), q, k, v, kp, y, den, dy, S, z, dq, dk, dv, dSp, dzp, *q.stride()[:3],
                *k.stride()[:3], *v.stride()[:3], *y.stride()[:3], *dy.stride()[:3], *dq.stride()[:3],
                *dv.stride()[:3], H, L, T, D, DV, scale, eps, WITH_KV=n == 1, **meta)
     if n == 1:
-        bwd_q(S, z)  # stand-ins for the partial buffers, never written with one split
+        bwd_q(den, den)  # stand-ins for the partial buffers, never written with one split
     else:
         dS, dz = torch.empty_like(S), torch.empty_like(z)
         _split_sums((dS, dz), n, bwd_q)
