@@ -170,7 +170,7 @@ def main():
         for variant in args.variants:
             if VARIANTS[variant] is None:
                 continue
-            rows = launch_us(layer_step(variant, args.length, args.device, args.dim), 100)
+            rows = launch_us(layer_step(variant, args.length, args.device, args.dim, form=args.form), 100)
             print(f"\nTriton launches per step of LION-{variant}: " +
                   ", ".join(f"{name} ×{n:g} {us:.0f} µs" for name, (n, us) in rows.items()))
         from lion.ops.triton.common.launching import _LAUNCHES, _Direct, _hooks_set
