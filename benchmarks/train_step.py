@@ -172,7 +172,8 @@ def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
     (hb, wb, *waits_b), (ho, wo, *waits_o) = host[bname], host[oname]
     lines.append(f"| host time to enqueue the step | {hb:.2f} | {ho:.2f} | {ho - hb:+.2f} |")
     lines.append(f"| step wall time | {wb:.2f} | {wo:.2f} | {wo - wb:+.2f} |")
-    lines.append("| host waits in a step: syncs · device mallocs/frees | {} · {} | {} · {} | |".format(*waits_b, *waits_o))
+    lines.append("| host waits in a step: syncs · device mallocs/frees | {} · {} | {} · {} | |".format(
+        *waits_b, *waits_o))
     lines += ["", f"Costliest kernels of {oname}:", "", "| kernel | ms |", "|---|---|"]
     lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
     for name, (total, heavy) in ops.items():
@@ -601,9 +602,9 @@ def length_main(args, results: dict) -> None:
     head = run_header(command, results["gpu"], results["torch"], results.get("triton", "?"))
     # printed, not written into the blocks: RESULTS.md states the setup once, in the section's text
     mode = f"compiled ({args.compile_mode})" if args.compile else "eager"
-    print(f"bf16 autocast, fp32 weights, fused AdamW, {mode}; median of {args.steps} steps after {args.warmup} warm-up, "
-          "interleaved; memory: a step's peak beyond weights, grads and optimizer state. LION cells: time ÷ softmax "
-          "(verdict) · memory ÷ softmax · form", flush=True)
+    print(f"bf16 autocast, fp32 weights, fused AdamW, {mode}; median of {args.steps} steps after {args.warmup} "
+          "warm-up, interleaved; memory: a step's peak beyond weights, grads and optimizer state. LION cells: "
+          "time ÷ softmax (verdict) · memory ÷ softmax · form", flush=True)
     size = f"ViT-{args.sizes[0][0].upper()}"
     suffix, title_mode = ("-compiled", ", compiled") if args.compile else ("", "")  # compiled rows: their own blocks
     tables = {f"train_step:vit-lengths{suffix}": (f"{size} by image size{title_mode}", length_table(

@@ -48,7 +48,7 @@ def _slice(H, L, T):
 
 @triton.jit
 def _state_ptrs(ptr, i, offs_d, offs_dv, D, DV):
-    """Pointers and mask of the i-th D×DV matrix of a contiguous stack (offs_dv = 0 for the i-th D-vector)."""
+    """Pointers and mask of the i-th D×DV matrix of a contiguous stack."""
     return (ptr + i.to(tl.int64) * D * DV + offs_d[:, None] * DV + offs_dv[None, :],
             (offs_d < D)[:, None] & (offs_dv < DV)[None, :])
 
