@@ -27,7 +27,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._manipulate import checkpoint_seq
 from timm.models.vision_transformer import VisionTransformer, global_pool_nlc
 
-from lion import BACKENDS, canonical_form, curve_permutation, lion_attention, unpack_qkv, variants
+from lion import BACKENDS, autocast_once, canonical_form, curve_permutation, lion_attention, unpack_qkv, variants
 from lion.checks import KEEP, check_chunk_size
 from lion.forms import PUBLISHED_FORMS, published_form
 
@@ -123,6 +123,7 @@ class LionAttention(nn.Module):
 
     def forward(self, x):
         B, N, C = x.shape
+        x = autocast_once(x)  # the qkv and gate projections share one low-precision copy of x for their backward
         q, k, v = unpack_qkv(self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim))
         orders, log_a = None, None
         variant = self.variant

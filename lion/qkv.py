@@ -5,6 +5,8 @@ backward of unbind then stacks dq, dk, dv into a new tensor and the reshape back
 attention kernels write dq, dk, dv into one (B, L, 3, H, d) buffer (lion.ops.triton.naive), so the gradient
 of qkv is that buffer itself: ``unpack_qkv`` hands it back as is, and stacks only when the gradients come from
 elsewhere (the torch forms, or under torch.compile, which fuses the stack anyway).
+
+``autocast_once``: the input of the projections cast to the autocast dtype once, for all of them.
 """
 from __future__ import annotations
 
@@ -53,3 +55,14 @@ def unpack_qkv(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     if qkv.dim() != 5 or qkv.shape[2] != 3:
         raise ValueError(f"qkv must have shape (B, L, 3, H, d), got {tuple(qkv.shape)}")
     return _UnpackQKV.apply(qkv)
+
+
+def autocast_once(x: torch.Tensor) -> torch.Tensor:
+    """x in the autocast dtype when autocast is on for x's device and x is fp32; else x itself. Under autocast each
+    Linear casts its fp32 input and saves its own low-precision copy for the backward: with separate q, k, v or
+    gate projections of one x, one copy per projection. Cast once, they share it. The results are the same
+    (autocast casts x to that dtype anyway)."""
+    dev = x.device.type
+    if x.dtype == torch.float32 and torch.is_autocast_enabled(dev):
+        return x.to(torch.get_autocast_dtype(dev))
+    return x

@@ -66,3 +66,44 @@ def test_fused_backward_returns_the_packed_buffer_without_a_stack(mask, monkeypa
     (ry * g).sum().backward()
     err = (qkv.grad.double() - ref.grad).abs().max() / ref.grad.abs().max()
     assert err < 1e-5, err
+
+
+def _input_copies_saved(module, x, *args) -> int:
+    """Distinct low-precision copies of x's values that autograd saves for ``module(x, *args)`` under CPU bf16
+    autocast, x not a leaf (as a layer's input is; autocast caches its casts of leaves)."""
+    storages = set()
+    leaf, x = x, x * 1.0
+
+    def pack(t):
+        if t.dtype == torch.bfloat16 and t.numel() == x.numel() and \
+                torch.equal(t.reshape(x.shape), x.detach().to(torch.bfloat16)):  # saved as (B·L, C) too
+            storages.add(t.untyped_storage().data_ptr())
+        return t
+    with torch.autocast("cpu", torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = module(x, *args)
+    (out[0] if isinstance(out, tuple) else out).float().sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+    return len(storages)
+
+
+@pytest.mark.parametrize("mask_type,order", [("Selective", "Normal"), ("Selective", "S"), ("Decay", "Normal")])
+def test_vit_attention_saves_one_low_precision_copy_of_its_input(mask_type, order):
+    """The qkv projection and the per-token gate projections (two for ♮ S) read one x: one bf16 copy of it is saved,
+    not one per projection (what autocast alone would save)."""
+    from image_classification.models_lion import LionAttention
+
+    torch.manual_seed(0)
+    layer = LionAttention(48, 2, qkv_bias=True, mask_type=mask_type, order=order, backend="torch")
+    x = torch.randn(2, 17, 48, requires_grad=True)  # 1 + 4×4 tokens: a square grid for the ♮ orders
+    assert _input_copies_saved(layer, x) == 1
+
+
+def test_bert_attention_saves_one_low_precision_copy_of_its_input():
+    """LION BERT's separate query, key, value and gate projections share one bf16 copy of the hidden states."""
+    from mlm.src.bert_layers import LionBertSelfAttention
+    from tests.test_mlm_model import tiny_config
+
+    torch.manual_seed(0)
+    layer = LionBertSelfAttention(tiny_config("lion-s"))
+    x = torch.randn(3, 13, 32, requires_grad=True)
+    assert _input_copies_saved(layer, x, torch.ones(3, 13, dtype=torch.bool)) == 1

@@ -17,7 +17,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
 
-from lion import lion_attention, variants
+from lion import autocast_once, lion_attention, variants
 from lion.checks import KEEP, check_chunk_size
 from lion.forms import published_form
 from lion.masks import gates_one_at_padding, per_token_gates
@@ -100,6 +100,7 @@ class LionBertSelfAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False):
         """attention_mask: (B, L) bool, True for real tokens. Returns (output, attention matrix or None)."""
+        hidden_states = autocast_once(hidden_states)  # q, k, v and gate projections: one low-precision copy saved
         q, k, v = (self._heads(proj(hidden_states)) for proj in (self.query, self.key, self.value))
         dropout_p = self.config.attention_probs_dropout_prob if self.training else 0.0
         weights = None
