@@ -335,8 +335,8 @@ def chunk_attention(q, k, v, g: Optional[torch.Tensor] = None, g_gamma: Optional
 def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 1.0, normalize: bool = False,
                eps: float = 1e-6, trans: bool = False, accumulate: bool = False, store_den: bool = False,
                w: Optional[torch.Tensor] = None, c: Optional[torch.Tensor] = None, c_on_keys: bool = False,
-               chunk_size: Optional[int] = None, num_warps: Optional[int] = None, block_dv: Optional[int] = None,
-               scan_rows: int = SCAN_ROWS):
+               out: Optional[torch.Tensor] = None, chunk_size: Optional[int] = None, num_warps: Optional[int] = None,
+               block_dv: Optional[int] = None, scan_rows: int = SCAN_ROWS):
     """The bidirectional chunk operator, O_i = mean over orders of Σ_j M_ij (φx_i·φy_j) z_j (x scaled, y's padded
     rows dropped), and with ``normalize`` O_i / (Σ_j M_ij φx_i·φy_j + eps): three launches (module docstring).
 
@@ -347,7 +347,8 @@ def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 
     over the orders, never normalised (the backward's operators). den: the normaliser (B, H, L) fp32 when
     ``store_den`` (with ``normalize``), else None. gd: with ``w`` (B, H, L, dz), (orders, 2, B, H, L) fp32: w_i·(the
     strictly lower part of O_i) and w_i·(the strictly upper part), each order's at the positions in that order.
-    c: (B, H, L) fp32, a rank-one term of the scores, x_i·y_j + c_i (or + c_j with ``c_on_keys``); unnormalised only."""
+    c: (B, H, L) fp32, a rank-one term of the scores, x_i·y_j + c_i (or + c_j with ``c_on_keys``); unnormalised only.
+    out: where to write O, a (B, L, H, dz) tensor of any strides in the dtype O has (as a view of it, O is returned)."""
     B, H, L, DK = x.shape
     DV = z.shape[-1]
     n_orders = 1 if perms is None else perms.shape[0]
@@ -365,7 +366,11 @@ def chunk_sums(x, y, z, gates, perms, keep, *, feature: int = 0, scale: float = 
     zw = max(block_dk, n_dv * block_dv) if scal else block_dk  # the vector states: Σ k (normalize) or Σ (c) z
     zs = torch.empty(n_orders * B * H, n, 2, zw, device=dev, dtype=torch.float32) if normalize or scal else states
     gs = torch.empty(n_orders * B * H, n, device=dev, dtype=torch.float32) if gates is not None else zs
-    out = torch.empty(B, L, H, DV, device=dev, dtype=torch.float32 if accumulate else z.dtype)
+    out_dtype = torch.float32 if accumulate else z.dtype
+    if out is None:
+        out = torch.empty(B, L, H, DV, device=dev, dtype=out_dtype)
+    elif out.shape != (B, L, H, DV) or out.dtype != out_dtype:
+        raise ValueError(f"out must be a {(B, L, H, DV)} {out_dtype} tensor, got {tuple(out.shape)} {out.dtype}")
     den = torch.empty(B, H, L, device=dev, dtype=torch.float32) if store_den and normalize else None
     gd = torch.empty(n_orders, n_dv, 2, B, H, L, device=dev, dtype=torch.float32) if w is not None else None
     dummy = out

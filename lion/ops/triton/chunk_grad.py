@@ -129,19 +129,22 @@ def _chunk_bwd(q, k, v, gates, perms, keep, y, den, dy, feature, scale, eps, nor
     dx, _, gq = chunk_sums(dO, v, k_, gates, perms, None, w=None if gates is None else x_, c=c, **kw)
     dk, _, gk = chunk_sums(v, dO, x_, gates, perms, None, trans=True, w=None if gates is None else k_, c=c,
                            c_on_keys=True, **kw)
-    dv, _, _ = chunk_sums(k_, x_, dO, gates, perms, None, trans=True, **kw)
+    dqkv = grad_buffer(B, H, L, D, DV, q, v.dtype)  # one buffer: lion.unpack_qkv returns it without a copy
+    dq, dk_raw, dv_out = grad_views(dqkv, D, DV)
+    # one order: dv written into its place in the buffer; several: summed over the orders in fp32, then copied
+    dv, _, _ = chunk_sums(k_, x_, dO, gates, perms, None, trans=True,
+                          out=dv_out.transpose(1, 2) if n_orders == 1 else None, **kw)
     dgates = None
     if gates is not None:  # gq, gk: (orders, 2, B, H, L), the strictly lower / upper parts' dot products
         dP = gq[:, 0] - gk[:, 1]
         dC = gk[:, 0] - gq[:, 1]
         dgates = _reverse_cumsum(dP + dC) - dP  # = rev(dP) − dP + rev(dC), one reverse cumsum
-    dqkv = grad_buffer(B, H, L, D, DV, q, v.dtype)  # one buffer: lion.unpack_qkv returns it without a copy
-    dq, dk_raw, dv_out = grad_views(dqkv, D, DV)
     launch(_phi_grad_kernel, grid, (
         q, k, kp, dx, dk, dq, dk_raw, *_bhl(q), *_bhl(k), *_bhl(dx), *_bhl(dk), *_bhl(dq), *_bhl(dk_raw),
         H, L, D, scale), dict(FEATURE=feature, HAS_KEEP=keep is not None, BLOCK=_ROWS, BLOCK_D=block_size(D),
                               num_warps=1 if INTERPRET else 4))
-    dv_out.copy_(dv)
+    if n_orders > 1:
+        dv_out.copy_(dv)
     return dqkv, dgates if dgates is not None else q.new_empty((0,), dtype=torch.float32)
 
 
