@@ -44,8 +44,8 @@ def ops(L: int, B: int, H: int, D: int, forms) -> tuple[dict, tuple]:
 
     def lion_op(mask, order, form):
         def fn():
-            fm = "elu_plus_one" if mask == "Lit" else "normalized_silu"
-            if mask == "Lit":
+            fm = {"Lit": "elu_plus_one", "Lit-u": None}.get(mask, "normalized_silu")
+            if mask in ("Lit", "Lit-u"):
                 gate = None
             elif mask == "D":
                 gate = lion.decay_log_gates(a)
@@ -56,14 +56,14 @@ def ops(L: int, B: int, H: int, D: int, forms) -> tuple[dict, tuple]:
                 gs = [gate if mask != "S" else lion.selective_log_gates(z, perm=p) for p in perms]
                 orders, gate = list(zip(perms, gs)), None
             y = lion.lion_attention(q, k, v, gate, feature_map=fm, scale=D ** -0.5, form=form, orders=orders,
-                                    backend="triton")
+                                    normalize=mask != "Lit-u", backend="triton")
             return torch.autograd.grad(y, (q, k, v), dy)
         return fn
 
     fns = {"SDPA flash": lambda: torch.autograd.grad(F.scaled_dot_product_attention(q, k, v), (q, k, v), dy)}
-    for mask in ("Lit", "D", "S"):
+    for mask in ("Lit", "Lit-u", "D", "S"):  # Lit-u: Lit unnormalised, no feature map (the MLM BERTs' Lit)
         for order in ("", "♮"):
-            if order and (perms is None or mask == "Lit"):
+            if order and (perms is None or mask.startswith("Lit")):
                 continue
             for form in forms:
                 fns[f"{mask}{order} {form}"] = lion_op(mask, order, form)
@@ -126,7 +126,7 @@ def crossover(rows) -> dict:
     length}; a kind whose chunk form never caught up is left out."""
     ms = {(L, name): t for L, _, name, t, _, _ in rows}
     out = {}
-    for kind, short in (("Lit", "Lit"), ("Decay", "D"), ("Selective", "S")):
+    for kind, short in (("Lit", "Lit"), ("Lit-unnormalised", "Lit-u"), ("Decay", "D"), ("Selective", "S")):
         lengths = sorted(L for L, *_ in rows if (L, f"{short} chunk") in ms and (L, f"{short} attention") in ms)
         lengths = sorted(set(lengths))
         wins = [ms[L, f"{short} chunk"] <= ms[L, f"{short} attention"] for L in lengths]

@@ -328,6 +328,7 @@ LENGTH_TARGETS = {"vit": {896: {"Lit": 0.45, "D": 0.50, "S": 0.60, "D♮": 0.60,
                           1792: {"Lit": 0.22, "D": 0.25, "S": 0.30, "D♮": 0.30, "S♮": 0.35}},
                   "mlm": {2048: {"Lit": 0.70, "D": 0.75, "S": 0.85}, 8192: {"Lit": 0.35, "D": 0.40, "S": 0.45}}}
 MASK_KINDS = {"Lit": "Lit", "D": "Decay", "S": "Selective", "D♮": "Decay", "S♮": "Selective"}
+MLM_MASK_KINDS = {**MASK_KINDS, "Lit": "Lit-unnormalised"}  # the BERTs' attention is unnormalised
 
 
 def length_batch(batch: int, length: int, base_length: int) -> int:
@@ -415,7 +416,7 @@ def mlm_length_rows(args, out: dict) -> dict:
         for name, arch in MLM_ARCHS.items():
             models[name] = (f"BERT-base {L} tokens, {arch}", functools.partial(lion_bert, arch))
         row = out.setdefault(L, {"tokens": L, "batch": B, "ms": {}, "mem": {}})
-        row["form"] = {n: form_that_runs(args.form, MASK_KINDS[n], L) for n in MLM_ARCHS}
+        row["form"] = {n: form_that_runs(args.form, MLM_MASK_KINDS[n], L) for n in MLM_ARCHS}
         print(f"BERT-base MLM {L} tokens: batch {B}, LION forms {row['form']}", flush=True)
         time_models(models, batch, loss_fn, args, row["ms"], row["mem"])
         torch._dynamo.reset()

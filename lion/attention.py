@@ -99,7 +99,7 @@ def lion_attention(
     """
     form = canonical_form(form)
     if form == "auto":  # the faster form for the length (lion.form_choice); attention dropout needs the attention form
-        form = "attention" if training and dropout_p > 0.0 else auto_form(q.shape[-2], log_a, orders)
+        form = "attention" if training and dropout_p > 0.0 else auto_form(q.shape[-2], log_a, orders, normalize)
     if form in ("chunk", "rnn") and training and dropout_p > 0.0:
         raise ValueError(f"form={form!r} has no attention matrix to drop out (dropout_p={dropout_p}): "
                          "pass dropout_p=0, or form='attention' for attention dropout")

@@ -17,19 +17,21 @@ def crossover_lengths() -> dict:
         return {kind: int(n) for kind, n in json.load(f)["chunk_from_length"].items()}
 
 
-def mask_kind(log_a, orders) -> str:
-    """'Lit' (no gates), 'Decay' (per-head gates, (H,) or (orders, H)) or 'Selective' (per-token gates)."""
+def mask_kind(log_a, orders, normalize: bool = True) -> str:
+    """'Lit' (no gates), 'Lit-unnormalised' (no gates, ``normalize`` False: the MLM BERTs, whose attention form runs
+    the L×L kernel, where normalised Lit has a d×dv-state kernel), 'Decay' (per-head gates, (H,) or (orders, H)) or
+    'Selective' (per-token gates)."""
     las = [log_a] if orders is None else [la for _, la in orders]
     if all(la is None for la in las):
-        return "Lit"
+        return "Lit" if normalize else "Lit-unnormalised"
     return "Decay" if all(la is None or la.dim() <= 2 for la in las) else "Selective"
 
 
 def form_for(kind: str, length: int) -> str:
-    """The form 'auto' runs for mask kind ``kind`` ('Lit', 'Decay', 'Selective') at ``length`` tokens."""
+    """The form 'auto' runs for mask kind ``kind`` (a ``mask_kind``) at ``length`` tokens."""
     limit = crossover_lengths().get(kind)
     return "chunk" if limit is not None and length >= limit else "attention"
 
 
-def auto_form(length: int, log_a, orders) -> str:
-    return form_for(mask_kind(log_a, orders), length)
+def auto_form(length: int, log_a, orders, normalize: bool = True) -> str:
+    return form_for(mask_kind(log_a, orders, normalize), length)

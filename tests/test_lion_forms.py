@@ -162,8 +162,9 @@ def test_auto_form_follows_the_measured_crossover(monkeypatch):
     import lion.form_choice as form_choice
 
     lengths = form_choice.crossover_lengths()
-    assert set(lengths) <= {"Lit", "Decay", "Selective"} and all(n >= 1 for n in lengths.values())
-    monkeypatch.setattr(form_choice, "crossover_lengths", lambda: {"Lit": 8, "Decay": 12, "Selective": 16})
+    assert set(lengths) <= {"Lit", "Lit-unnormalised", "Decay", "Selective"} and all(n >= 1 for n in lengths.values())
+    monkeypatch.setattr(form_choice, "crossover_lengths",
+                        lambda: {"Lit": 8, "Lit-unnormalised": 10, "Decay": 12, "Selective": 16})
     used = []
     monkeypatch.setattr(attention, "_sums", lambda q, k, v, log_a, scale, form, *a: used.append(form) or (
         torch.zeros_like(v), torch.ones(v.shape[:-1], dtype=v.dtype)))
@@ -172,6 +173,10 @@ def test_auto_form_follows_the_measured_crossover(monkeypatch):
                           (12, selective_log_gates(z), "attention"), (11, decay_log_gates(a), "attention")]:
         q = torch.randn(1, 2, L, 4)
         lion_attention(q, q, q, gate, form="auto", backend="torch")
+        assert used.pop() == form, (L, form)
+    for L, form in [(9, "attention"), (10, "chunk")]:  # unnormalised Lit (the MLM BERTs): its own crossover
+        q = torch.randn(1, 2, L, 4)
+        lion_attention(q, q, q, form="auto", normalize=False, backend="torch")
         assert used.pop() == form, (L, form)
     q = torch.randn(1, 2, 12, 4)
     lion_attention(q, q, q, form="auto", backend="torch", dropout_p=0.1, training=True)
