@@ -103,6 +103,39 @@ def test_masked_logits_only_matches_full_logits():
     torch.testing.assert_close(sparse.loss, full.loss)
 
 
+def test_masked_logits_only_finds_the_masked_tokens_once():
+    """The masked positions are found once a step (one nonzero: on a GPU, one host-device sync), not once per
+    boolean index in the forward and again in its backward; the gradients equal the full head's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    aten = torch.ops.aten
+
+    class CountNonzero(TorchDispatchMode):
+        """nonzero calls, and boolean-mask indexing (which runs a nonzero of its own)."""
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            packet = func.overloadpacket
+            if packet in (aten.nonzero, aten.masked_select):
+                CountNonzero.calls += 1
+            elif packet in (aten.index, aten.index_put, aten.index_put_, aten._index_put_impl_):
+                CountNonzero.calls += any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1])
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = LionBertForMaskedLM(tiny_config("lion-d"))
+    ids, mask = padded_batch()
+    labels = torch.full_like(ids, -100)
+    labels[0, 2], labels[1, 5], labels[2, 0] = 4, 9, 11
+    model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    full = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    with CountNonzero():
+        model(input_ids=ids, attention_mask=mask, labels=labels, masked_logits_only=True).loss.backward()
+    assert CountNonzero.calls == 1
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, full[n], msg=n)
+
+
 @pytest.mark.parametrize("cls,kw", [(LionBertForMaskedLM, {}), (LionBertForSequenceClassification, {"num_labels": 3})])
 def test_save_pretrained_from_pretrained_identical(tmp_path, cls, kw):
     torch.manual_seed(0)

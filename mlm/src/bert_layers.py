@@ -370,8 +370,12 @@ class LionBertForMaskedLM(LionBertPreTrainedModel):
                         output_attentions, output_hidden_states, return_dict=True)
         hidden = out.last_hidden_state
         if masked_logits_only and labels is not None:
-            keep = labels != -100
-            hidden, labels = hidden[keep], labels[keep]
+            # the masked positions found once (on a GPU the one host-device sync of the head): boolean indexing of
+            # hidden and labels, and its backward, would each look them up again
+            labels = labels.to(hidden.device)
+            rows = (labels.reshape(-1) != -100).nonzero().squeeze(1)
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+            labels = labels.reshape(-1).index_select(0, rows)
         logits = self.cls(hidden)
         loss = None
         if labels is not None:  # -100 marks unmasked tokens
