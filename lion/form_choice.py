@@ -3,18 +3,23 @@ attention form below it. The crossover lengths are data (``form_crossover.json``
 command stored beside them; a mask kind missing there keeps the attention form."""
 from __future__ import annotations
 
-import functools
 import json
 import os
 
 CROSSOVER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "form_crossover.json")
 
 
-@functools.lru_cache(maxsize=None)
-def crossover_lengths() -> dict:
-    """{mask kind: the shortest length that runs the chunk form} from ``form_crossover.json``."""
+def _read_crossover() -> dict:
     with open(CROSSOVER_FILE) as f:
         return {kind: int(n) for kind, n in json.load(f)["chunk_from_length"].items()}
+
+
+_CROSSOVER = _read_crossover()  # read at import: under torch.compile the choice is then a traced dict lookup
+
+
+def crossover_lengths() -> dict:
+    """{mask kind: the shortest length that runs the chunk form} from ``form_crossover.json``."""
+    return _CROSSOVER
 
 
 def mask_kind(log_a, orders, normalize: bool = True) -> str:
