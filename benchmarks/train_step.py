@@ -176,6 +176,8 @@ def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
         *waits_b, *waits_o))
     lines += ["", f"Costliest kernels of {oname}:", "", "| kernel | ms |", "|---|---|"]
     lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
+    lines += ["", f"In one line ({bname} · {oname}): kernels {sum(base.values()):.1f} · {sum(ours.values()):.1f} "
+              f"(LION's own {ours.get('LION kernels', 0):.1f}), host {hb:.1f} · {ho:.1f}, wall {wb:.1f} · {wo:.1f} ms"]
     for name, (total, heavy) in ops.items():
         lines += ["", f"Host work of one {name} step (torch.profiler CPU events, self time, ms, profiler overhead "
                   f"included): {total:.1f} in all; " + ", ".join(f"`{op}` {ms:.2f}" for op, ms in heavy)]
@@ -214,10 +216,8 @@ def host_ops_ms(step, reps: int = 2) -> tuple[float, list]:
     return total, [(e.key, e.self_cpu_time_total / 1e3 / reps) for e in rows[:8]]
 
 
-def profile_step(size: str, variant: str, args) -> str:
-    """profile_pair for DeiT against a ViT LION variant, at 224 px or, with --resolutions, at the first of them (the
-    length row's batch and --form)."""
-    px = args.resolutions[0] if args.resolutions else 224
+def profile_step(size: str, variant: str, args, px: int = 224) -> str:
+    """profile_pair for DeiT against a ViT LION variant at ``px`` (the length row's batch and --form)."""
     _, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
     loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
     builds = {"DeiT": deit, f"LION-{variant}": functools.partial(lion_vit, variant)}
@@ -225,16 +225,15 @@ def profile_step(size: str, variant: str, args) -> str:
                         builds, batch, loss, args)
 
 
-def profile_mlm(variant: str, dropout: float, args) -> str:
-    """profile_pair for softmax BERT-base against a LION MLM variant, both with attention dropout ``dropout``; with
-    --mlm-lengths, at the first of them as in the length rows (HF BertForMaskedLM on SDPA, the row's batch)."""
-    if not args.mlm_lengths:
+def profile_mlm(variant: str, dropout: float, args, L: int | None = None) -> str:
+    """profile_pair for softmax BERT-base against a LION MLM variant, both with attention dropout ``dropout``; at
+    ``L`` tokens as in the length rows (HF BertForMaskedLM on SDPA, the row's batch), else the 128-token rows."""
+    if L is None:
         build, batch, loss = mlm_setup(args)
         builds = {"BERT": lambda: build("attention", dropout),
                   f"LION-{variant}": lambda: build(MLM_ARCHS[variant], dropout)}
         return profile_pair(f"Kernel time of one BERT-base MLM training step by category, batch {args.mlm_batch}×128, "
                             f"attention dropout {dropout}", builds, batch, loss, args)
-    L = args.mlm_lengths[0]
     B = length_batch(args.mlm_batch, L, 128)
     hf_bert, lion_bert, loss = mlm_length_setup(args, L)
     builds = {"BERT": hf_bert, f"LION-{variant}": functools.partial(lion_bert, MLM_ARCHS[variant])}
@@ -663,10 +662,10 @@ def main():
     ap.add_argument("--no-op", action="store_true", help="skip the op-level timing")
     ap.add_argument("--profile", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
                     help="only print where the kernel time of one step goes, DeiT vs these ViT variants "
-                         "(first --sizes, at 224 px or the first --resolutions; with --compile, compiled)")
+                         "(first --sizes, at 224 px or each --resolutions; with --compile, compiled)")
     ap.add_argument("--profile-mlm", nargs="+", default=[], choices=list(MLM_ARCHS), metavar="VARIANT",
                     help="only print where the kernel time of one MLM step goes, softmax BERT vs these LION "
-                         "variants, for each --mlm-dropout (with --mlm-lengths: at the first of them, dropout 0)")
+                         "variants, for each --mlm-dropout (with --mlm-lengths: at each of them, dropout 0)")
     ap.add_argument("--results", default="benchmarks/RESULTS.md",
                     help="markdown file: this run replaces its blocks of the parts it measured ('' = none)")
     ap.add_argument("--json", default="")
@@ -676,11 +675,13 @@ def main():
         sys.exit("train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.profile or args.profile_mlm:
-        for variant in args.profile:
-            print(profile_step(args.sizes[0], variant, args) + "\n", flush=True)
-        for variant in args.profile_mlm:
-            for p in ([0.0] if args.mlm_lengths else args.mlm_dropout):
-                print(profile_mlm(variant, p, args) + "\n", flush=True)
+        for px in args.resolutions or [224]:
+            for variant in args.profile:
+                print(profile_step(args.sizes[0], variant, args, px) + "\n", flush=True)
+        for L in args.mlm_lengths or [None]:
+            for variant in args.profile_mlm:
+                for p in ([0.0] if L else args.mlm_dropout):
+                    print(profile_mlm(variant, p, args, L) + "\n", flush=True)
         return
     import triton
 
