@@ -45,7 +45,7 @@ def ops(L: int, B: int, H: int, D: int, forms) -> tuple[dict, tuple]:
     def lion_op(mask, order, form):
         def fn():
             fm = {"Lit": "elu_plus_one", "Lit-u": None}.get(mask, "normalized_silu")
-            if mask in ("Lit", "Lit-u"):
+            if mask.startswith("Lit"):
                 gate = None
             elif mask == "D":
                 gate = lion.decay_log_gates(a)

@@ -167,8 +167,8 @@ def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
     for cat in sorted(set(base) | set(ours), key=lambda c: -(ours.get(c, 0) + base.get(c, 0))):
         lines.append(f"| {cat} | {base.get(cat, 0):.2f} | {ours.get(cat, 0):.2f} | "
                      f"{ours.get(cat, 0) - base.get(cat, 0):+.2f} |")
-    lines.append(f"| **kernel total** | {sum(base.values()):.2f} | {sum(ours.values()):.2f} | "
-                 f"{sum(ours.values()) - sum(base.values()):+.2f} |")
+    kb, ko = sum(base.values()), sum(ours.values())
+    lines.append(f"| **kernel total** | {kb:.2f} | {ko:.2f} | {ko - kb:+.2f} |")
     (hb, wb, *waits_b), (ho, wo, *waits_o) = host[bname], host[oname]
     lines.append(f"| host time to enqueue the step | {hb:.2f} | {ho:.2f} | {ho - hb:+.2f} |")
     lines.append(f"| step wall time | {wb:.2f} | {wo:.2f} | {wo - wb:+.2f} |")
@@ -176,7 +176,7 @@ def profile_pair(title: str, builds: dict, batch, loss_fn, args) -> str:
         *waits_b, *waits_o))
     lines += ["", f"Costliest kernels of {oname}:", "", "| kernel | ms |", "|---|---|"]
     lines += [f"| `{name[:90]}` | {ms:.2f} |" for name, ms in top]
-    lines += ["", f"In one line ({bname} · {oname}): kernels {sum(base.values()):.1f} · {sum(ours.values()):.1f} "
+    lines += ["", f"In one line ({bname} · {oname}): kernels {kb:.1f} · {ko:.1f} "
               f"(LION's own {ours.get('LION kernels', 0):.1f}), host {hb:.1f} · {ho:.1f}, wall {wb:.1f} · {wo:.1f} ms"]
     for name, (total, heavy) in ops.items():
         lines += ["", f"Host work of one {name} step (torch.profiler CPU events, self time, ms, profiler overhead "
