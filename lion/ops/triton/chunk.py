@@ -131,73 +131,46 @@ def _chunk_states(
 
 
 @triton.jit
-def _scan_load(S, Z, G, pid, c, ok, half, tile, zrows, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr,
-               BLOCK_DK: tl.constexpr, DVP: tl.constexpr, ZW: tl.constexpr):
-    """Chunk c's deltas (its rows of the d×dv state, its Z entries) and log decay; zeros where not ``ok``."""
-    at = (pid * N + c) * 2 + half
-    delta = tl.load(S + at * BLOCK_DK * DVP + tile, mask=ok, other=0.0).to(tl.float32)
-    zd = 0.0
-    if WITH_DEN:
-        zd = tl.load(Z + at * ZW + zrows, mask=ok, other=0.0)
-    g = 0.0
-    if HAS_GATES:
-        g = tl.load(G + pid * N + c, mask=ok, other=0.0)
-    return delta, zd, g
-
-
-@triton.jit
-def _scan_put(S, Z, pid, c, ok, half, tile, zrows, N, run, zrun, delta, zd, g, HAS_GATES: tl.constexpr,
-              WITH_DEN: tl.constexpr, BLOCK_DK: tl.constexpr, DVP: tl.constexpr, ZW: tl.constexpr):
-    """Store the carried state as chunk c's, then carry it past c: run·e^{g_c} + Δ_c (unchanged where not ok)."""
-    at = (pid * N + c) * 2 + half
-    tl.store(S + at * BLOCK_DK * DVP + tile, run.to(S.dtype.element_ty), mask=ok)
-    decay = 1.0
-    if HAS_GATES:
-        decay = tl.exp(g)
-    run = run * decay + delta
-    if WITH_DEN:
-        tl.store(Z + at * ZW + zrows, zrun, mask=ok)
-        zrun = zrun * decay + zd
-    return run, zrun
-
-
-@triton.jit
 def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BLOCK_DK: tl.constexpr,
                  DVP: tl.constexpr, ROWS: tl.constexpr, ZW: tl.constexpr, ZROWS: tl.constexpr):
     """Grid (O·B·H, directions, BLOCK_DK / ROWS): ROWS rows of the d×dv states through all chunks, in place, and
-    ZROWS entries of the vector states Z (width ZW; WITH_DEN). The scan is serial over chunks and bound by load
-    latency, so each step loads four chunks' deltas before it carries the state through them (one wait per four
-    chunks); past the last chunk the loads and stores are masked off."""
+    ZROWS entries of the vector states Z (width ZW; WITH_DEN). The next chunk's delta is loaded before the current
+    one is stored, so the loads do not wait on the scan."""
     pid = tl.program_id(0).to(tl.int64)
     fwd = tl.program_id(1) == 0
     rows = tl.program_id(2) * ROWS + tl.arange(0, ROWS)
     half = tl.where(fwd, 0, 1).to(tl.int64)
     step = tl.where(fwd, 1, -1).to(tl.int64)
     tile = rows[:, None] * DVP + tl.arange(0, DVP)[None, :]
-    zrows = tl.program_id(2) * ZROWS + tl.arange(0, ZROWS)
     run = tl.zeros((ROWS, DVP), dtype=tl.float32)
     zrun = tl.zeros((ZROWS,), dtype=tl.float32)
-    c0 = tl.where(fwd, 0, N - 1).to(tl.int64)
-    for it in range(0, N, 4):
-        c1 = c0 + step
-        c2 = c1 + step
-        c3 = c2 + step
-        d0, z0, g0 = _scan_load(S, Z, G, pid, c0, it < N, half, tile, zrows, N, HAS_GATES, WITH_DEN, BLOCK_DK, DVP, ZW)
-        d1, z1, g1 = _scan_load(S, Z, G, pid, c1, it + 1 < N, half, tile, zrows, N, HAS_GATES, WITH_DEN, BLOCK_DK,
-                                DVP, ZW)
-        d2, z2, g2 = _scan_load(S, Z, G, pid, c2, it + 2 < N, half, tile, zrows, N, HAS_GATES, WITH_DEN, BLOCK_DK,
-                                DVP, ZW)
-        d3, z3, g3 = _scan_load(S, Z, G, pid, c3, it + 3 < N, half, tile, zrows, N, HAS_GATES, WITH_DEN, BLOCK_DK,
-                                DVP, ZW)
-        run, zrun = _scan_put(S, Z, pid, c0, it < N, half, tile, zrows, N, run, zrun, d0, z0, g0, HAS_GATES, WITH_DEN,
-                              BLOCK_DK, DVP, ZW)
-        run, zrun = _scan_put(S, Z, pid, c1, it + 1 < N, half, tile, zrows, N, run, zrun, d1, z1, g1, HAS_GATES,
-                              WITH_DEN, BLOCK_DK, DVP, ZW)
-        run, zrun = _scan_put(S, Z, pid, c2, it + 2 < N, half, tile, zrows, N, run, zrun, d2, z2, g2, HAS_GATES,
-                              WITH_DEN, BLOCK_DK, DVP, ZW)
-        run, zrun = _scan_put(S, Z, pid, c3, it + 3 < N, half, tile, zrows, N, run, zrun, d3, z3, g3, HAS_GATES,
-                              WITH_DEN, BLOCK_DK, DVP, ZW)
-        c0 = c3 + step
+    zrows = tl.program_id(2) * ZROWS + tl.arange(0, ZROWS)
+    c = tl.where(fwd, 0, N - 1).to(tl.int64)
+    delta = tl.load(S + ((pid * N + c) * 2 + half) * BLOCK_DK * DVP + tile).to(tl.float32)
+    if WITH_DEN:
+        zd = tl.load(Z + ((pid * N + c) * 2 + half) * ZW + zrows)
+    if HAS_GATES:
+        g = tl.load(G + pid * N + c)
+    for it in range(0, N):
+        nxt = c + step
+        more = it + 1 < N
+        delta_n = tl.load(S + ((pid * N + nxt) * 2 + half) * BLOCK_DK * DVP + tile, mask=more, other=0.0)
+        if WITH_DEN:
+            zd_n = tl.load(Z + ((pid * N + nxt) * 2 + half) * ZW + zrows, mask=more, other=0.0)
+        if HAS_GATES:
+            g_n = tl.load(G + pid * N + nxt, mask=more, other=0.0)
+            decay = tl.exp(g)
+            g = g_n
+        else:
+            decay = 1.0
+        tl.store(S + ((pid * N + c) * 2 + half) * BLOCK_DK * DVP + tile, run.to(S.dtype.element_ty))
+        run = run * decay + delta
+        if WITH_DEN:
+            tl.store(Z + ((pid * N + c) * 2 + half) * ZW + zrows, zrun)
+            zrun = zrun * decay + zd
+            zd = zd_n
+        delta = delta_n.to(tl.float32)
+        c = nxt
 
 
 @triton.jit
