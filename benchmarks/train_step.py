@@ -57,6 +57,14 @@ MLM_TARGETS = {"Lit": 0.95, "D": 1.00, "S": 1.10}
 OP_TARGETS = {"LION-Lit": 0.80, "LION-D": 1.00, "LION-S": 1.00}
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes whose blocks replay CUDA graphs
+
+
+def cuda_graphs(compile_model: bool, compile_mode: str) -> bool:
+    """The step replays CUDA graphs: their memory pool is allocated at capture, so a step's peak is not measured."""
+    return compile_model and compile_mode in CUDA_GRAPH_MODES
+
+
 def time_steps(step, warmup: int, steps: int) -> float:
     return median_ms(step, warmup=warmup, reps=steps)
 
@@ -75,7 +83,7 @@ def train_step_fn(model, batch, loss_fn, compile_model: bool, compile_mode: str 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
     if compile_model:
         compile_blocks(model, compile_mode)
-    graphs = compile_model and compile_mode == "reduce-overhead"
+    graphs = cuda_graphs(compile_model, compile_mode)
 
     def step():
         if graphs:
@@ -136,7 +144,7 @@ def time_models(models: dict, batch, loss_fn, args, ms: dict, mem: dict | None =
           flush=True)
     try:
         ms.update(interleaved_median_ms(steps, warmup=args.warmup, reps=args.steps))
-        if mem is not None:
+        if mem is not None and not cuda_graphs(args.compile, args.compile_mode):
             for key in ms.keys() & steps.keys():
                 mem[key] = peak_activation_gib(steps[key])
     finally:
@@ -425,7 +433,7 @@ def mlm_length_rows(args, out: dict) -> dict:
 def length_table(rows: dict, base: str, unit: str, targets: dict) -> str:
     """Step time ÷ the softmax model's (with its verdict where a target is set) and peak memory ÷ the softmax
     model's, per length; last line: each model's peak memory per token from the shortest length to the longest
-    (linear memory: about constant)."""
+    (linear memory: about constant). Memory not measured (CUDA graphs): '–'."""
     if not rows:
         return ""
     names = [n for n in next(iter(rows.values()))["ms"] if n != base]
@@ -442,8 +450,10 @@ def length_table(rows: dict, base: str, unit: str, targets: dict) -> str:
                 continue
             t = targets.get(key, {}).get(n)
             ratio = verdict(ms[n] / ms[base], t) if t else f"{ms[n] / ms[base]:.2f}"
-            cells.append(f"{ratio} · {mem[n] / mem[base]:.2f} · {r['form'][n]}")
-        lines.append(f"| {key} ({r['tokens']}, {r['batch']}) | {ms[base]:.1f} · {mem[base]:.2f} | "
+            memory = f"{mem[n] / mem[base]:.2f}" if n in mem and base in mem else "–"
+            cells.append(f"{ratio} · {memory} · {r['form'][n]}")
+        base_mem = f"{mem[base]:.2f}" if base in mem else "–"
+        lines.append(f"| {key} ({r['tokens']}, {r['batch']}) | {ms[base]:.1f} · {base_mem} | "
                      + " | ".join(cells) + " |")
     for key, t in targets.items():
         if key in rows:
@@ -453,7 +463,8 @@ def length_table(rows: dict, base: str, unit: str, targets: dict) -> str:
     per_token = [f"{n} {2**20 * first['mem'][n] / (first['tokens'] * first['batch']):.0f} → "
                  f"{2**20 * last['mem'][n] / (last['tokens'] * last['batch']):.0f}"
                  for n in [base] + names if n in first["mem"] and n in last["mem"]]
-    lines += ["", "Peak KiB per token, shortest → longest (linear: about constant): " + ", ".join(per_token)]
+    lines += ["", "Peak KiB per token, shortest → longest (linear: about constant): " + ", ".join(per_token)
+              if per_token else "Peak memory not measured: CUDA graphs allocate their memory pool at capture."]
     return "\n".join(lines)
 
 

@@ -151,3 +151,17 @@ def test_length_rows_keep_tokens_per_step_and_judge_time_and_memory(monkeypatch)
     assert "| 896 (3137, 8) | 20.0 · 3.00 | 0.60 NOT met · 0.33 · chunk |" in text
     assert "| target at 896 | | ≤ 0.50 |" in text
     assert text.endswith("DeiT 83 → 125, D 42 → 42")
+
+
+def test_length_rows_under_cuda_graphs_leave_memory_unmeasured():
+    """CUDA graphs allocate their pool at capture, so a replayed step's peak says nothing: with --compile in a
+    CUDA-graph mode no memory is measured and the length rows print '–' for it."""
+    from benchmarks.train_step import cuda_graphs, length_table
+
+    assert cuda_graphs(True, "reduce-overhead") and cuda_graphs(True, "max-autotune")
+    assert not cuda_graphs(True, "default") and not cuda_graphs(False, "reduce-overhead")
+    rows = {1792: {"tokens": 12545, "batch": 2, "ms": {"DeiT": 60.0, "D": 27.0}, "mem": {},
+                   "form": {"D": "chunk"}}}
+    text = length_table(rows, "DeiT", "px", {})
+    assert "| 1792 (12545, 2) | 60.0 · – | 0.45 · – · chunk |" in text
+    assert text.endswith("Peak memory not measured: CUDA graphs allocate their memory pool at capture.")
