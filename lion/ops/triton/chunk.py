@@ -130,6 +130,8 @@ def _chunk_states(
         tl.store(Z + zb + ZW + offs_dv, tl.sum(vz * w_bwd[:, None], 0))
 
 
+# Loading four chunks' deltas a step before carrying the state through them was measured 1.0–2.0× slower a call
+# on an H100 than this one-ahead prefetch (benchmarks/RESULTS.md, chunk-form training).
 @triton.jit
 def _scan_states(S, Z, G, N, HAS_GATES: tl.constexpr, WITH_DEN: tl.constexpr, BLOCK_DK: tl.constexpr,
                  DVP: tl.constexpr, ROWS: tl.constexpr, ZW: tl.constexpr, ZROWS: tl.constexpr):
