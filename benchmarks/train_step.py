@@ -47,6 +47,7 @@ import image_classification.models_vim  # noqa: F401  (registers the vim_* basel
 import lion
 from benchmarks.results_md import replace_block, run_header
 from benchmarks.timing import interleaved_median_ms, kernel_time_by_category, median_ms, peak_activation_gib
+from image_classification.engine import CUDA_GRAPH_MODES
 from lion.forms import published_form
 
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
@@ -55,9 +56,6 @@ MLM_ARCHS = {"Lit": "lion-lit", "D": "lion-d", "S": "lion-s"}
 TARGETS = {"Lit": 0.90, "D": 1.00, "S": 1.10, "D♮": 1.15, "S♮": 1.25}
 MLM_TARGETS = {"Lit": 0.95, "D": 1.00, "S": 1.10}
 OP_TARGETS = {"LION-Lit": 0.80, "LION-D": 1.00, "LION-S": 1.00}
-
-
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes whose blocks replay CUDA graphs
 
 
 def cuda_graphs(compile_model: bool, compile_mode: str) -> bool:

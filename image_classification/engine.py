@@ -20,6 +20,8 @@ from image_classification.utils import (
 
 _logger = logging.getLogger(__name__)
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes whose compiled blocks replay CUDA graphs
+
 
 class LossScaler(NativeScaler):
     """timm's ``NativeScaler`` (backward, unscale, clip, step) whose ``GradScaler`` is only active for float16;

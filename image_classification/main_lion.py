@@ -49,7 +49,7 @@ import image_classification.models_vim  # noqa: F401  (registers the vim_* basel
 from image_classification import checkpoint as checkpoint_io
 from image_classification import utils
 from image_classification.datasets import DATA_SETS, DataError, build_dataset, check_same_classes, default_data_path
-from image_classification.engine import LossScaler, NonFiniteLossError, evaluate, train_one_epoch
+from image_classification.engine import CUDA_GRAPH_MODES, LossScaler, NonFiniteLossError, evaluate, train_one_epoch
 from image_classification.image_files import BAD_IMAGE_POLICIES, UnreadableImage, one_line
 from image_classification.losses import DISTILLATION_TYPES, DistillationLoss
 from image_classification.models_lion import FAMILY, FORMATS, ORDERS, resample_pos_embed
@@ -65,7 +65,6 @@ from lion.multi_gpu import (
 disable_nvlink_multicast()  # before any process group: NCCL reads NCCL_NVLS_ENABLE when it builds a communicator
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the compiled blocks replay CUDA graphs
 
 _logger = logging.getLogger("main_lion")
 
