@@ -127,8 +127,7 @@ def crossover(rows) -> dict:
     ms = {(L, name): t for L, _, name, t, _, _ in rows}
     out = {}
     for kind, short in (("Lit", "Lit"), ("Lit-unnormalised", "Lit-u"), ("Decay", "D"), ("Selective", "S")):
-        lengths = sorted(L for L, *_ in rows if (L, f"{short} chunk") in ms and (L, f"{short} attention") in ms)
-        lengths = sorted(set(lengths))
+        lengths = sorted({L for L, *_ in rows if (L, f"{short} chunk") in ms and (L, f"{short} attention") in ms})
         wins = [ms[L, f"{short} chunk"] <= ms[L, f"{short} attention"] for L in lengths]
         for i, L in enumerate(lengths):
             if all(wins[i:]):
