@@ -40,7 +40,11 @@ def test_report_writes_section_and_keeps_notes(tmp_path):
     assert "2026-01-01 00:00 UTC · GPU · torch 2.x · triton 3.x · `python benchmarks/inference.py`" in text
     assert "kept" in text and "tail" in text and "old" not in text
     assert "- a note about this run" in text
-    assert "| amp | LION-D | 896 | Chunk | 6.50 | 0.65 |" in text  # 6.5 ms over DeiT-S's 10 ms
+    assert "| LION-D Chunk | 6.50 / 0.250 · 6.50 / 0.250 |" in text  # amp · bf16 in one cell
+    # 6.5 ms over DeiT-S's 10 ms (met), LION-S's 8 ms over 10 (time NOT met on both paths)
+    assert "| LION-D | 896 | Chunk, 0.65, 1.0000 | Chunk, 0.65, 1.0000 | met |" in text
+    assert ("| LION-S | 896 | Chunk, 0.80, 1.0000 | Chunk, 0.80, 1.0000 | NOT met: amp time > 0.70×; "
+            "bf16 time > 0.70× |") in text
     assert json.loads(data.read_text())["env"]["notes"] == ["a note about this run"]
 
 
