@@ -46,7 +46,13 @@ import image_classification.models_lion  # noqa: F401  (registers lion_* in timm
 import image_classification.models_vim  # noqa: F401  (registers the vim_* baseline in timm)
 import lion
 from benchmarks.results_md import replace_block, run_header
-from benchmarks.timing import interleaved_median_ms, kernel_time_by_category, median_ms, peak_activation_gib
+from benchmarks.timing import (
+    interleaved_median_ms,
+    kernel_time_by_category,
+    median_ms,
+    peak_activation_gib,
+    peak_tensors,
+)
 from image_classification.engine import CUDA_GRAPH_MODES
 from lion.forms import published_form
 
@@ -246,6 +252,30 @@ def profile_step(size: str, variant: str, args, px: int = 224) -> str:
     builds = {"DeiT": deit, f"LION-{variant}": functools.partial(lion_vit, variant)}
     return profile_pair(f"Kernel time of one ViT-{size[0].upper()} training step by category, {px} px, batch {B}",
                         builds, batch, loss, args)
+
+
+def peak_step(size: str, variants: list, args, px: int) -> str:
+    """The memory cells' why: DeiT and each LION variant at ``px`` (the length row's batch and --form), the peak of
+    one eager training step beyond what was allocated before it (weights, grads, optimizer state, as the length rows
+    measure it) and the largest allocations alive at that peak, from the allocator's history."""
+    _, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
+    loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
+    builds = {"DeiT": deit, **{f"LION-{v}": functools.partial(lion_vit, v) for v in variants}}
+    lines = [f"Memory peak of one ViT-{size[0].upper()} training step, {px} px, batch {B} (eager; MiB beyond what was "
+             "allocated before the step; the largest allocations alive at the peak, with their call sites):", ""]
+    for name, build in builds.items():
+        model = build().cuda()
+        try:
+            step = train_step_fn(model, batch, loss, False)
+            step()  # the optimizer state exists before the measured step, as in the length rows
+            measured, replayed, top = peak_tensors(step, top=6, keep=("lion", "timm", "image_classification"))
+            lines.append(f"- **{name}** {measured:.0f} (replayed {replayed:.0f}): "
+                         + "; ".join(f"{mib:.0f} {where}" for mib, where in top))
+        finally:
+            del model
+            gc.collect()
+            torch.cuda.empty_cache()
+    return "\n".join(lines)
 
 
 def profile_mlm(variant: str, dropout: float, args, L: int | None = None) -> str:
@@ -692,6 +722,9 @@ def main():
     ap.add_argument("--profile-mlm", nargs="+", default=[], choices=list(MLM_ARCHS), metavar="VARIANT",
                     help="only print where the kernel time of one MLM step goes, softmax BERT vs these LION "
                          "variants, for each --mlm-dropout (with --mlm-lengths: at each of them, dropout 0)")
+    ap.add_argument("--peak-tensors", nargs="+", default=[], choices=list(VARIANTS), metavar="VARIANT",
+                    help="only print what DeiT and these ViT variants hold at a training step's memory peak (first "
+                         "--sizes, at each --resolutions; eager)")
     ap.add_argument("--results", default="benchmarks/RESULTS.md",
                     help="markdown file: this run replaces its blocks of the parts it measured ('' = none)")
     ap.add_argument("--json", default="")
@@ -701,6 +734,10 @@ def main():
         sys.exit("train_step.py needs a CUDA GPU")
     args.warmup = warmup_steps(args.warmup, args.compile, args.compile_mode)
     torch.backends.cuda.matmul.allow_tf32 = True
+    if args.peak_tensors:
+        for px in args.resolutions or [224]:
+            print(peak_step(args.sizes[0], args.peak_tensors, args, px) + "\n", flush=True)
+        return
     if args.profile or args.profile_mlm:
         for px in args.resolutions or [224]:
             for variant in args.profile:
