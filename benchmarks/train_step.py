@@ -56,8 +56,6 @@ from benchmarks.timing import (
 from image_classification.engine import CUDA_GRAPH_MODES
 from lion.forms import published_form
 
-log = logging.getLogger("train_step")
-
 VARIANTS = {"Lit": ("Lit", "Normal"), "D": ("Decay", "Normal"), "S": ("Selective", "Normal"),
             "D♮": ("Decay", "S"), "S♮": ("Selective", "S")}
 MLM_ARCHS = {"Lit": "lion-lit", "D": "lion-d", "S": "lion-s"}
@@ -69,21 +67,6 @@ OP_TARGETS = {"LION-Lit": 0.80, "LION-D": 1.00, "LION-S": 1.00}
 def cuda_graphs(compile_model: bool, compile_mode: str) -> bool:
     """The step replays CUDA graphs: their memory pool is allocated at capture, so a step's peak is not measured."""
     return compile_model and compile_mode in CUDA_GRAPH_MODES
-
-
-# Warm-up steps a CUDA-graph step needs before it is timed: each compiled block is run, recorded, then replayed,
-# and interleaved models add recording paths. Measured on an H100 (ViT-S 896 px, reduce-overhead): after 2 warm-up
-# steps the LION rows read 1.06-1.16x DeiT-S, after 5 0.86-0.90x (the 1792 px rows equal either way).
-GRAPH_WARMUP = 5
-
-
-def warmup_steps(warmup: int, compile_model: bool, compile_mode: str) -> int:
-    """--warmup, raised to GRAPH_WARMUP (with a log line) when the step replays CUDA graphs."""
-    if cuda_graphs(compile_model, compile_mode) and warmup < GRAPH_WARMUP:
-        log.warning("--warmup %d raised to %d: CUDA-graph steps are recorded before they replay", warmup,
-                    GRAPH_WARMUP)
-        return GRAPH_WARMUP
-    return warmup
 
 
 def time_steps(step, warmup: int, steps: int) -> float:
@@ -732,7 +715,6 @@ def main():
     logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")  # models failing while timed
     if not torch.cuda.is_available():
         sys.exit("train_step.py needs a CUDA GPU")
-    args.warmup = warmup_steps(args.warmup, args.compile, args.compile_mode)
     torch.backends.cuda.matmul.allow_tf32 = True
     if args.peak_tensors:
         for px in args.resolutions or [224]:

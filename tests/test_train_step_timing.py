@@ -165,15 +165,3 @@ def test_length_rows_under_cuda_graphs_leave_memory_unmeasured():
     text = length_table(rows, "DeiT", "px", {})
     assert "| 1792 (12545, 2) | 60.0 · – | 0.45 · – · chunk |" in text
     assert text.endswith("Peak memory not measured: CUDA graphs allocate their memory pool at capture.")
-
-
-def test_cuda_graph_steps_get_enough_warmup(caplog):
-    """A replayed CUDA-graph step is timed only after GRAPH_WARMUP warm-up steps (recording runs are not
-    replays); eager and non-graph compiled steps keep --warmup as given."""
-    from benchmarks.train_step import GRAPH_WARMUP, warmup_steps
-
-    with caplog.at_level("WARNING"):
-        assert warmup_steps(2, True, "reduce-overhead") == GRAPH_WARMUP
-    assert "--warmup 2 raised to" in caplog.text
-    assert warmup_steps(GRAPH_WARMUP + 3, True, "max-autotune") == GRAPH_WARMUP + 3
-    assert warmup_steps(2, True, "default") == 2 and warmup_steps(2, False, "reduce-overhead") == 2
