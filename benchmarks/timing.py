@@ -103,10 +103,22 @@ def live_at_peak(events: list[dict]) -> tuple[int, list[dict]]:
     return best, sorted(at_best, key=lambda e: -e["size"])
 
 
-def peak_tensors(fn: Callable[[], object], top: int = 8, keep=("lion", "timm", "image_classification")):
+def by_site(live: list[dict], where: Callable[[dict], str]) -> list[tuple[int, int, str]]:
+    """Live allocations summed by call site: (bytes, how many, site), the largest sum first. A block's tensors
+    share a site with every other block's, so a model's per-layer cost shows as one line."""
+    sums: dict = {}
+    for e in live:
+        total, n = sums.get(where(e), (0, 0))
+        sums[where(e)] = (total + e["size"], n + 1)
+    return sorted(((total, n, site) for site, (total, n) in sums.items()), key=lambda t: -t[0])
+
+
+def peak_tensors(fn: Callable[[], object], top: int = 8, keep=("lion", "timm", "image_classification"),
+                 group: bool = False):
     """What one call of ``fn`` holds at its memory peak: (peak MiB beyond what was allocated before it, as
     ``peak_activation_gib`` measures it; the replayed peak of the allocations made during the call, MiB; its
-    ``top`` largest live allocations as (MiB, the innermost frames of the call sites in ``keep``))."""
+    ``top`` largest live allocations as (MiB, the innermost frames of the call sites in ``keep``)). group: the
+    ``top`` largest sums by call site instead, as (MiB, 'N× ' + site)."""
     fn()
     torch.cuda.synchronize()
     torch.cuda.memory._record_memory_history(max_entries=200_000)
@@ -124,7 +136,11 @@ def peak_tensors(fn: Callable[[], object], top: int = 8, keep=("lion", "timm", "
     def where(e):
         frames = [f for f in e.get("frames", []) if any(k in f["filename"] for k in keep)][:3]
         return " < ".join(f"{Path(f['filename']).name}:{f['line']} {f['name']}" for f in frames) or "?"
-    return measured / 2**20, replayed / 2**20, [(e["size"] / 2**20, where(e)) for e in live[:top]]
+    if group:
+        rows = [(t / 2**20, f"{n}× {site}") for t, n, site in by_site(live, where)[:top]]
+    else:
+        rows = [(e["size"] / 2**20, where(e)) for e in live[:top]]
+    return measured / 2**20, replayed / 2**20, rows
 
 
 # Kernel-name patterns → category, first match wins (lower-case substrings). LION's Triton kernels are named

@@ -240,18 +240,20 @@ def profile_step(size: str, variant: str, args, px: int = 224) -> str:
 def peak_step(size: str, variants: list, args, px: int) -> str:
     """The memory cells' why: DeiT and each LION variant at ``px`` (the length row's batch and --form), the peak of
     one eager training step beyond what was allocated before it (weights, grads, optimizer state, as the length rows
-    measure it) and the largest allocations alive at that peak, from the allocator's history."""
+    measure it) and the allocations alive at that peak summed by call site, from the allocator's history."""
     _, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
     loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
     builds = {"DeiT": deit, **{f"LION-{v}": functools.partial(lion_vit, v) for v in variants}}
     lines = [f"Memory peak of one ViT-{size[0].upper()} training step, {px} px, batch {B} (eager; MiB beyond what was "
-             "allocated before the step; the largest allocations alive at the peak, with their call sites):", ""]
+             "allocated before the step; the allocations alive at the peak summed by call site, largest first; '?': "
+             "no Python frame, e.g. the autograd engine's):", ""]
     for name, build in builds.items():
         model = build().cuda()
         try:
             step = train_step_fn(model, batch, loss, False)
             step()  # the optimizer state exists before the measured step, as in the length rows
-            measured, replayed, top = peak_tensors(step, top=6, keep=("lion", "timm", "image_classification"))
+            measured, replayed, top = peak_tensors(step, top=8, keep=("lion", "timm", "image_classification"),
+                                                   group=True)
             lines.append(f"- **{name}** {measured:.0f} (replayed {replayed:.0f}): "
                          + "; ".join(f"{mib:.0f} {where}" for mib, where in top))
         finally:

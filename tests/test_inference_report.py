@@ -58,3 +58,11 @@ def test_live_at_peak_replays_an_allocator_trace():
              dict(action="alloc", addr=4, size=20), dict(action="free_requested", addr=2, size=30)]
     best, live = live_at_peak(trace)
     assert best == 55 and [e["addr"] for e in live] == [2, 4, 3]
+
+
+def test_by_site_sums_each_call_site_largest_first():
+    """--peak-tensors' grouping: allocations from one site (every block's MLP) sum into one line."""
+    from benchmarks.timing import by_site
+
+    live = [dict(size=74, site="mlp"), dict(size=74, site="mlp"), dict(size=100, site="head"), dict(size=3, site="?")]
+    assert by_site(live, lambda e: e["site"]) == [(148, 2, "mlp"), (100, 1, "head"), (3, 1, "?")]
