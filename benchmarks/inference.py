@@ -111,10 +111,9 @@ def _get(rows):
     return {(r["path"], r["model"], r["form"], r["res"]): r for r in rows}
 
 
-def _verdict(rows, path, model, res):
+def _verdict(rows, get, path, model, res):
     """(cell, what was missed) of one path for one LION model and resolution: the best linear form, its time over
-    DeiT-S's and its chunk-form memory over DeiT-S's; None where either was not measured."""
-    get = _get(rows)
+    DeiT-S's and its chunk-form memory over DeiT-S's; None where either was not measured. get: ``_get(rows)``."""
     deit = get.get((path, "DeiT-S", "SDPA", res))
     forms = [r for r in rows if (r["path"], r["model"], r["res"]) == (path, model, res) and r["ms"]]
     if not deit or not deit["ms"] or not forms:
@@ -133,11 +132,12 @@ def target_lines(rows):
     """One line per (LION model, resolution), a cell per path: the best linear form, its time and its chunk-form
     memory over DeiT-S's, and the verdict of every path."""
     paths = list(dict.fromkeys(r["path"] for r in rows))
+    get = _get(rows)
     lines = ["| model | res | " + " | ".join(f"{p}: best form, × time, × memory" for p in paths) + " | target |",
              "|---|---|" + "---|" * len(paths) + "---|"]
     for res in sorted({r["res"] for r in rows}):
         for model in dict.fromkeys(r["model"] for r in rows if r["model"] in LION and "♮" not in r["model"]):
-            verdicts = {p: _verdict(rows, p, model, res) for p in paths}
+            verdicts = {p: _verdict(rows, get, p, model, res) for p in paths}
             if not any(verdicts.values()):
                 continue
             missed = "; ".join(f"{p} " + ", ".join(v[1]) for p, v in verdicts.items() if v and v[1])

@@ -108,8 +108,9 @@ def by_site(live: list[dict], where: Callable[[dict], str]) -> list[tuple[int, i
     share a site with every other block's, so a model's per-layer cost shows as one line."""
     sums: dict = {}
     for e in live:
-        total, n = sums.get(where(e), (0, 0))
-        sums[where(e)] = (total + e["size"], n + 1)
+        site = where(e)
+        total, n = sums.get(site, (0, 0))
+        sums[site] = (total + e["size"], n + 1)
     return sorted(((total, n, site) for site, (total, n) in sums.items()), key=lambda t: -t[0])
 
 

@@ -69,6 +69,11 @@ def cuda_graphs(compile_model: bool, compile_mode: str) -> bool:
     return compile_model and compile_mode in CUDA_GRAPH_MODES
 
 
+def vit_loss(model, batch):
+    """A ViT step's loss: cross-entropy of the logits (in fp32) on the labels, for every ViT row and profile."""
+    return F.cross_entropy(model(batch[0]).float(), batch[1])
+
+
 def time_steps(step, warmup: int, steps: int) -> float:
     return median_ms(step, warmup=warmup, reps=steps)
 
@@ -231,10 +236,9 @@ def host_ops_ms(step, reps: int = 2) -> tuple[float, list]:
 def profile_step(size: str, variant: str, args, px: int = 224) -> str:
     """profile_pair for DeiT against a ViT LION variant at ``px`` (the length row's batch and --form)."""
     _, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
-    loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
     builds = {"DeiT": deit, f"LION-{variant}": functools.partial(lion_vit, variant)}
     return profile_pair(f"Kernel time of one ViT-{size[0].upper()} training step by category, {px} px, batch {B}",
-                        builds, batch, loss, args)
+                        builds, batch, vit_loss, args)
 
 
 def peak_step(size: str, variants: list, args, px: int) -> str:
@@ -242,7 +246,6 @@ def peak_step(size: str, variants: list, args, px: int) -> str:
     one eager training step beyond what was allocated before it (weights, grads, optimizer state, as the length rows
     measure it) and the allocations alive at that peak summed by call site, from the allocator's history."""
     _, B, batch, deit, lion_vit = vit_length_setup(args, size, px)
-    loss = lambda m, b: F.cross_entropy(m(b[0]).float(), b[1])  # noqa: E731
     builds = {"DeiT": deit, **{f"LION-{v}": functools.partial(lion_vit, v) for v in variants}}
     lines = [f"Memory peak of one ViT-{size[0].upper()} training step, {px} px, batch {B} (eager; MiB beyond what was "
              "allocated before the step; the allocations alive at the peak summed by call site, largest first; '?': "
@@ -250,7 +253,7 @@ def peak_step(size: str, variants: list, args, px: int) -> str:
     for name, build in builds.items():
         model = build().cuda()
         try:
-            step = train_step_fn(model, batch, loss, False)
+            step = train_step_fn(model, batch, vit_loss, False)
             step()  # the optimizer state exists before the measured step, as in the length rows
             measured, replayed, top = peak_tensors(step, top=8, keep=("lion", "timm", "image_classification"),
                                                    group=True)
@@ -299,9 +302,6 @@ def vit_rows(size: str, args, out: dict) -> dict:
     y = torch.randint(0, 1000, (args.batch,), device="cuda")
     batch = (x, y)
 
-    def loss_fn(model, b):
-        return F.cross_entropy(model(b[0]).float(), b[1])
-
     def create(name, **kwargs):  # a constructor: the model is built when time_models calls it
         return functools.partial(timm.create_model, name, **kwargs)
 
@@ -315,7 +315,7 @@ def vit_rows(size: str, args, out: dict) -> dict:
                                                        backend=backend))
     if args.baselines:
         models["Vim"] = (f"{vit} Vim (Triton scan)", create(f"vim_{size}_patch16_224"))
-    time_models(models, batch, loss_fn, args, out)
+    time_models(models, batch, vit_loss, args, out)
     return out
 
 
@@ -410,7 +410,7 @@ def vit_length_rows(args, out: dict) -> dict:
         row = out.setdefault(px, {"tokens": L, "batch": B, "ms": {}, "mem": {}})
         row["form"] = {n: form_that_runs(args.form, MASK_KINDS[n], L) for n in args.variants}
         print(f"{vit} {px} px: {L} tokens, batch {B}, LION forms {row['form']}", flush=True)
-        time_models(models, batch, lambda m, b: F.cross_entropy(m(b[0]).float(), b[1]), args, row["ms"], row["mem"])
+        time_models(models, batch, vit_loss, args, row["ms"], row["mem"])
         del batch
         torch._dynamo.reset()
     return out
